@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv on first use and install the project into it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install -q -c constraints-cpu.txt
+
+.PHONY: demo test lint typecheck unit install clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(PIP) "setuptools>=68" wheel
+	# torch first: DeepSpeed's setup imports it, so it builds without isolation.
+	$(PIP) torch==2.13.0 numpy
+	$(PIP) --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/obs train --config configs/demo.toml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(VENV)/bin/obs bench step --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""The ``obs`` command line: a thin entry point that finds its subcommands.
+
+Each subcommand lives in its own module ``launch/cmd_<name>.py`` exposing
+``register(subparsers)``; each benchmark lives in ``launch/bench_<name>.py``
+exposing ``register(bench_subparsers)``. Both are discovered here, so adding a
+command never edits this file. A registered parser sets ``func`` (called with
+the parsed namespace, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import launch
+
+
+def _modules(prefix: str) -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(launch.__path__) if m.name.startswith(prefix)]
+    return sorted(names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``obs`` parser with every discovered subcommand and benchmark."""
+    parser = argparse.ArgumentParser(prog="obs", description="OBS: One Big State training system")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _modules("cmd_"):
+        importlib.import_module(f"launch.{name}").register(sub)
+    bench = sub.add_parser("bench", help="benchmarks (JSON with --json)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name in _modules("bench_"):
+        importlib.import_module(f"launch.{name}").register(bench_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand.
+
+    A ``ValueError`` from validation is printed as ``obs: error: …`` with exit
+    code 2 instead of a traceback, so bad input reads as a message.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"obs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Rank/world helpers with single-process defaults (composer-style).
+
+Everything here works without ``torch.distributed`` being initialised: then the
+world is one process of rank 0. Code that must behave differently on rank 0
+(writing shared files, logging) asks :func:`is_rank_zero`; every rank may export
+metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as torch_dist
+
+
+def is_initialized() -> bool:
+    """True when a process group is up."""
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank; 0 outside a process group (falls back to ``RANK``)."""
+    if is_initialized():
+        return torch_dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def get_world_size() -> int:
+    """World size; 1 outside a process group (falls back to ``WORLD_SIZE``)."""
+    if is_initialized():
+        return torch_dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def get_local_rank() -> int:
+    """Rank on this node (``LOCAL_RANK``), 0 by default."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes shared files and logs."""
+    return get_rank() == 0
+
+
+def default_backend(device: torch.device) -> str:
+    """``nccl`` for CUDA devices, ``gloo`` otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_from_env(device: torch.device, timeout_s: float = 300.0) -> bool:
+    """Join the process group described by the torch.distributed environment.
+
+    Reads ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` (set by
+    torchrun, the DeepSpeed launcher, ``obs train --nproc`` or ``obs submit``).
+    Does nothing for a world of one.
+
+    Returns:
+        True when a process group is (now) initialised.
+    """
+    if is_initialized():
+        return True
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        if var not in os.environ:
+            raise ValueError(f"WORLD_SIZE={world} but {var} is not set in the environment")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch_dist.init_process_group(
+        backend=default_backend(device),
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return True
+
+
+def barrier() -> None:
+    """Synchronise all ranks (no-op for one process)."""
+    if is_initialized():
+        torch_dist.barrier()
+
+
+def destroy() -> None:
+    """Tear the process group down if there is one."""
+    if is_initialized():
+        torch_dist.destroy_process_group()
