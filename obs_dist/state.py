@@ -46,7 +46,9 @@ class StateConfig:
         if not 4 <= self.nodes <= MAX_NODES:
             raise ValueError(f"nodes must be in [4, {MAX_NODES}], got {self.nodes}")
         if not 1 <= self.partitions <= self.nodes:
-            raise ValueError(f"partitions must be in [1, nodes={self.nodes}], got {self.partitions}")
+            raise ValueError(
+                f"partitions must be in [1, nodes={self.nodes}], got {self.partitions}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.init_std < 0:
@@ -92,18 +94,22 @@ class BigState:
         self.dtype = config.torch_dtype
         self.device = torch.device(device)
         self.bounds = partition_bounds(config.nodes, config.partitions)
-        self.parts: list[torch.Tensor] = []
-        gen = torch.Generator(device="cpu").manual_seed(config.seed)
-        for p in range(config.partitions):
-            rows = self.bounds[p + 1] - self.bounds[p]
-            part = torch.zeros(rows, config.nodes, dtype=self.dtype, device=self.device)
-            if init and config.init_std > 0:
-                # Generated on CPU per partition so that every rank and device gets
-                # the same numbers without an N² temporary.
-                block = torch.randn(rows, config.nodes, generator=gen, dtype=torch.float32)
-                part.copy_(block.mul_(config.init_std))
-                del block
-            self.parts.append(part)
+        # One contiguous N×N tensor; partitions are row views of it. Reads of
+        # arbitrary rows (embedding_bag in the window) then need no per-partition
+        # dispatch, while checksums, checkpoints and sync still work per partition.
+        self.full = torch.zeros(config.nodes, config.nodes, dtype=self.dtype, device=self.device)
+        self.parts: list[torch.Tensor] = [
+            self.full[self.bounds[p]:self.bounds[p + 1]] for p in range(config.partitions)
+        ]
+        if init and config.init_std > 0:
+            gen = torch.Generator(device="cpu").manual_seed(config.seed)
+            for part in self.parts:
+                # Generated on CPU in row chunks so that every rank and device gets
+                # the same numbers without an N² fp32 temporary.
+                for i in range(0, part.shape[0], 1024):
+                    rows = min(1024, part.shape[0] - i)
+                    block = torch.randn(rows, config.nodes, generator=gen, dtype=torch.float32)
+                    part[i:i + rows].copy_(block.mul_(config.init_std))
         self._row_to_part = torch.tensor(self.bounds[1:-1], dtype=torch.int64,
                                          device=self.device)
 
@@ -119,32 +125,15 @@ class BigState:
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense rows ``X[idx, :]`` for any shape of ``idx``; result ``idx.shape + (N,)``."""
-        if len(self.parts) == 1:
-            return self.parts[0][idx.long()]
-        flat = idx.reshape(-1).long()
-        out = torch.empty(flat.numel(), self.num_nodes, dtype=self.dtype, device=self.device)
-        part = self.partition_of(flat)
-        for p in torch.unique(part).tolist():
-            sel = part == p
-            out[sel] = self.parts[p][flat[sel] - self.bounds[p]]
-        return out.reshape(*idx.shape, self.num_nodes)
+        return self.full[idx.long()]
 
     def matrix(self) -> torch.Tensor:
-        """The single dense matrix when ``P == 1`` (no copy); else a concatenated copy."""
-        if len(self.parts) == 1:
-            return self.parts[0]
-        return torch.cat(self.parts, dim=0)
+        """The whole N×N tensor (no copy; partitions are views of it)."""
+        return self.full
 
     def entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values ``X[rows[e], cols[e]]`` for index tensors of equal shape."""
-        r = rows.reshape(-1).long()
-        c = cols.reshape(-1).long()
-        out = torch.empty(r.numel(), dtype=self.dtype, device=self.device)
-        part = self.partition_of(r)
-        for p in torch.unique(part).tolist():
-            sel = part == p
-            out[sel] = self.parts[p][r[sel] - self.bounds[p], c[sel]]
-        return out.reshape(rows.shape)
+        return self.full[rows.long(), cols.long()]
 
     # ------------------------------------------------------------------ writing
     def apply(self, delta: SparseDelta) -> None:
@@ -161,19 +150,16 @@ class BigState:
         d = delta.coalesce().to(self.device)
         if d.nnz == 0:
             return
+        r = d.rows.long()
+        c = d.cols.long()
+        # Coalesced (unique) indices, so gather-add-scatter is exact and
+        # deterministic, and a bf16 state adds in fp32 before rounding once.
+        new = self.full[r, c].float() + d.values.float()
         clip = self.config.clip_sigma
-        for p, piece in enumerate(d.split_by_partition(self.bounds)):
-            if piece.nnz == 0:
-                continue
-            r = piece.rows.long() - self.bounds[p]
-            c = piece.cols.long()
-            # Unique (coalesced) indices, so gather-add-scatter is exact and
-            # deterministic, and bf16 states add in fp32 before rounding once.
-            new = self.parts[p][r, c].float() + piece.values.float()
-            if clip is not None:
-                bound = clip * self.config.init_std if self.config.init_std > 0 else clip
-                new = new.clamp_(-bound, bound)
-            self.parts[p][r, c] = new.to(self.dtype)
+        if clip is not None:
+            bound = clip * self.config.init_std if self.config.init_std > 0 else clip
+            new = new.clamp_(-bound, bound)
+        self.full[r, c] = new.to(self.dtype)
 
     def load_partition(self, p: int, tensor: torch.Tensor) -> None:
         """Replace partition ``p`` (shape and dtype must match)."""
@@ -191,7 +177,7 @@ class BigState:
             if raw.dtype == torch.bfloat16:
                 raw = raw.view(torch.int16)
             buf = raw.cpu().numpy()
-            out.append(zlib.crc32(memoryview(buf).cast("B")) & 0xFFFFFFFF)
+            out.append(zlib.crc32(buf.data) & 0xFFFFFFFF)
         return out
 
     def _chunks(self, rows: int = 1024) -> list[torch.Tensor]:

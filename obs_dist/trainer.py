@@ -1,0 +1,345 @@
+"""The training loop: windows, truncated BPTT, commits, metrics.
+
+The trainer takes an iterator of batches and a metrics sink as arguments; it
+knows nothing of files, shards or Prometheus. Slow weights are stepped through
+a :class:`SlowWeights` object (plain PyTorch here, DeepSpeed in the distributed
+engine) and committed deltas pass through a ``sync`` function (identity for one
+process, the sparse all-reduce across ranks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from obs_dist.delta import SparseDelta
+from obs_dist.dist import is_rank_zero
+from obs_dist.model import Carry, OBSModel
+from obs_dist.state import BigState
+from obs_dist.tasks import IGNORE
+from obs_dist.window import WindowMemory
+
+log = logging.getLogger("obs.trainer")
+
+MetricsSink = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        steps: optimizer steps (one per batch).
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup: linear warm-up steps, then cosine decay to 10 % of ``lr``.
+        grad_clip: global gradient-norm clip (0 disables).
+        window: steps per window (truncated BPTT); 0 = the whole batch length.
+        log_every: steps between metric reports.
+        eval_every: steps between evaluations (0: only at the end).
+        eval_batches: batches per evaluation.
+        moments_every: steps between state-moment reports (O(N²) each).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seed of the slow weights.
+        progress: show a progress bar.
+        target_accuracy: stop once an evaluation reaches this accuracy.
+    """
+
+    steps: int = 200
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup: int = 10
+    grad_clip: float = 1.0
+    window: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    moments_every: int = 100
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+    target_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for key in ("weight_decay", "warmup", "grad_clip", "window", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("log_every", "eval_batches", "moments_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+
+
+class SlowWeights(Protocol):
+    """How the slow weights θ are stepped (plain PyTorch or DeepSpeed)."""
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> float: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TorchSlowWeights:
+    """AdamW with warm-up + cosine schedule and gradient clipping.
+
+    Args:
+        model: the module whose parameters are trained.
+        cfg: learning-rate settings.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        span = max(cfg.steps - cfg.warmup, 1)
+        progress = min((step - cfg.warmup) / span, 1.0)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate gradients of ``loss``."""
+        loss.backward()
+
+    def step(self) -> float:
+        """Clip, step, advance the schedule, zero the gradients; returns the grad norm."""
+        norm = 0.0
+        if self.cfg.grad_clip > 0:
+            norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer and schedule state."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy over scored positions, their count, and correct predictions."""
+    scored = targets != IGNORE
+    count = int(scored.sum())
+    if count == 0:
+        return logits.sum() * 0.0, 0, 0
+    sel_logits = logits[scored]
+    sel_targets = targets[scored]
+    loss = F.cross_entropy(sel_logits.float(), sel_targets, reduction="sum")
+    correct = int((sel_logits.argmax(-1) == sel_targets).sum())
+    return loss, count, correct
+
+
+class Trainer:
+    """Runs windows over a batch stream, steps θ and commits deltas to the state.
+
+    Args:
+        cfg: loop settings.
+        model: the slow-weight model.
+        state: the big state (read by every window; changed only by commits).
+        commit: commit window deltas (continual tasks) or keep memory per sequence.
+        penalty: weight of the Gaussian moment penalty on touched entries.
+        slow: how θ is stepped (default: :class:`TorchSlowWeights`).
+        sync: sums a committed delta across ranks (default: identity).
+        sink: receives ``(metrics, step)`` every ``log_every`` steps.
+        shared: sequential phase inside the batch (streams see each other's writes).
+    """
+
+    def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
+                 penalty: float = 0.0, slow: SlowWeights | None = None,
+                 sync: Callable[[SparseDelta], SparseDelta] | None = None,
+                 sink: MetricsSink | None = None, shared: bool = False) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.state = state
+        self.commits = commit
+        self.penalty = penalty
+        self.slow: SlowWeights = slow if slow is not None else TorchSlowWeights(model, cfg)
+        self.sync = sync if sync is not None else (lambda d: d)
+        self.sink = sink
+        self.shared = shared
+        self.device = torch.device(cfg.device)
+        self.step = 0
+        self.counters: dict[str, float] = {"samples_total": 0.0, "tokens_total": 0.0,
+                                           "nonfinite_commits_total": 0.0,
+                                           "committed_entries_total": 0.0}
+        self.carry: Carry | None = None
+        self.last_delta_nnz = 0
+
+    # ----------------------------------------------------------------- commits
+    def commit(self, delta: SparseDelta) -> bool:
+        """Sum ``delta`` across ranks and add it to the state.
+
+        A delta holding NaN/inf is refused: the state is unchanged, the event is
+        counted (``nonfinite_commits_total``) and logged. Returns whether it was applied.
+        """
+        delta = self.sync(delta)
+        self.last_delta_nnz = delta.nnz
+        if not delta.all_finite():
+            self.counters["nonfinite_commits_total"] += 1
+            log.warning("refused a commit at step %d: %d of %d delta values are NaN/inf",
+                        self.step, int((~torch.isfinite(delta.values)).sum()), delta.nnz)
+            return False
+        self.state.apply(delta)
+        self.counters["committed_entries_total"] += delta.nnz
+        return True
+
+    # ----------------------------------------------------------------- windows
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    def _windows(self, length: int) -> list[tuple[int, int]]:
+        w = self.cfg.window or length
+        return [(s, min(s + w, length)) for s in range(0, length, w)]
+
+    def run_batch(self, batch: dict[str, Any], train: bool = True) -> dict[str, float]:
+        """One batch: windows with truncated BPTT; one optimizer step when training.
+
+        Per-sequence tasks start every batch from fresh memory and carry the
+        window's (detached) writes to the next window of the same batch;
+        committing tasks commit after each window and carry only the active
+        nodes across batches.
+        """
+        batch = self._to_device(batch)
+        targets = batch["targets"]
+        bsz, length = targets.shape
+        if self.commits:
+            carry = self.carry if self.carry is not None else self.model.initial_carry(
+                bsz, self.device)
+        else:
+            carry = self.model.initial_carry(bsz, self.device)
+        memory = WindowMemory(self.state.matrix(), bsz, shared=self.shared)
+        total_scored = max(int((targets != IGNORE).sum()), 1)
+        loss_sum = 0.0
+        correct = scored = 0
+        stats: dict[str, float] = {}
+        for s, e in self._windows(length):
+            part = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.dim() >= 2
+                        and v.shape[:2] == (bsz, length) else v) for k, v in batch.items()}
+            if s > 0:
+                part.pop("reset", None)
+            with torch.set_grad_enabled(train):
+                logits, carry, stats = self.model.forward_window(part, memory, carry)
+                loss, n, c = masked_loss(logits, part["targets"])
+                objective = loss / total_scored
+                if train and self.penalty > 0 and self.state.config.init_std > 0:
+                    objective = objective + self.penalty * memory.gaussian_penalty(
+                        self.state.config.init_std)
+            if train and objective.requires_grad:
+                self.slow.backward(objective)
+            loss_sum += float(loss.detach())
+            correct += c
+            scored += n
+            carry = carry.detach()
+            if self.commits and train:
+                self.commit(memory.to_delta())
+                memory = WindowMemory(self.state.matrix(), bsz, shared=self.shared)
+            else:
+                memory = memory.carry()
+        if self.commits and train:
+            self.carry = carry
+        out = {"loss": loss_sum / max(scored, 1), "accuracy": correct / max(scored, 1),
+               "scored": float(scored)}
+        out.update({f"mean_{k}": v for k, v in stats.items()})
+        return out
+
+    def evaluate(self, batches: Iterable[dict[str, Any]], count: int) -> dict[str, float]:
+        """Accuracy and loss over ``count`` batches, without training or commits."""
+        self.model.eval()
+        saved_carry = self.carry
+        loss = acc = weight = 0.0
+        it = iter(batches)
+        with torch.no_grad():
+            for _ in range(count):
+                out = self.run_batch(next(it), train=False)
+                loss += out["loss"] * out["scored"]
+                acc += out["accuracy"] * out["scored"]
+                weight += out["scored"]
+        self.carry = saved_carry
+        self.model.train()
+        return {"eval_loss": loss / max(weight, 1), "eval_accuracy": acc / max(weight, 1)}
+
+    # ------------------------------------------------------------------- loop
+    def fit(self, batches: Iterator[dict[str, Any]],
+            eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None
+            ) -> dict[str, float]:
+        """Train for ``cfg.steps`` optimizer steps; returns the final metrics."""
+        cfg = self.cfg
+        self.model.train()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (cfg.progress and is_rank_zero()), dynamic_ncols=True)
+        metrics: dict[str, float] = {}
+        t_log = time.perf_counter()
+        samples_at_log = self.counters["samples_total"]
+        tokens_at_log = self.counters["tokens_total"]
+        start = time.perf_counter()
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            out = self.run_batch(batch, train=True)
+            self.slow.step()
+            self.step += 1
+            bsz, length = batch["targets"].shape
+            self.counters["samples_total"] += bsz
+            self.counters["tokens_total"] += bsz * length
+            metrics = {**out, **self.counters, "step": float(self.step),
+                       "step_seconds": time.perf_counter() - t0,
+                       "last_step_timestamp": time.time(),
+                       "delta_nnz": float(self.last_delta_nnz),
+                       "delta_density": self.last_delta_nnz / float(self.state.num_nodes) ** 2}
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.3f}")
+            done = self.step >= cfg.steps
+            if eval_batches is not None and (done or (cfg.eval_every and
+                                                      self.step % cfg.eval_every == 0)):
+                metrics.update(self.evaluate(eval_batches(), cfg.eval_batches))
+                if is_rank_zero():
+                    log.info("step %d eval accuracy %.4f", self.step, metrics["eval_accuracy"])
+                target = cfg.target_accuracy
+                if target is not None and metrics["eval_accuracy"] >= target:
+                    done = True
+            if self.step % cfg.moments_every == 0 or done:
+                metrics.update({f"state_{k}": v for k, v in self.state.moments().items()})
+            if self.step % cfg.log_every == 0 or done:
+                now = time.perf_counter()
+                span = max(now - t_log, 1e-9)
+                metrics["samples_per_s"] = (self.counters["samples_total"] - samples_at_log) / span
+                metrics["tokens_per_s"] = (self.counters["tokens_total"] - tokens_at_log) / span
+                t_log, samples_at_log = now, self.counters["samples_total"]
+                tokens_at_log = self.counters["tokens_total"]
+                if self.sink is not None:
+                    self.sink(metrics, self.step)
+            if done:
+                break
+        bar.close()
+        metrics["wall_seconds"] = time.perf_counter() - start
+        return metrics

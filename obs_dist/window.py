@@ -1,0 +1,196 @@
+"""Sparse in-graph window deltas and reads against ``X_base + Σ Δ_τ``.
+
+Every write of the model is a rank-1 block ``Δ[R_i, C_j] += a_i · b_j`` over a few
+rows ``R`` and columns ``C`` (both the Hebbian and the delta rule have this
+form). The window keeps these blocks — indices plus the two coefficient vectors,
+still in the autograd graph — and never materialises a dense N×N copy per
+stream. A read of a row combination ``Σ_i w_i X[S_i, :]`` is then
+
+* the base part, one ``embedding_bag`` over the dense state (O(k·N)), plus
+* for every block, the overlap ``o = Σ_{i,j} w_i a_j [S_i = R_j]`` (one batched
+  comparison for all blocks of the window) times ``b`` scattered at ``C``.
+
+So a step costs O(k·N + L·k·r) for L blocks in the window, with no Python loop
+over the history. After backward, :meth:`WindowMemory.to_delta` expands the
+blocks into COO entries for the commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from obs_dist.delta import SparseDelta
+
+
+@dataclass
+class BlockSeq:
+    """Blocks of one shape, stacked over time: ``rows/a: [B, L, r]``, ``cols/b: [B, L, c]``."""
+
+    rows: torch.Tensor
+    a: torch.Tensor
+    cols: torch.Tensor
+    b: torch.Tensor
+    step: torch.Tensor  # [L] the step at which each block was written (-1: carried in)
+
+    def detach(self) -> BlockSeq:
+        """The same blocks out of the autograd graph (carried to the next window)."""
+        return BlockSeq(self.rows, self.a.detach(), self.cols, self.b.detach(),
+                        torch.full_like(self.step, -1))
+
+
+class WindowMemory:
+    """The deltas of one window for ``B`` streams over a shared base state.
+
+    Args:
+        base: the dense ``[N, N]`` base state (not differentiated).
+        batch: number of streams B.
+        shared: if True (sequential phase) every stream sees every stream's
+            writes from the next step on; otherwise each stream sees only its own
+            writes (parallel phase).
+    """
+
+    def __init__(self, base: torch.Tensor, batch: int, shared: bool = False) -> None:
+        self.base = base
+        self.num_nodes = base.shape[0]
+        self.batch = batch
+        self.shared = shared
+        self.seqs: dict[str, BlockSeq] = {}
+        self.step = 0
+
+    # ------------------------------------------------------------------ writing
+    def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
+              b: torch.Tensor) -> None:
+        """Record the block ``Δ[rows_i, cols_j] += a_i·b_j`` for each stream.
+
+        Blocks of the same ``kind`` must keep their shape across steps.
+        """
+        assert rows.shape == a.shape and cols.shape == b.shape, (rows.shape, cols.shape)
+        new = BlockSeq(rows[:, None], a[:, None], cols[:, None], b[:, None],
+                       torch.tensor([self.step], device=rows.device))
+        old = self.seqs.get(kind)
+        if old is None:
+            self.seqs[kind] = new
+        else:
+            self.seqs[kind] = BlockSeq(
+                torch.cat([old.rows, new.rows], 1), torch.cat([old.a, new.a], 1),
+                torch.cat([old.cols, new.cols], 1), torch.cat([old.b, new.b], 1),
+                torch.cat([old.step, new.step]),
+            )
+
+    def next_step(self) -> None:
+        """Advance the step counter (visibility of other streams' writes)."""
+        self.step += 1
+
+    def carry(self) -> WindowMemory:
+        """A memory for the next window of the same sequences: blocks detached."""
+        out = WindowMemory(self.base, self.batch, self.shared)
+        out.seqs = {k: s.detach() for k, s in self.seqs.items()}
+        return out
+
+    def receive(self, kind: str, seq: BlockSeq) -> None:
+        """Append blocks produced elsewhere (e.g. other ranks), visible to all."""
+        old = self.seqs.get(kind)
+        self.seqs[kind] = seq if old is None else BlockSeq(
+            torch.cat([old.rows, seq.rows], 1), torch.cat([old.a, seq.a], 1),
+            torch.cat([old.cols, seq.cols], 1), torch.cat([old.b, seq.b], 1),
+            torch.cat([old.step, seq.step]))
+
+    # ------------------------------------------------------------------ reading
+    def _visible(self, seq: BlockSeq) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor, torch.Tensor | None]:
+        """Blocks each stream may see, as ``[B, L', ·]`` tensors plus a mask."""
+        if not self.shared:
+            return seq.rows, seq.a, seq.cols, seq.b, None
+        bsz, length = seq.rows.shape[:2]
+
+        def everyone(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(1, bsz * length, -1).expand(bsz, -1, -1)
+
+        owner = torch.arange(bsz, device=seq.rows.device).repeat_interleave(length)
+        step = seq.step.repeat(bsz)
+        me = torch.arange(bsz, device=seq.rows.device)[:, None]
+        # Own writes are visible at once; others' from the next step on.
+        mask = (owner[None, :] == me) | (step[None, :] < self.step)
+        return everyone(seq.rows), everyone(seq.a), everyone(seq.cols), everyone(seq.b), mask
+
+    def _overlaps(self, rows: torch.Tensor, weights: torch.Tensor, seq_rows: torch.Tensor,
+                  seq_a: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``o[b, l] = Σ_{i,j} w[b,i] a[b,l,j] [rows[b,i] = R[b,l,j]]``."""
+        eq = (rows[:, None, :, None] == seq_rows[:, :, None, :]).to(weights.dtype)
+        o = torch.einsum("bi,blij,blj->bl", weights, eq, seq_a)
+        return o if mask is None else o * mask.to(o.dtype)
+
+    def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``h[b] = Σ_i weights[b,i] · X_eff[rows[b,i], :]`` as a dense ``[B, N]``."""
+        dt = self.base.dtype
+        h = F.embedding_bag(rows, self.base, per_sample_weights=weights.to(dt), mode="sum")
+        h = h.to(weights.dtype)
+        for seq in self.seqs.values():
+            r, a, c, b, mask = self._visible(seq)
+            o = self._overlaps(rows, weights, r, a, mask)  # [B, L]
+            contrib = (o[:, :, None] * b).flatten(1)
+            h = h.scatter_add(1, c.flatten(1).long(), contrib)
+        return h
+
+    def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor:
+        """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""
+        base = self.base[rows.long()[:, :, None], cols.long()[:, None, :]]  # [B, k, Q]
+        p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
+        for seq in self.seqs.values():
+            r, a, c, b, mask = self._visible(seq)
+            o = self._overlaps(rows, weights, r, a, mask)
+            at_cols = (c[:, :, :, None] == cols[:, None, None, :]).to(b.dtype)  # [B, L, c, Q]
+            p = p + torch.einsum("bl,blc,blcq->bq", o, b, at_cols)
+        return p
+
+    # ------------------------------------------------------------------ commit
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All written entries as flat ``(rows, cols, values)`` (values in the graph).
+
+        Only blocks written in this window are included (carried ones were
+        committed or belong to the sequence, not the state).
+        """
+        rs, cs, vs = [], [], []
+        for seq in self.seqs.values():
+            live = seq.step >= 0
+            if not bool(live.any()):
+                continue
+            r = seq.rows[:, live]
+            c = seq.cols[:, live]
+            v = seq.a[:, live, :, None] * seq.b[:, live, None, :]  # [B, L, r, c]
+            rs.append(r[:, :, :, None].expand_as(v).reshape(-1))
+            cs.append(c[:, :, None, :].expand_as(v).reshape(-1))
+            vs.append(v.reshape(-1))
+        if not vs:
+            empty = torch.empty(0, dtype=torch.int64, device=self.base.device)
+            return empty, empty, torch.empty(0, device=self.base.device)
+        return torch.cat(rs), torch.cat(cs), torch.cat(vs)
+
+    def to_delta(self) -> SparseDelta:
+        """The window's writes, detached, summed over streams, coalesced, zeros dropped."""
+        rows, cols, vals = self.entries()
+        vals = vals.detach().float()
+        keep = vals != 0
+        delta = SparseDelta.from_indices(rows[keep], cols[keep], vals[keep], self.num_nodes)
+        return delta.coalesce()
+
+    def gaussian_penalty(self, init_std: float) -> torch.Tensor:
+        """Moment penalty of the touched entries' new values against N(0, σ0²).
+
+        ``(mean/σ0)² + (std/σ0 − 1)²`` over the unique entries written in this
+        window, each at ``X_base + Σ Δ`` (differentiable through the deltas).
+        """
+        rows, cols, vals = self.entries()
+        if vals.numel() < 2 or init_std <= 0:
+            return vals.sum() * 0.0
+        keys = rows.long() * self.num_nodes + cols.long()
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        summed = torch.zeros(uniq.numel(), dtype=vals.dtype, device=vals.device)
+        summed = summed.index_add(0, inverse, vals)
+        base = self.base[uniq // self.num_nodes, uniq % self.num_nodes].to(vals.dtype)
+        new = base + summed
+        return (new.mean() / init_std) ** 2 + (new.std() / init_std - 1.0) ** 2

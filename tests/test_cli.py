@@ -1,0 +1,41 @@
+"""The ``obs`` command line end to end (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _obs(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_train_then_eval_json(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--config", "configs/demo.toml", "--set", f"out_dir={out}",
+              "--set", "state.nodes=1024", "--set", "task.batch=8"]
+    proc = _obs("train", *common, "--set", "train.steps=3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["step"] == 3 and 0 <= result["eval_accuracy"] <= 1
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert "resolved config" in proc.stderr
+    proc = _obs("eval", *common, "--batches", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"eval_loss", "eval_accuracy"}
+
+
+def test_bench_step_reports_the_required_keys() -> None:
+    proc = _obs("bench", "step", "--nodes", "256", "1024", "--k-max", "8", "--active", "8",
+                "--d-model", "32", "--batch", "2", "--window", "8", "--windows", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    rows = result["results"]
+    assert [r["nodes"] for r in rows] == [256, 1024]
+    for r in rows:
+        assert {"nodes", "sec_per_token", "peak_rss_bytes", "state_bytes"} <= set(r)
+        assert r["sec_per_token"] > 0 and r["peak_rss_bytes"] > r["state_bytes"]
+    assert rows[1]["state_bytes"] == 1024 * 1024 * 4
