@@ -171,6 +171,10 @@ class Trainer:
         sync: sums a committed delta across ranks (default: identity).
         sink: receives ``(metrics, step)`` every ``log_every`` steps.
         shared: sequential phase inside the batch (streams see each other's writes).
+
+    ``on_step`` is a list of hooks ``hook(trainer, metrics)`` run after every
+    optimizer step, before metrics are reported (replica checks, checkpoints, …);
+    a hook may add entries to ``metrics``.
     """
 
     def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
@@ -193,6 +197,22 @@ class Trainer:
                                            "committed_entries_total": 0.0}
         self.carry: Carry | None = None
         self.last_delta_nnz = 0
+        self.on_step: list[Callable[[Trainer, dict[str, float]], None]] = []
+
+    # ------------------------------------------------------------ resumption
+    def state_dict(self) -> dict[str, Any]:
+        """Loop position, counters and carried activity (JSON-friendly except tensors)."""
+        return {"step": self.step, "counters": dict(self.counters),
+                "carry": None if self.carry is None else
+                {"ids": self.carry.ids.cpu(), "vals": self.carry.vals.cpu()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (slow weights and the big state load separately)."""
+        self.step = int(state["step"])
+        self.counters.update({k: float(v) for k, v in state["counters"].items()})
+        carry = state.get("carry")
+        self.carry = None if carry is None else Carry(carry["ids"].to(self.device),
+                                                      carry["vals"].to(self.device))
 
     # ----------------------------------------------------------------- commits
     def commit(self, delta: SparseDelta) -> bool:
@@ -329,6 +349,8 @@ class Trainer:
                     done = True
             if self.step % cfg.moments_every == 0 or done:
                 metrics.update({f"state_{k}": v for k, v in self.state.moments().items()})
+            for hook in self.on_step:
+                hook(self, metrics)
             if self.step % cfg.log_every == 0 or done:
                 now = time.perf_counter()
                 span = max(now - t_log, 1e-9)
