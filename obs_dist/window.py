@@ -7,11 +7,12 @@ still in the autograd graph — and never materialises a dense N×N copy per
 stream. A read of a row combination ``Σ_i w_i X[S_i, :]`` is then
 
 * the base part, one ``embedding_bag`` over the dense state (O(k·N)), plus
-* for every block, the overlap ``o = Σ_{i,j} w_i a_j [S_i = R_j]`` (one batched
-  comparison for all blocks of the window) times ``b`` scattered at ``C``.
+* for every block, the overlap ``o = Σ_{i,j} w_i a_j [S_i = R_j]`` (the row
+  combination scattered into a dense vector once, then one gather for all
+  blocks of the window) times ``b`` scattered at ``C``.
 
-So a step costs O(k·N + L·k·r) for L blocks in the window, with no Python loop
-over the history. After backward, :meth:`WindowMemory.to_delta` expands the
+So a step costs O(k·N + L·(r + c)) for L blocks in the window, with no Python
+loop over the history. After backward, :meth:`WindowMemory.to_delta` expands the
 blocks into COO entries for the commit.
 """
 
@@ -116,36 +117,42 @@ class WindowMemory:
         mask = (owner[None, :] == me) | (step[None, :] < self.step)
         return everyone(seq.rows), everyone(seq.a), everyone(seq.cols), everyone(seq.b), mask
 
-    def _overlaps(self, rows: torch.Tensor, weights: torch.Tensor, seq_rows: torch.Tensor,
-                  seq_a: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``o[b, l] = Σ_{i,j} w[b,i] a[b,l,j] [rows[b,i] = R[b,l,j]]``."""
-        eq = (rows[:, None, :, None] == seq_rows[:, :, None, :]).to(weights.dtype)
-        o = torch.einsum("bi,blij,blj->bl", weights, eq, seq_a)
-        return o if mask is None else o * mask.to(o.dtype)
+    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
+
+        The row combination is scattered once into a dense ``[B, N]`` vector, so
+        each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
+        per stream, with nothing of size L·k·r kept for the backward pass.
+        """
+        if not self.seqs:
+            return None
+        bsz = rows.shape[0]
+        w_dense = weights.new_zeros(bsz, self.num_nodes).scatter_add(1, rows.long(), weights)
+        out = weights.new_zeros(bsz, self.num_nodes)
+        for seq in self.seqs.values():
+            r, a, c, b, mask = self._visible(seq)
+            length = r.shape[1]
+            o = (w_dense.gather(1, r.flatten(1).long()).view(bsz, length, -1) * a).sum(-1)
+            if mask is not None:
+                o = o * mask.to(o.dtype)
+            out = out.scatter_add(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
+        return out
 
     def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``h[b] = Σ_i weights[b,i] · X_eff[rows[b,i], :]`` as a dense ``[B, N]``."""
         dt = self.base.dtype
         h = F.embedding_bag(rows, self.base, per_sample_weights=weights.to(dt), mode="sum")
         h = h.to(weights.dtype)
-        for seq in self.seqs.values():
-            r, a, c, b, mask = self._visible(seq)
-            o = self._overlaps(rows, weights, r, a, mask)  # [B, L]
-            contrib = (o[:, :, None] * b).flatten(1)
-            h = h.scatter_add(1, c.flatten(1).long(), contrib)
-        return h
+        window = self._window_part(rows, weights)
+        return h if window is None else h + window
 
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
         """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""
         base = self.base[rows.long()[:, :, None], cols.long()[:, None, :]]  # [B, k, Q]
         p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
-        for seq in self.seqs.values():
-            r, a, c, b, mask = self._visible(seq)
-            o = self._overlaps(rows, weights, r, a, mask)
-            at_cols = (c[:, :, :, None] == cols[:, None, None, :]).to(b.dtype)  # [B, L, c, Q]
-            p = p + torch.einsum("bl,blc,blcq->bq", o, b, at_cols)
-        return p
+        window = self._window_part(rows, weights)
+        return p if window is None else p + window.gather(1, cols.long())
 
     # ------------------------------------------------------------------ commit
     def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
