@@ -1,0 +1,146 @@
+"""Audio-visual clip encoder: one feature per clip from its video frames and log-mel audio.
+
+Input is the loader's batch (``video`` uint8 [B, T, F, 3, H, W], ``audio``
+float32 [B, T, n_mels, A], and the two presence masks); output is
+``[B, T, d_model]``. Each modality has a small strided conv encoder, run only on
+the clips where that modality is present (absent clips cost nothing and get no
+gradient), plus a learned modality embedding; a clip's feature is the sum over
+its present modalities, zero for a clip with neither (padding).
+
+The encoders are sized for CPU training (B=8, T=16 at several windows per
+second on two cores): video uses ``frames_used`` frames (default 2: the first
+and middle) stacked as channels, three convolutions down to 4×4 and global
+pooling; audio uses two strided 1-D convolutions over time, per-clip
+normalised, with mean and max pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class VideoClipEncoder(nn.Module):
+    """uint8 clips ``[N, F, 3, H, W]`` → ``[N, d_model]``.
+
+    Args:
+        d_model: output width.
+        image_size: H = W of the frames.
+        frames_used: frames taken evenly from each clip (stacked as channels).
+        width: channels of the convolutions.
+    """
+
+    def __init__(self, d_model: int, image_size: int = 64, frames_used: int = 2,
+                 width: int = 64) -> None:
+        super().__init__()
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if frames_used < 1:
+            raise ValueError(f"frames_used must be >= 1, got {frames_used}")
+        self.frames_used = frames_used
+        stem = 4 if image_size >= 32 else 2
+        self.convs = nn.Sequential(
+            nn.Conv2d(3 * frames_used, width // 2, kernel_size=stem, stride=stem),
+            nn.GELU(),
+            nn.Conv2d(width // 2, width, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+        )
+        self.proj = nn.Linear(2 * width, d_model)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """Encode ``[N, F, 3, H, W]`` uint8 (or float in [0, 1]) clips."""
+        n, f = clips.shape[0], clips.shape[1]
+        picks = torch.linspace(0, f - 1, min(f, self.frames_used) + 1)[:-1] \
+            if f > 1 else torch.zeros(1)
+        idx = picks.round().long().clamp(0, f - 1)
+        if idx.numel() < self.frames_used:  # fewer frames than used: repeat the last
+            idx = torch.cat([idx, idx[-1:].expand(self.frames_used - idx.numel())])
+        x = clips[:, idx]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - 0.5) / 0.25
+        h = self.convs(x.reshape(n, -1, x.shape[-2], x.shape[-1]))
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.proj(pooled)
+
+
+class AudioClipEncoder(nn.Module):
+    """log-mel clips ``[N, n_mels, A]`` → ``[N, d_model]``.
+
+    Args:
+        d_model: output width.
+        n_mels: mel bands of the input.
+        width: channels of the convolutions.
+    """
+
+    def __init__(self, d_model: int, n_mels: int = 64, width: int = 96) -> None:
+        super().__init__()
+        if n_mels < 1:
+            raise ValueError(f"n_mels must be >= 1, got {n_mels}")
+        self.convs = nn.Sequential(
+            nn.Conv1d(n_mels, width, kernel_size=5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(width, width, kernel_size=5, stride=2, padding=2),
+            nn.GELU(),
+        )
+        self.proj = nn.Linear(2 * width, d_model)
+
+    def forward(self, mels: Tensor) -> Tensor:
+        """Encode ``[N, n_mels, A]`` log-mel spectrograms."""
+        x = mels.float()
+        # Per-clip normalisation: recording level and microphone vary, the words do not.
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        std = x.std(dim=(1, 2), keepdim=True).clamp_min(1e-3)
+        h = self.convs((x - mean) / std)
+        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+        return self.proj(pooled)
+
+
+class AVEncoder(nn.Module):
+    """Batch of clips → ``[B, T, d_model]``, summing the present modalities.
+
+    Args:
+        d_model: feature width.
+        n_mels: mel bands of ``audio``.
+        image_size: frame size of ``video``.
+    """
+
+    def __init__(self, d_model: int, n_mels: int = 64, image_size: int = 64) -> None:
+        super().__init__()
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model}")
+        self.d_model = d_model
+        self.video = VideoClipEncoder(d_model, image_size)
+        self.audio = AudioClipEncoder(d_model, n_mels)
+        # Row 0: video, row 1: audio. Tells the model which senses a clip had.
+        self.modality = nn.Parameter(torch.randn(2, d_model) * 0.02)
+
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Encode ``batch["video"]``/``["audio"]`` where their masks are True.
+
+        Returns:
+            ``[B, T, d_model]`` features; zero where a clip has no modality.
+        """
+        video: Tensor = batch["video"]
+        audio: Tensor = batch["audio"]
+        video_mask: Tensor = batch["video_mask"].bool()
+        audio_mask: Tensor = batch["audio_mask"].bool()
+        b, t = video_mask.shape
+        if audio_mask.shape != (b, t):
+            raise ValueError(f"audio_mask shape {tuple(audio_mask.shape)} != video_mask "
+                             f"shape {(b, t)}")
+        out = self.modality.new_zeros(b * t, self.d_model)
+        v_idx = video_mask.reshape(-1).nonzero().squeeze(1)
+        if v_idx.numel():
+            clips = video.reshape(b * t, *video.shape[2:]).index_select(0, v_idx.to(video.device))
+            out = out.index_add(0, v_idx.to(out.device), self.video(clips) + self.modality[0])
+        a_idx = audio_mask.reshape(-1).nonzero().squeeze(1)
+        if a_idx.numel():
+            mels = audio.reshape(b * t, *audio.shape[2:]).index_select(0, a_idx.to(audio.device))
+            out = out.index_add(0, a_idx.to(out.device), self.audio(mels) + self.modality[1])
+        return out.reshape(b, t, self.d_model)
+
