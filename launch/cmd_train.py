@@ -1,10 +1,16 @@
-"""``obs train``: train on the configured task (one process by default)."""
+"""``obs train``: train on the configured task (one process, or ``--nproc N`` local ranks)."""
 
 from __future__ import annotations
 
 import argparse
 
 from launch.output import emit
+
+RESULT_KEYS = ("step", "loss", "accuracy", "eval_loss", "eval_accuracy", "samples_per_s",
+               "tokens_per_s", "wall_seconds", "nonfinite_commits_total",
+               "committed_entries_total", "world_size", "sync_bytes_total", "sync_seconds_total",
+               "checksum_mismatches_total", "scheduler_decisions_total.sequential",
+               "scheduler_decisions_total.parallel")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -15,13 +21,31 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
+def _spawn(args: argparse.Namespace) -> int:
+    """Start ``--nproc`` local ranks running this same command without ``--nproc``."""
+    from launch.spawn import obs_command, spawn_local
+
+    argv = ["train", "--resume", args.resume]
+    if args.config:
+        argv += ["--config", args.config]
+    for item in args.overrides:
+        argv += ["--set", item]
+    if args.json:
+        argv.append("--json")
+    return spawn_local(obs_command(argv), args.nproc)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return _spawn(args)
     from launch.runner import run_training
+    from obs_dist.dist import is_rank_zero
 
     metrics = run_training(args.config, args.overrides, resume=args.resume)
-    keys = ("step", "loss", "accuracy", "eval_loss", "eval_accuracy", "samples_per_s",
-            "tokens_per_s", "wall_seconds", "nonfinite_commits_total", "committed_entries_total")
-    emit({k: metrics[k] for k in keys if k in metrics}, args.json)
+    if is_rank_zero():
+        emit({k: metrics[k] for k in RESULT_KEYS if k in metrics}, args.json)
     return 0
 
 
@@ -31,4 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--resume", default="auto",
                    help="auto (newest complete checkpoint), never, or a checkpoint path")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="local processes (ranks) on this machine; gloo on CPU, NCCL on GPU")
     p.set_defaults(func=_run)

@@ -2,9 +2,20 @@
 
 The trainer takes an iterator of batches and a metrics sink as arguments; it
 knows nothing of files, shards or Prometheus. Slow weights are stepped through
-a :class:`SlowWeights` object (plain PyTorch here, DeepSpeed in the distributed
-engine) and committed deltas pass through a ``sync`` function (identity for one
-process, the sparse all-reduce across ranks).
+a :class:`SlowWeights` object (plain PyTorch here, DeepSpeed or a rank-ordered
+gradient all-reduce in :mod:`obs_dist.engine`) and committed deltas pass through
+a ``sync`` function (identity for one process, :class:`~obs_dist.sync.DeltaSync`
+across ranks).
+
+Phases (DESIGN §4): a :class:`~obs_dist.scheduler.PhaseScheduler` picks each
+window's phase (without one, the ``shared`` flag fixes it). In the sequential
+phase every stream sees every stream's writes from the next step on — across
+ranks through the ``exchange`` of each step's blocks — and the window's delta
+is synced at its end. In the parallel phase streams see their own writes; with
+more than one rank the window deltas are applied locally at once and their sum
+is synced every ``parallel_every`` windows (:class:`~obs_dist.replica.DeferredCommits`),
+so replicas are bit-identical at every sync point. :meth:`Trainer.flush` forces
+a sync point (replica checks and checkpoints call it).
 """
 
 from __future__ import annotations
@@ -22,11 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from obs_dist.delta import SparseDelta
-from obs_dist.dist import is_rank_zero
+from obs_dist.dist import get_world_size, is_rank_zero
 from obs_dist.model import Carry, OBSModel
+from obs_dist.replica import DeferredCommits
+from obs_dist.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
 from obs_dist.state import BigState
 from obs_dist.tasks import IGNORE
-from obs_dist.window import WindowMemory
+from obs_dist.window import Exchange, WindowMemory
 
 log = logging.getLogger("obs.trainer")
 
@@ -170,7 +183,13 @@ class Trainer:
         slow: how θ is stepped (default: :class:`TorchSlowWeights`).
         sync: sums a committed delta across ranks (default: identity).
         sink: receives ``(metrics, step)`` every ``log_every`` steps.
-        shared: sequential phase inside the batch (streams see each other's writes).
+        shared: sequential phase inside the batch (streams see each other's writes)
+            when no scheduler is given.
+        scheduler: decides each window's phase (None: fixed by ``shared``).
+        exchange: the sequential phase's per-step block exchange across ranks
+            (None for one process).
+        parallel_every: K, windows between syncs in the parallel phase when
+            there is more than one rank.
 
     ``on_step`` is a list of hooks ``hook(trainer, metrics)`` run after every
     optimizer step, before metrics are reported (replica checks, checkpoints, …);
@@ -180,7 +199,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
                  penalty: float = 0.0, slow: SlowWeights | None = None,
                  sync: Callable[[SparseDelta], SparseDelta] | None = None,
-                 sink: MetricsSink | None = None, shared: bool = False) -> None:
+                 sink: MetricsSink | None = None, shared: bool = False,
+                 scheduler: PhaseScheduler | None = None, exchange: Exchange | None = None,
+                 parallel_every: int = 1) -> None:
+        if parallel_every < 1:
+            raise ValueError(f"parallel_every must be >= 1, got {parallel_every}")
         self.cfg = cfg
         self.model = model
         self.state = state
@@ -190,6 +213,11 @@ class Trainer:
         self.sync = sync if sync is not None else (lambda d: d)
         self.sink = sink
         self.shared = shared
+        self.scheduler = scheduler
+        self.exchange = exchange
+        # One process has nothing to wait for: commit every window.
+        self.parallel_every = parallel_every if get_world_size() > 1 else 1
+        self.deferred = DeferredCommits(state)
         self.device = torch.device(cfg.device)
         self.step = 0
         self.counters: dict[str, float] = {"samples_total": 0.0, "tokens_total": 0.0,
@@ -198,13 +226,20 @@ class Trainer:
         self.carry: Carry | None = None
         self.last_delta_nnz = 0
         self.on_step: list[Callable[[Trainer, dict[str, float]], None]] = []
+        # An on_step hook sets this to end fit() after the current step (preemption).
+        self.stop_requested = False
 
     # ------------------------------------------------------------ resumption
     def state_dict(self) -> dict[str, Any]:
-        """Loop position, counters and carried activity (JSON-friendly except tensors)."""
+        """Loop position, counters, carried activity and scheduler state.
+
+        Call :meth:`flush` first when saving a checkpoint across ranks: replicas
+        agree only at sync points.
+        """
         return {"step": self.step, "counters": dict(self.counters),
                 "carry": None if self.carry is None else
-                {"ids": self.carry.ids.cpu(), "vals": self.carry.vals.cpu()}}
+                {"ids": self.carry.ids.cpu(), "vals": self.carry.vals.cpu()},
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (slow weights and the big state load separately)."""
@@ -213,24 +248,61 @@ class Trainer:
         carry = state.get("carry")
         self.carry = None if carry is None else Carry(carry["ids"].to(self.device),
                                                       carry["vals"].to(self.device))
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     # ----------------------------------------------------------------- commits
+    def _refuse_nonfinite(self, delta: SparseDelta) -> SparseDelta | None:
+        """None for a finite delta; else count and log it and return an empty one."""
+        if delta.all_finite():
+            return None
+        self.counters["nonfinite_commits_total"] += 1
+        log.warning("refused a commit at step %d: %d of %d delta values are NaN/inf",
+                    self.step, int((~torch.isfinite(delta.values)).sum()), delta.nnz)
+        return SparseDelta.empty(delta.num_nodes, device=delta.values.device)
+
     def commit(self, delta: SparseDelta) -> bool:
         """Sum ``delta`` across ranks and add it to the state.
 
-        A delta holding NaN/inf is refused: the state is unchanged, the event is
-        counted (``nonfinite_commits_total``) and logged. Returns whether it was applied.
+        A delta holding NaN/inf is refused before the sync (an empty one takes
+        part in the collective, so the other ranks' writes still land): the
+        state gets only the others' writes, the event is counted
+        (``nonfinite_commits_total``) and logged. Returns whether ``delta`` was applied.
         """
-        delta = self.sync(delta)
+        empty = self._refuse_nonfinite(delta)
+        applied = empty is None
+        delta = self.sync(delta if empty is None else empty)
+        last = getattr(self.sync, "last", None)
+        if self.scheduler is not None and last is not None:
+            self.scheduler.observe_sync(last.gathered_nnz, last.union_nnz)
         self.last_delta_nnz = delta.nnz
-        if not delta.all_finite():
-            self.counters["nonfinite_commits_total"] += 1
-            log.warning("refused a commit at step %d: %d of %d delta values are NaN/inf",
-                        self.step, int((~torch.isfinite(delta.values)).sum()), delta.nnz)
+        if self._refuse_nonfinite(delta) is not None:  # an overflow in the sum
             return False
         self.state.apply(delta)
         self.counters["committed_entries_total"] += delta.nnz
-        return True
+        return applied
+
+    def flush(self) -> None:
+        """Sync the parallel phase's held-back windows now (a collective)."""
+        if self.deferred.windows:
+            self.commit(self.deferred.take())
+
+    def _commit_window(self, delta: SparseDelta, shared: bool) -> None:
+        """Commit one window's delta in its phase (see the module docstring)."""
+        if shared or self.parallel_every == 1:
+            self.flush()  # a phase switch: held-back windows go first
+            self.commit(delta)
+            return
+        empty = self._refuse_nonfinite(delta)
+        self.deferred.add(delta if empty is None else empty)
+        if self.deferred.windows >= self.parallel_every:
+            self.flush()
+
+    def _decide(self, batch: dict[str, Any]) -> bool:
+        """Whether the next window runs in the sequential (shared) phase."""
+        if self.scheduler is None:
+            return self.shared
+        return self.scheduler.decide(declared_continuous(batch)) == SEQUENTIAL
 
     # ----------------------------------------------------------------- windows
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -257,16 +329,24 @@ class Trainer:
                 bsz, self.device)
         else:
             carry = self.model.initial_carry(bsz, self.device)
-        memory = WindowMemory(self.state.matrix(), bsz, shared=self.shared)
+        memory: WindowMemory | None = None
+        fresh_each_window = self.commits and train
         total_scored = max(int((targets != IGNORE).sum()), 1)
         loss_sum = 0.0
         correct = scored = 0
         stats: dict[str, float] = {}
         for s, e in self._windows(length):
+            t_window = time.perf_counter()
             part = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.dim() >= 2
                         and v.shape[:2] == (bsz, length) else v) for k, v in batch.items()}
             if s > 0:
                 part.pop("reset", None)
+            shared = self._decide(batch)
+            exchange = self.exchange if shared else None
+            if memory is None or fresh_each_window:
+                memory = WindowMemory(self.state.matrix(), bsz, shared=shared, exchange=exchange)
+            else:
+                memory = memory.carry(shared, exchange)
             with torch.set_grad_enabled(train):
                 logits, carry, stats = self.model.forward_window(part, memory, carry)
                 loss, n, c = masked_loss(logits, part["targets"])
@@ -281,10 +361,11 @@ class Trainer:
             scored += n
             carry = carry.detach()
             if self.commits and train:
-                self.commit(memory.to_delta())
-                memory = WindowMemory(self.state.matrix(), bsz, shared=self.shared)
-            else:
-                memory = memory.carry()
+                self._commit_window(memory.to_delta(), shared)
+            if self.scheduler is not None:
+                writes, union = memory.write_overlap()
+                self.scheduler.observe_window(WindowSignals(
+                    writes, union, float(loss.detach()), n, time.perf_counter() - t_window))
         if self.commits and train:
             self.carry = carry
         out = {"loss": loss_sum / max(scored, 1), "accuracy": correct / max(scored, 1),
@@ -308,6 +389,13 @@ class Trainer:
         self.model.train()
         return {"eval_loss": loss / max(weight, 1), "eval_accuracy": acc / max(weight, 1)}
 
+    def _engine_metrics(self) -> dict[str, float]:
+        """Sync and scheduler counters (names agreed with monitoring)."""
+        out: dict[str, float] = dict(getattr(self.sync, "counters", {}))
+        if self.scheduler is not None:
+            out.update(self.scheduler.metrics())
+        return out
+
     # ------------------------------------------------------------------- loop
     def fit(self, batches: Iterator[dict[str, Any]],
             eval_batches: Callable[[], Iterable[dict[str, Any]]] | None = None
@@ -322,6 +410,7 @@ class Trainer:
         samples_at_log = self.counters["samples_total"]
         tokens_at_log = self.counters["tokens_total"]
         start = time.perf_counter()
+        self.stop_requested = False
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             batch = next(batches)
@@ -331,7 +420,7 @@ class Trainer:
             bsz, length = batch["targets"].shape
             self.counters["samples_total"] += bsz
             self.counters["tokens_total"] += bsz * length
-            metrics = {**out, **self.counters, "step": float(self.step),
+            metrics = {**out, **self.counters, **self._engine_metrics(), "step": float(self.step),
                        "step_seconds": time.perf_counter() - t0,
                        "last_step_timestamp": time.time(),
                        "delta_nnz": float(self.last_delta_nnz),
@@ -341,6 +430,9 @@ class Trainer:
             done = self.step >= cfg.steps
             if eval_batches is not None and (done or (cfg.eval_every and
                                                       self.step % cfg.eval_every == 0)):
+                # Evaluate the synced state: every rank then sees the same accuracy
+                # and takes the same early-stopping decision.
+                self.flush()
                 metrics.update(self.evaluate(eval_batches(), cfg.eval_batches))
                 if is_rank_zero():
                     log.info("step %d eval accuracy %.4f", self.step, metrics["eval_accuracy"])
@@ -351,6 +443,7 @@ class Trainer:
                 metrics.update({f"state_{k}": v for k, v in self.state.moments().items()})
             for hook in self.on_step:
                 hook(self, metrics)
+            done = done or self.stop_requested
             if self.step % cfg.log_every == 0 or done:
                 now = time.perf_counter()
                 span = max(now - t_log, 1e-9)
@@ -362,6 +455,7 @@ class Trainer:
                     self.sink(metrics, self.step)
             if done:
                 break
+        self.flush()  # the run ends at a sync point
         bar.close()
         metrics["wall_seconds"] = time.perf_counter() - start
         return metrics
