@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from launch.checkpointing import CheckpointConfig
+from monitoring.exporter import MetricsConfig
+from obs_dist.engine import DeepSpeedConfig, DistConfig
 from obs_dist.model import ModelConfig
+from obs_dist.scheduler import SchedulerConfig
 from obs_dist.state import StateConfig
+from obs_dist.sync import SyncConfig
 from obs_dist.tasks import TaskConfig
 from obs_dist.trainer import TrainConfig
+from pipelines.loader import DataConfig
+from pipelines.synthetic import SyntheticConfig
 
 
 @dataclass
@@ -26,6 +33,15 @@ class RunConfig:
         model: slow weights (encoder, writer, head).
         task: what to train on.
         train: the loop.
+        dist: multi-process training (engine, backend, timeout).
+        deepspeed: the DeepSpeed engine of the slow weights (ZeRO stage, …).
+        scheduler: sequential/parallel phases (committing tasks).
+        sync: summing committed deltas across ranks, replica checks.
+        data: audio-visual shards (``task.name = "av"``).
+        synthetic: the shards generated when ``data.source`` is an empty local
+            directory (the embedded default of ``make demo``).
+        checkpoint: where and how often checkpoints go (empty url: none).
+        metrics: the per-rank Prometheus exporter.
     """
 
     name: str = "obs"
@@ -34,20 +50,46 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty word without '/', got {self.name!r}")
         self.model.writer.check_nodes(self.state.nodes)
+        if self.dist.backend == "nccl" and not self.train.device.startswith("cuda"):
+            raise ValueError(f"dist.backend = 'nccl' needs train.device = 'cuda', got "
+                             f"{self.train.device!r}")
+        if self.task.name == "av":
+            self._check_av()
         if self.model.encoder == "tokens":
             # 0 means "as the task needs"; an explicit value must be large enough.
             self.model.vocab = self.model.vocab or self.task.input_vocab
             self.model.classes = self.model.classes or self.task.vocab
-            if self.task.name == "av":
-                raise ValueError("task.name = 'av' needs model.encoder = 'av'")
             if self.model.vocab < self.task.input_vocab:
                 raise ValueError(f"model.vocab ({self.model.vocab}) must be >= the task's input "
                                  f"vocabulary ({self.task.input_vocab})")
             if self.model.classes < self.task.vocab:
                 raise ValueError(f"model.classes ({self.model.classes}) must be >= task.vocab "
                                  f"({self.task.vocab})")
+
+    def _check_av(self) -> None:
+        """Audio-visual runs: the data section must agree with the model and the task."""
+        if self.model.encoder != "av":
+            raise ValueError("task.name = 'av' needs model.encoder = 'av'")
+        if not self.data.source:
+            raise ValueError("task.name = 'av' needs data.source (a shard directory, "
+                             "file://, s3:// or pipe:)")
+        for key in ("n_mels", "image_size"):
+            if getattr(self.model, key) != getattr(self.data, key):
+                raise ValueError(f"model.{key} ({getattr(self.model, key)}) must equal "
+                                 f"data.{key} ({getattr(self.data, key)})")
+        if self.task.batch != self.data.streams:
+            raise ValueError(f"task.batch ({self.task.batch}) must equal data.streams "
+                             f"({self.data.streams}): each stream is one row of a batch")

@@ -2,26 +2,47 @@
 
 This is the one place that knows every package: ``obs train``, ``obs eval``,
 the benchmarks and SLURM jobs all come through here.
+
+The same :func:`run_training` runs as one process, as each of ``obs train
+--nproc N``'s local processes, under ``torchrun`` or the DeepSpeed launcher, and
+in SLURM tasks: the torch.distributed environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) decides the world.
+
+Seams for the other components: :func:`build_batches` (the data loader for
+``task.name = "av"``), the ``sinks`` list of :func:`run_training` (metrics
+exporters), and :func:`build_trainer`'s result, to which checkpointing attaches
+its ``on_step`` hook.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from launch.av_data import av_batches, ensure_local_shards, num_classes
+from launch.checkpointing import Checkpointer, ResumableTaskStream, attach_checkpointing
 from launch.run_config import RunConfig
+from monitoring.exporter import PrometheusSink, start_sink_for_current_process
+from obs_dist.collectives import make_block_exchange
 from obs_dist.config import load_config, to_dict
-from obs_dist.dist import is_rank_zero
+from obs_dist.dist import destroy, get_local_rank, get_rank, get_world_size, is_rank_zero
+from obs_dist.engine import build_slow_weights, init_distributed
 from obs_dist.model import OBSModel
+from obs_dist.replica import ReplicaChecker
+from obs_dist.scheduler import PhaseScheduler
 from obs_dist.state import BigState
+from obs_dist.sync import DeltaSync
 from obs_dist.tasks import task_batches
-from obs_dist.trainer import MetricsSink, Trainer
+from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
+from pipelines.loader import StreamLoader
 
 log = logging.getLogger("obs.runner")
 
@@ -39,6 +60,13 @@ def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:
     return load_config(RunConfig, config_path, overrides)
 
 
+def resolve_device(cfg: RunConfig) -> torch.device:
+    """``train.device``; a bare ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
+    if cfg.train.device == "cuda" and get_world_size() > 1:
+        return torch.device("cuda", get_local_rank())
+    return torch.device(cfg.train.device)
+
+
 def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel, BigState]:
     """The slow-weight model (seeded) and the big state on ``device``."""
     torch.manual_seed(cfg.train.seed)
@@ -47,13 +75,96 @@ def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel, BigStat
     return model, state
 
 
+@dataclass
+class RunData:
+    """What a run trains and evaluates on.
+
+    Attributes:
+        train: the endless training batch iterator of this rank.
+        evals: a factory of fresh evaluation batches (None: no evaluation).
+        position: the stream's resumable position (``state_dict``/``load_state_dict``),
+            saved in every checkpoint.
+        loader: the shard loader of ``av`` runs (for its error counts), else None.
+    """
+
+    train: Iterator[dict[str, Any]]
+    evals: Callable[[], Iterable[dict[str, Any]]] | None
+    position: Any
+    loader: StreamLoader | None = None
+
+
+def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
+    """The batches of the configured task for this rank.
+
+    Synthetic tasks: each rank draws its own sequences (seed + rank) through a
+    :class:`ResumableTaskStream`; evaluation sequences are the same on all ranks.
+    Audio-visual shards: the loader's rank split, and its cursor as the position.
+    """
+    if cfg.task.name == "av":
+        ensure_local_shards(cfg.data, cfg.synthetic, rank)
+        loader, batches = av_batches(cfg.data, rank, world)
+        return RunData(batches, None, loader, loader)
+    stream = ResumableTaskStream(cfg.task, seed_offset=rank)
+    return RunData(stream, lambda: task_batches(cfg.task, seed_offset=EVAL_SEED_OFFSET), stream)
+
+
 def build_batches(cfg: RunConfig, rank: int = 0,
                   world: int = 1) -> tuple[Iterator[dict[str, Any]],
                                            Callable[[], Iterable[dict[str, Any]]] | None]:
     """Training batches and a factory of fresh evaluation batches for the task."""
-    # Each rank draws its own sequences; evaluation sequences are the same on all ranks.
-    train = task_batches(cfg.task, seed_offset=rank)
-    return train, lambda: task_batches(cfg.task, seed_offset=EVAL_SEED_OFFSET)
+    data = build_data(cfg, rank, world)
+    return data.train, data.evals
+
+
+def set_threads(world_local: int) -> None:
+    """Give each local rank its share of the cores, unless the user chose a count.
+
+    Torch's default (every core in every process) makes ranks on one machine
+    fight for cores; on a loaded 2-core machine steps ran 10x slower.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(world_local, 1)))
+
+
+def fan_out(sinks: list[MetricsSink]) -> MetricsSink | None:
+    """One sink that calls every sink of the list (None for an empty list)."""
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        for s in sinks:
+            s(metrics, step)
+
+    return sink
+
+
+def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState, slow: SlowWeights,
+                  sinks: list[MetricsSink] | None = None) -> Trainer:
+    """The trainer with the distributed engine wired in.
+
+    One process: identity sync, no exchange, no replica checks. Several ranks:
+    :class:`DeltaSync` for commits, the per-step block exchange of the
+    sequential phase, and replica checksums every ``sync.check_every`` steps.
+    The phase scheduler governs committing tasks (the big state is what the
+    phases order); per-sequence tasks keep each stream's memory private.
+    """
+    world = get_world_size()
+    device = state.device
+    sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync)
+    scheduler = PhaseScheduler(cfg.scheduler, device) if cfg.task.commits else None
+    trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits,
+                      penalty=cfg.state.penalty, slow=slow, sync=sync,
+                      sink=fan_out(list(sinks or [])), scheduler=scheduler,
+                      exchange=make_block_exchange(sync.meter) if world > 1 else None,
+                      parallel_every=cfg.sync.parallel_every)
+    if world > 1 and cfg.sync.check_every:
+        trainer.on_step.append(ReplicaChecker(
+            state, cfg.sync.check_every, model if cfg.sync.check_slow_weights else None,
+            before_check=trainer.flush))
+    return trainer
 
 
 def save_final(cfg: RunConfig, model: OBSModel, metrics: dict[str, float]) -> Path:
@@ -75,32 +186,100 @@ def load_weights(model: OBSModel, path: Path) -> None:
 
 
 def run_training(config_path: str | None, overrides: list[str], resume: str = "auto",
-                 sink: MetricsSink | None = None) -> dict[str, float]:
-    """Resolve the config, train, save, and return the final metrics.
+                 sink: MetricsSink | None = None,
+                 sinks: list[MetricsSink] | None = None,
+                 step_hooks: list[Callable[[Trainer, dict[str, float]], None]] | None = None
+                 ) -> dict[str, float]:
+    """Resolve the config, join the world, train, save, and return the final metrics.
 
     Args:
         config_path: TOML file (None: defaults only).
         overrides: ``a.b=value`` strings, applied after the file.
-        resume: ``auto`` (newest complete checkpoint if any), ``never``, or a path.
-        sink: extra metrics sink.
+        resume: ``auto`` (newest complete checkpoint of ``checkpoint.url``, if
+            any), ``never``, or a checkpoint (step, manifest or store URL).
+        sink: extra metrics sink (kept for callers of the one-sink form).
+        sinks: metrics sinks, all called (the Prometheus exporter of
+            ``metrics.enabled`` is added by the runner).
+        step_hooks: extra ``on_step`` hooks, run after checkpointing's.
 
     Returns:
-        The final metrics (step, loss, accuracy, eval accuracy, …).
+        This rank's final metrics (step, loss, accuracy, eval accuracy, …).
     """
     cfg = resolve_config(config_path, overrides)
-    setup_logging()
-    if is_rank_zero():
-        log.info("resolved config: %s", json.dumps(to_dict(cfg), sort_keys=True))
-    device = torch.device(cfg.train.device)
-    model, state = build_model(cfg, device)
-    trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits,
-                      penalty=cfg.state.penalty, sink=sink)
-    train, evals = build_batches(cfg)
-    metrics = trainer.fit(train, evals)
-    if is_rank_zero():
-        out = save_final(cfg, model, metrics)
-        log.info("final metrics written to %s", out / "metrics.json")
-    return metrics
+    set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    device = resolve_device(cfg)
+    started = init_distributed(cfg.dist, device)
+    exporter: PrometheusSink | None = None
+    ckpt: Checkpointer | None = None
+    try:
+        setup_logging()
+        rank, world = get_rank(), get_world_size()
+        data = build_data(cfg, rank, world)
+        if cfg.task.name == "av" and not cfg.model.classes:
+            cfg.model.classes = num_classes(cfg.data)
+        model, state = build_model(cfg, device)
+        slow, engine = build_slow_weights(cfg.dist, cfg.deepspeed, model, cfg.train,
+                                          cfg.task.batch)
+        if is_rank_zero():
+            log.info("resolved config: %s", json.dumps(to_dict(cfg), sort_keys=True))
+            log.info("world %d, device %s, slow-weight engine %s", world, device, engine)
+        all_sinks = [*(sinks or []), *([sink] if sink is not None else [])]
+        if cfg.metrics.enabled:
+            exporter = start_sink_for_current_process(cfg.metrics)
+            all_sinks.append(exporter)
+        trainer = build_trainer(cfg, model, state, slow, all_sinks)
+        if data.loader is not None:
+            trainer.on_step.append(_data_metrics(data.loader))
+        ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position},
+                                    rank=rank, world=world, config=to_dict(cfg))
+        resumed = ckpt.resume(resume)
+        if resumed is not None and is_rank_zero():
+            log.info("resumed from the checkpoint of step %d", resumed)
+        trainer.on_step.append(_preemption_hook(ckpt))
+        trainer.on_step.extend(step_hooks or [])
+        metrics = trainer.fit(data.train, data.evals)
+        if ckpt.enabled and ckpt.last_step != trainer.step:
+            ckpt.save()  # the end of a run (or a preempted one) is always resumable
+        metrics.update({"world_size": float(world), "rank": float(rank),
+                        "resumed_from": float(-1 if resumed is None else resumed)})
+        if is_rank_zero():
+            out = save_final(cfg, model, metrics)
+            log.info("final metrics written to %s", out / "metrics.json")
+        return metrics
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+        if exporter is not None:
+            exporter.close()
+        if started:
+            destroy()
+
+
+def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:
+    """An ``on_step`` hook that reports the loader's skipped samples by kind."""
+
+    def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
+        for kind, n in loader.errors.items():
+            metrics[f"data_errors_total.{kind}"] = float(n)
+
+    return hook
+
+
+def _preemption_hook(ckpt: Checkpointer) -> Callable[[Trainer, dict[str, float]], None]:
+    """Stop at this step when a submitted job was signalled (every rank agrees).
+
+    The checkpoint that makes the stop resumable is written by
+    :func:`run_training` after ``fit`` returns.
+    """
+    from launch.submit_job import preemption_requested
+
+    def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
+        if preemption_requested():
+            if is_rank_zero():
+                log.warning("preemption requested: saving at step %d and stopping", trainer.step)
+            trainer.stop_requested = True
+
+    return hook
 
 
 def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dict[str, float]:
@@ -112,5 +291,7 @@ def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dic
     load_weights(model, Path(cfg.out_dir) / "model.safetensors")
     trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits)
     _, evals = build_batches(cfg)
-    assert evals is not None
+    if evals is None:
+        raise ValueError(f"task {cfg.task.name!r} has no evaluation stream of its own; "
+                         "use `obs eval --task ...` for the audio-visual suites")
     return trainer.evaluate(evals(), batches)

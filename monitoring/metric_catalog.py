@@ -97,6 +97,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("ckpt_age_s", "checkpoint_age_seconds", "Seconds since the last complete checkpoint."),
     _g("ckpt_seconds", "checkpoint_duration_seconds", "Wall time of the last checkpoint write."),
     _g("ckpt_bytes", "checkpoint_bytes", "Bytes written by the last checkpoint."),
+    _c("ckpt_failures_total", "checkpoint_failures_total", "Checkpoint writes that failed."),
     _c(
         "scheduler_decisions_total",
         "scheduler_decisions_total",

@@ -69,6 +69,7 @@ def synthetic_metrics(rank: int, step: int, elapsed_s: float, now: float) -> dic
         "ckpt_age_s": float(step % 50) * 0.2,
         "ckpt_seconds": 1.5,
         "ckpt_bytes": 8.0 * 1024**2,
+        "ckpt_failures_total": 0.0,
         "nodes_written": 8.0,
         "step_seconds": 1.0 / samples_per_s * 64.0,
         "last_step_timestamp": now,
