@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +21,41 @@ from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 log = logging.getLogger("obs.av_data")
 
+SHARD_BYTES = 256 << 10
+
 
 def ensure_local_shards(cfg: DataConfig, synthetic: SyntheticConfig | None,
                         rank: int = 0) -> None:
     """Generate synthetic shards at a local ``cfg.source`` that holds none yet.
 
-    Only rank 0 writes; remote sources are never written here (a missing
-    bucket must fail loudly in the loader instead).
+    Also at a local ``cfg.eval_source``: held-out streams from the next seed
+    (other scenes, voices and jitter), as many as one batch has rows. Only
+    rank 0 writes (other ranks wait at the next collective); remote sources
+    are never written here (a missing bucket must fail loudly in the loader).
 
     Raises:
-        ValueError: if the source is empty, local, and no synthetic recipe is given.
+        ValueError: if a source is empty, local, and no synthetic recipe is given.
     """
-    src = cfg.source
+    _ensure(cfg.source, synthetic, rank)
+    if cfg.eval_source:
+        held_out = None if synthetic is None else replace(
+            synthetic, seed=synthetic.seed + 1, streams=max(cfg.streams, cfg.workers or 1))
+        _ensure(cfg.eval_source, held_out, rank)
+
+
+def _ensure(src: str, synthetic: SyntheticConfig | None, rank: int) -> None:
     if not src or "://" in src and not src.startswith("file://") or src.startswith("pipe:"):
         return
     path = Path(src.removeprefix("file://"))
     if any(path.glob("*.tar")):
         return
     if synthetic is None:
-        raise ValueError(f"data.source {src!r} holds no shards; make some with "
-                         "`obs make-shards` or set data.synthetic")
+        raise ValueError(f"data source {src!r} holds no shards; make some with "
+                         "`obs make-shards` or set make_synthetic = true")
     if rank == 0:
         log.info("no shards at %s: generating the embedded synthetic set", path)
-        write_synthetic(str(path), synthetic)
+        # Small shards: every stream its own shard chain, so all rows of a batch fill.
+        write_synthetic(str(path), synthetic, target_bytes=SHARD_BYTES)
 
 
 def num_classes(cfg: DataConfig) -> int:
@@ -72,3 +85,14 @@ def av_batches(cfg: DataConfig, rank: int = 0,
                 raise ValueError(f"data.source {cfg.source!r} produced no batch")
 
     return loader, forever()
+
+
+def av_eval_batches(cfg: DataConfig) -> Iterator[dict[str, Any]]:
+    """Batches of ``cfg.eval_source`` from its start, in order, repeating if short.
+
+    Every rank reads the same held-out streams, so all see the same accuracy.
+    """
+    if not cfg.eval_source:
+        raise ValueError("data.eval_source is empty: no evaluation data")
+    held_out = replace(cfg, source=cfg.eval_source, eval_source="", mode="ordered", loop=True)
+    return av_batches(held_out)[1]

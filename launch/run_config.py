@@ -38,8 +38,10 @@ class RunConfig:
         scheduler: sequential/parallel phases (committing tasks).
         sync: summing committed deltas across ranks, replica checks.
         data: audio-visual shards (``task.name = "av"``).
-        synthetic: the shards generated when ``data.source`` is an empty local
-            directory (the embedded default of ``make demo``).
+        synthetic: the recipe of the shards that ``make_synthetic`` generates.
+        make_synthetic: generate the synthetic set at an empty local
+            ``data.source`` (and ``data.eval_source``) before training (the
+            embedded default of ``make demo``); off: an empty source is an error.
         checkpoint: where and how often checkpoints go (empty url: none).
         metrics: the per-rank Prometheus exporter.
     """
@@ -56,6 +58,7 @@ class RunConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    make_synthetic: bool = False
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from launch.av_data import av_batches, ensure_local_shards, num_classes
+from launch.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
 from launch.checkpointing import Checkpointer, ResumableTaskStream, attach_checkpointing
 from launch.run_config import RunConfig
 from monitoring.exporter import PrometheusSink, start_sink_for_current_process
@@ -101,9 +101,12 @@ def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
     Audio-visual shards: the loader's rank split, and its cursor as the position.
     """
     if cfg.task.name == "av":
-        ensure_local_shards(cfg.data, cfg.synthetic, rank)
+        ensure_local_shards(cfg.data, cfg.synthetic if cfg.make_synthetic else None, rank)
+        if world > 1:
+            torch.distributed.barrier()  # rank 0 may have just written the shards
         loader, batches = av_batches(cfg.data, rank, world)
-        return RunData(batches, None, loader, loader)
+        evals = (lambda: av_eval_batches(cfg.data)) if cfg.data.eval_source else None
+        return RunData(batches, evals, loader, loader)
     stream = ResumableTaskStream(cfg.task, seed_offset=rank)
     return RunData(stream, lambda: task_batches(cfg.task, seed_offset=EVAL_SEED_OFFSET), stream)
 
@@ -238,6 +241,13 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
         trainer.on_step.append(_preemption_hook(ckpt))
         trainer.on_step.extend(step_hooks or [])
         metrics = trainer.fit(data.train, data.evals)
+        if "step" not in metrics:  # resumed from a run that had already finished
+            log.info("the checkpoint is at step %d of %d: nothing left to train",
+                     trainer.step, cfg.train.steps)
+            metrics = {"step": float(trainer.step), **trainer.counters}
+            if data.evals is not None:
+                trainer.flush()
+                metrics.update(trainer.evaluate(data.evals(), cfg.train.eval_batches))
         if ckpt.enabled and ckpt.last_step != trainer.step:
             ckpt.save()  # the end of a run (or a preempted one) is always resumable
         metrics.update({"world_size": float(world), "rank": float(rank),

@@ -57,6 +57,8 @@ class DataConfig:
         loop: start a new epoch instead of ending (ordered/shuffled).
         prefetch: partial batches each worker prepares ahead.
         retries: retries of transient S3 errors.
+        eval_source: shards of held-out streams for evaluation (same forms as
+            ``source``; empty: no evaluation). Read in order from the start each time.
     """
 
     source: str = ""
@@ -73,6 +75,7 @@ class DataConfig:
     loop: bool = False
     prefetch: int = 2
     retries: int = 5
+    eval_source: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -15,7 +15,7 @@ def _obs(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_train_then_eval_json(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    common = ["--config", "configs/demo.toml", "--set", f"out_dir={out}",
+    common = ["--config", "configs/mqar.toml", "--set", f"out_dir={out}",
               "--set", "state.nodes=1024", "--set", "task.batch=8"]
     proc = _obs("train", *common, "--set", "train.steps=3", "--json")
     assert proc.returncode == 0, proc.stderr
