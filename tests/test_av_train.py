@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from launch.run_config import RunConfig
-from launch.runner import run_training
-from obs_dist.config import load_config
+pytest.register_assert_rewrite("s3_server")
+pytest_plugins = ["s3_server"]
+
+from s3_server import needs_moto  # noqa: E402
+
+from launch.run_config import RunConfig  # noqa: E402
+from launch.runner import run_training  # noqa: E402
+from obs_dist.config import load_config  # noqa: E402
+from obs_dist.storage import open_store  # noqa: E402
+from pipelines.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
 
 TINY_AV = ["state.nodes=256", "state.partitions=2", "model.d_model=16", "model.writer.k_max=4",
            "model.writer.active=8", "model.writer.key_dim=16", "model.n_mels=16",
@@ -61,3 +68,20 @@ def test_av_config_mismatch_is_refused_before_any_work(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "model.n_mels" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_moto
+def test_trains_from_shards_in_s3_and_checkpoints_there(tmp_path: Path, s3_endpoint: str,
+                                                        s3_bucket: str) -> None:
+    shards = f"s3://{s3_bucket}/shards/v1"
+    write_synthetic(shards, SyntheticConfig(streams=2, clips_per_stream=8, frames=2,
+                                            image_size=16, classes=4, seed=3),
+                    target_bytes=100_000, endpoint_url=s3_endpoint, progress=False)
+    ckpt = f"s3://{s3_bucket}/runs/av"
+    metrics = run_training("configs/demo.toml", [
+        *TINY_AV, f"out_dir={tmp_path / 'run'}", f"data.source={shards}",
+        f"data.endpoint_url={s3_endpoint}", "data.eval_source=", "make_synthetic=false",
+        f"checkpoint.url={ckpt}", f"checkpoint.endpoint_url={s3_endpoint}"])
+    assert metrics["step"] == 4 and metrics["committed_entries_total"] > 0
+    assert any(k.startswith("manifests/") for k in
+               open_store(ckpt, endpoint_url=s3_endpoint).list(""))
