@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,7 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
             exporter = start_sink_for_current_process(cfg.metrics)
             all_sinks.append(exporter)
         trainer = build_trainer(cfg, model, state, slow, all_sinks)
+        trainer.on_step.append(_nodes_written)
         if data.loader is not None:
             trainer.on_step.append(_data_metrics(data.loader))
         ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position},
@@ -266,13 +268,23 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
 
 
 def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:
-    """An ``on_step`` hook that reports the loader's skipped samples by kind."""
+    """An ``on_step`` hook: the loader's skipped samples by kind, and its clips/s."""
+    last = [time.perf_counter(), loader.clips_seen]
 
     def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
         for kind, n in loader.errors.items():
             metrics[f"data_errors_total.{kind}"] = float(n)
+        now = time.perf_counter()
+        metrics["data_clips_per_s"] = (loader.clips_seen - last[1]) / max(now - last[0], 1e-9)
+        last[:] = [now, loader.clips_seen]
 
     return hook
+
+
+def _nodes_written(trainer: Trainer, metrics: dict[str, float]) -> None:
+    """``on_step``: the writer's k-hat (``mean_count``) under monitoring's ``nodes_written``."""
+    if "mean_count" in metrics:
+        metrics["nodes_written"] = metrics["mean_count"]
 
 
 def _preemption_hook(ckpt: Checkpointer) -> Callable[[Trainer, dict[str, float]], None]:

@@ -14,6 +14,13 @@ gloo group from the exported environment, all-reduces one number per step, saves
 checkpoint to S3 (every rank its part, then rank 0 a manifest), resumes from the
 newest complete manifest, and polls :func:`launch.submit.preemption_requested`.
 It logs every executed step, so tests can prove no step was lost or repeated.
+
+The real training job: :func:`launch_training` submits :class:`launch.submit.TrainingJob`
+(what ``obs submit`` submits) on a tiny deterministic config that checkpoints to S3;
+:class:`TrainingScenario` waits for its checkpoints and loads the final one, which
+:func:`assert_identical` compares with the ``training_reference`` fixture's (the same
+job, uninterrupted, on the local executor). ``s3_job_env`` puts the dummy S3
+credentials in the environment the job's tasks inherit.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from launch.submit import (
     JobSettings,
     SubmitConfig,
     SubmittedRun,
+    TrainingJob,
     preemption_requested,
     slurm_job_fields,
     submit,
@@ -325,9 +333,13 @@ class Scenario:
             )
             self._thread.start()
 
+    def wait_until(self, step: int) -> int:
+        """Block until rank 0 has executed ``step`` (or later); return its step."""
+        return int(wait_for_step(self.progress, 0, step)["step"])
+
     def _interrupt(self, step: int, interrupt: Callable[[Scenario], None]) -> None:
         try:
-            self.interrupted_at = wait_for_step(self.progress, 0, step)["step"]
+            self.interrupted_at = self.wait_until(step)
             interrupt(self)
         except BaseException as exc:  # reported by results(), in the test's thread
             self._interrupt_error = exc
@@ -392,3 +404,166 @@ def reference_run(s3_url: str, tmp_path_factory: pytest.TempPathFactory) -> Scen
     """The uninterrupted run, on the local executor (launched once, waited for lazily)."""
     folder = tmp_path_factory.mktemp("reference")
     return launch(s3_url, folder, local_config(folder), step_s=0.0)
+
+
+# -- the real training job: TrainingJob (obs train) with checkpoints on S3 ---------------
+#
+# The tiny model of tests/test_checkpoint_resume.py; with scheduler.weight_cost = 0 two
+# runs of the same config end in bit-identical states, so an interrupted run that lost or
+# repeated a step cannot match the uninterrupted one.
+
+TRAIN_STEPS = 200
+TRAIN_CKPT_EVERY = 10
+TRAIN_NODES, TRAIN_PARTITIONS = 96, 3
+TRAIN_SETS = [
+    f"state.nodes={TRAIN_NODES}", f"state.partitions={TRAIN_PARTITIONS}", "model.d_model=16",
+    "model.writer.k_max=4", "model.writer.active=8", "model.writer.key_dim=16",
+    "task.vocab=16", "task.seq_len=6", "task.pairs=2", "task.batch=2", "task.commit=true",
+    "train.progress=false", "train.warmup=2", f"train.steps={TRAIN_STEPS}",
+    f"checkpoint.every={TRAIN_CKPT_EVERY}", "scheduler.weight_cost=0.0",
+]  # fmt: skip
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+# Wall-clock measurements the phase scheduler keeps; with weight_cost = 0 they decide nothing.
+WALL_CLOCK = ("/trainer/scheduler/pending/seconds", "/trainer/scheduler/seconds_ema")
+
+
+@pytest.fixture(scope="session")
+def s3_job_env() -> Iterator[dict[str, str]]:
+    """Dummy S3 credentials in this process's environment, which the job's tasks inherit.
+
+    ``sbatch`` exports the submitter's environment (``--export=ALL``) and the local
+    executor copies it, so boto3's default chain finds these in every task.
+    """
+    saved = {key: os.environ.get(key) for key in S3_ENV}
+    os.environ.update(S3_ENV)
+    try:
+        yield dict(S3_ENV)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class TrainingScenario(Scenario):
+    """One submitted :class:`~launch.submit.TrainingJob` with its S3 checkpoint store.
+
+    Args:
+        run: the submitted run.
+        folder: this scenario's folder (``out_dir`` of the training run is in it).
+        bucket: the checkpoint bucket; the store is ``s3://<bucket>/run``.
+        s3_url: endpoint of the S3 server.
+        interrupt_at: once a checkpoint at this step (or later) is complete, call
+            ``interrupt``.
+        interrupt: what preempts the job.
+    """
+
+    def __init__(
+        self,
+        run: SubmittedRun,
+        folder: Path,
+        bucket: str,
+        s3_url: str,
+        interrupt_at: int | None = None,
+        interrupt: Callable[[Scenario], None] | None = None,
+    ) -> None:
+        self.s3_url = s3_url
+        self.url = f"s3://{bucket}/run"
+        self.out_dir = folder / "out"
+        super().__init__(run, folder, bucket, interrupt_at, interrupt)
+
+    def store(self) -> Any:
+        """The run's checkpoint store."""
+        from obs_dist.storage import open_store
+
+        return open_store(self.url, endpoint_url=self.s3_url)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints in the store (retention may drop old ones)."""
+        from obs_dist.checkpoint import list_steps
+
+        return list_steps(self.store())
+
+    def wait_until(self, step: int, timeout_s: float = 120.0) -> int:
+        """Block until a complete checkpoint at ``step`` or later is in the store."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            steps = self.checkpoint_steps()
+            if steps and steps[-1] >= step:
+                return steps[-1]
+            time.sleep(0.1)
+        raise TimeoutError(f"no checkpoint at step >= {step} within {timeout_s} s ({self.url})")
+
+    def final_checkpoint(self, world: int = 2) -> dict[str, Any]:
+        """The newest checkpoint: its step, the big state and every rank's saved tree."""
+        from launch.checkpointing import register_engine_classes
+        from obs_dist.checkpoint import load_state, read_manifest, read_rank
+        from obs_dist.checkpoint_codec import decode_from_objects
+        from obs_dist.state import BigState, StateConfig
+
+        if world > 1:  # the DeepSpeed engine's optimizer state holds its LossScaler objects
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            import deepspeed  # noqa: F401
+
+            register_engine_classes()
+        store = self.store()
+        manifest = read_manifest(store, self.checkpoint_steps()[-1])
+        state = BigState(StateConfig(nodes=TRAIN_NODES, partitions=TRAIN_PARTITIONS), init=False)
+        load_state(store, manifest, state)
+        ranks = []
+        for rank in range(world):
+            tree = decode_from_objects(*read_rank(store, manifest, rank), self.url)
+            ranks.append({k: tree[k] for k in ("model", "slow", "trainer", "extra")})
+        return {"step": manifest.step, "state": state.matrix(), "ranks": ranks}
+
+
+def assert_identical(a: Any, b: Any, path: str = "") -> None:
+    """Equal trees: tensors bit for bit, everything else ``==`` (wall-clock fields skipped)."""
+    import torch
+
+    if path.endswith(WALL_CLOCK):
+        return
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}/{i}")
+    elif hasattr(a, "__dict__") and not isinstance(a, type):  # e.g. DeepSpeed's LossScaler
+        assert type(a) is type(b), path
+        assert_identical(vars(a), vars(b), path)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def launch_training(
+    s3_url: str,
+    folder: Path,
+    cfg: SubmitConfig,
+    interrupt_at: int | None = None,
+    interrupt: Callable[[Scenario], None] | None = None,
+    extra_sets: tuple[str, ...] = (),
+) -> TrainingScenario:
+    """Submit the real 2-task :class:`TrainingJob` (``obs submit``'s job) with a fresh bucket."""
+    bucket = f"train-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_url).create_bucket(Bucket=bucket)
+    sets = [*TRAIN_SETS, f"checkpoint.url=s3://{bucket}/run",
+            f"checkpoint.endpoint_url={s3_url}", f"out_dir={folder / 'out'}", *extra_sets]
+    run = submit(TrainingJob(None, sets, cfg.job_settings()), cfg)
+    return TrainingScenario(run, folder, bucket, s3_url, interrupt_at, interrupt)
+
+
+@pytest.fixture(scope="session")
+def training_reference(
+    s3_url: str, s3_job_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> TrainingScenario:
+    """The uninterrupted training run, on the local executor (waited for lazily)."""
+    folder = tmp_path_factory.mktemp("training-reference")
+    return launch_training(s3_url, folder, local_config(folder))

@@ -7,13 +7,15 @@ exactly as a SLURM job does. The test then reads both ranks' samples/s back
 through ``/api/v1/query`` and evaluates every PromQL expression of the Grafana
 dashboard through the same API.
 
-The job is started by :func:`launch_two_ranks`, the one place to change once
-``obs train --nproc 2`` exists (see its docstring).
+The job is a real one, started by :func:`launch_two_ranks`: ``obs train --nproc 2``
+with ``metrics.enabled=true`` on a tiny config that reports every step, evaluates,
+checkpoints and checks its replicas, and runs until the module is done with it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -70,25 +72,39 @@ GRAFANA_VALUES = {
 }
 
 
-def launch_two_ranks(base_port: int, job: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start a 2-rank job whose ranks serve metrics on ``base_port`` and ``base_port + 1``.
+# A small, fast training job (tests/test_checkpoint_resume.py's TINY model) that runs
+# until the fixture stops it: far more steps than the module needs, a metrics report
+# every step, and every optional family fed (evaluation, state moments, replica
+# checks, checkpoints), so the dashboard has data to show.
+TRAIN_SETS = [
+    "state.nodes=96", "state.partitions=3", "model.d_model=16", "model.writer.k_max=4",
+    "model.writer.active=8", "model.writer.key_dim=16", "task.vocab=16", "task.seq_len=6",
+    "task.pairs=2", "task.batch=2", "task.commit=true", "train.progress=false",
+    "train.warmup=2", "train.steps=1000000", "train.log_every=1", "train.eval_every=20",
+    "train.eval_batches=1", "train.moments_every=5", "sync.check_every=5",
+    "checkpoint.every=50", "scheduler.weight_cost=0.0",
+]  # fmt: skip
 
-    Today: two ``monitoring.synthetic_ranks`` processes (``RANK``/``LOCAL_RANK``
-    = 0 and 1, a real ``PrometheusSink`` each, values changing every 0.2 s).
-    Swap point: replace the body with one process running
-    ``obs train --nproc 2 --set metrics.enabled=true --set metrics.base_port=<base_port>
-    --set metrics.job=<job> ...`` (a small, fast config) and return ``[proc]``;
-    the rest of the test does not change.
+
+def launch_two_ranks(base_port: int, job: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    """Start a real 2-rank training job whose ranks serve metrics on ``base_port`` (+1).
+
+    One ``obs train --nproc 2`` process (it spawns the two gloo ranks) with
+    ``metrics.enabled=true``, ``metrics.base_port=<base_port>`` and
+    ``metrics.job=<job>``; it trains for far longer than the module needs and is
+    stopped by :func:`stop_processes`. Both ranks log to ``workdir/rank0.log``.
     """
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), PYTHONUNBUFFERED="1")
-        log = (workdir / f"rank{rank}.log").open("wb")
-        argv = [sys.executable, "-m", "monitoring.synthetic_ranks", "--base-port",
-                str(base_port), "--job", job, "--interval", "0.2", "--duration", "90"]
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-    return procs
+    sets = [*TRAIN_SETS, "metrics.enabled=true", f"metrics.base_port={base_port}",
+            f"metrics.job={job}", f"checkpoint.url={workdir / 'ckpt'}",
+            f"out_dir={workdir / 'out'}"]  # fmt: skip
+    argv = [sys.executable, "-m", "launch.cli", "train", "--nproc", "2", "--resume", "never"]
+    for item in sets:
+        argv += ["--set", item]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    log = (workdir / "rank0.log").open("wb")
+    # A session of its own, so that stop_processes reaches the launcher and both ranks.
+    return [subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)]
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -143,11 +159,10 @@ def test_samples_per_second_of_both_ranks_through_prometheus(
         by_rank = {row["metric"]["rank"]: row for row in rows}
         return by_rank if set(by_rank) == {"0", "1"} else None
 
-    by_rank = wait_for("samples/s of ranks 0 and 1 in Prometheus", both_ranks, timeout_s=45.0)
+    by_rank = wait_for("samples/s of ranks 0 and 1 in Prometheus", both_ranks, timeout_s=90.0)
     for rank, row in by_rank.items():
         value = float(row["value"][1])
-        expected = 100.0 * (int(rank) + 1)  # what synthetic rank `rank` reports, +-5
-        assert abs(value - expected) <= 5.0 + 1e-9, (rank, value)
+        assert math.isfinite(value) and value > 0.0, (rank, value)  # a rank that trains
         labels = row["metric"]
         assert labels["job"] == JOB, "honor_labels must keep the exporter's job label"
         assert labels["node"], labels
@@ -178,18 +193,21 @@ def test_every_dashboard_expression_evaluates_in_prometheus(
         assert response["status"] == "success", f"{where}: {expr}\n{response}"
 
     # And every one must show data once the ranks have run for a few seconds: a
-    # typo in a metric or label name is valid PromQL that returns nothing.
-    def all_have_data() -> bool | None:
-        empty = [where for where, expr in queries
-                 if not server.query_range(expr, seconds=60.0)["data"]["result"]]
-        return True if not empty else None
+    # typo in a metric or label name is valid PromQL that returns nothing. The
+    # data-pipeline panels (obs_data_*) are the exception: only an audio-visual
+    # (`task.name = "av"`) run has a shard loader, and a clean one no data errors.
+    with_data = [(where, expr) for where, expr in queries if "obs_data_" not in expr]
+    assert len(queries) - len(with_data) <= 6, "only the data-pipeline panels may be empty"
+
+    def empty_queries() -> list[tuple[str, str]]:
+        return [(where, expr) for where, expr in with_data
+                if not server.query_range(expr, seconds=60.0)["data"]["result"]]
 
     try:
-        wait_for("every dashboard query to return data", all_have_data, timeout_s=30.0)
+        wait_for("every dashboard query to return data", lambda: not empty_queries() or None,
+                 timeout_s=30.0)
     except TimeoutError:
-        empty = [(where, expr) for where, expr in queries
-                 if not server.query_range(expr, seconds=60.0)["data"]["result"]]
-        pytest.fail(f"dashboard queries without data: {empty}")
+        pytest.fail(f"dashboard queries without data: {empty_queries()}")
 
 
 def test_dashboard_variables_resolve_to_the_job_ranks_and_node(
@@ -212,7 +230,7 @@ def test_alert_rules_load_and_stay_quiet_for_a_healthy_job(
 
     server = prometheus_with_job
     wait_for("both ranks scraped", lambda: len(instant(
-        server, f'obs_step{{job="{JOB}"}}')) == 2 or None, timeout_s=45.0)
+        server, f'obs_step{{job="{JOB}"}}')) == 2 or None, timeout_s=90.0)
 
     def evaluated_rules() -> list[dict[str, Any]] | None:
         groups = server.api("rules", {"type": "alert"})["data"]["groups"]

@@ -1,13 +1,16 @@
 """``launch.submit`` without a cluster: config checks, and the local executor end to end.
 
-The local executor runs the very job the SLURM tests run (a 2-task gloo job that
-checkpoints to S3 on moto), through the same environment export, preemption flag and
-requeue code; only the requeue itself differs (the local controller restarts the
-tasks instead of ``scontrol requeue``).
+The local executor runs the very job the SLURM tests run: the real ``TrainingJob`` (2
+gloo tasks, checkpoints on S3 via moto), whose uninterrupted run is also the reference
+of the SLURM requeue tests. The preemption, grace-period and give-up paths are tested
+with ``CountingJob`` (a small job that logs every step it executes), through the same
+environment export, preemption flag and requeue code; only the requeue itself differs
+(the local controller restarts the tasks instead of ``scontrol requeue``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -33,6 +36,8 @@ expected_total = support.expected_total
 launch = support.launch
 local_config = support.local_config
 read_progress = support.read_progress
+TrainingScenario = support.TrainingScenario
+TRAIN_STEPS = support.TRAIN_STEPS
 
 
 @pytest.mark.parametrize(
@@ -208,3 +213,23 @@ def test_gives_up_after_max_requeues_with_the_checkpoint_saved(
     last = read_progress(scenario.progress, 0)
     assert last is not None and last["step"] < STEPS
     assert scenario.manifests(s3_url)[-1] == last["step"], "state not saved on the signal"
+
+
+@pytest.mark.timeout(300)
+def test_local_executor_runs_the_training_job(training_reference: TrainingScenario) -> None:
+    """``obs submit --executor local``'s job: the real TrainingJob, 2 gloo ranks, S3 checkpoints."""
+    run = training_reference.run
+    assert run.executor == "local"
+    results = training_reference.results(timeout_s=240.0)
+    assert [int(r["rank"]) for r in results] == [0, 1]
+    for r in results:
+        assert r["step"] == TRAIN_STEPS and r["world_size"] == 2
+        assert r["resumed_from"] == -1  # a fresh store: nothing to resume
+        assert r["samples_total"] == TRAIN_STEPS * 2  # task.batch = 2 per rank and step
+    final = training_reference.final_checkpoint()
+    assert final["step"] == TRAIN_STEPS
+    assert training_reference.checkpoint_steps()[-1] == TRAIN_STEPS
+    metrics = json.loads((training_reference.out_dir / "metrics.json").read_text())
+    assert metrics["step"] == TRAIN_STEPS and metrics["world_size"] == 2
+    log = run.stderr[0].read_text()
+    assert "task environment" in log and "'world_size': 2" in log
