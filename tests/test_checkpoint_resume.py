@@ -199,9 +199,17 @@ def test_kill_during_upload_resumes_from_the_previous_checkpoint(
     assert all(not verify(store, read_manifest(store, s)) for s in list_steps(store))
 
 
-def test_two_processes_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=needs_moto)])
+def test_two_processes_sigkill_and_resume_is_bit_identical(tmp_path: Path, where: str,
+                                                           request: pytest.FixtureRequest
+                                                           ) -> None:
     reference = _start_reference(tmp_path, 2)  # runs alongside the killed run
-    finals = _kill_then_resume(tmp_path, str(tmp_path / "store"), [], world=2)
+    if where == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/runs/exact2"
+        finals = _kill_then_resume(tmp_path, url, ["--endpoint-url", endpoint], world=2)
+    else:
+        finals = _kill_then_resume(tmp_path, str(tmp_path / "store"), [], world=2)
     expected = _reference(*reference)
     for rank, (tree, result) in enumerate(finals):
         assert result["resumed_from"] == HALF
