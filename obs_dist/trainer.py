@@ -298,10 +298,16 @@ class Trainer:
         if self.deferred.windows >= self.parallel_every:
             self.flush()
 
-    def _decide(self, batch: dict[str, Any]) -> bool:
-        """Whether the next window runs in the sequential (shared) phase."""
+    def _decide(self, batch: dict[str, Any], train: bool) -> bool:
+        """Whether the next window runs in the sequential (shared) phase.
+
+        Evaluation keeps the current phase: it must neither count as a decision
+        nor move the scheduler's running signals.
+        """
         if self.scheduler is None:
             return self.shared
+        if not train:
+            return self.scheduler.phase == SEQUENTIAL
         return self.scheduler.decide(declared_continuous(batch)) == SEQUENTIAL
 
     # ----------------------------------------------------------------- windows
@@ -341,7 +347,7 @@ class Trainer:
                         and v.shape[:2] == (bsz, length) else v) for k, v in batch.items()}
             if s > 0:
                 part.pop("reset", None)
-            shared = self._decide(batch)
+            shared = self._decide(batch, train)
             exchange = self.exchange if shared else None
             if memory is None or fresh_each_window:
                 memory = WindowMemory(self.state.matrix(), bsz, shared=shared, exchange=exchange)
@@ -362,7 +368,7 @@ class Trainer:
             carry = carry.detach()
             if self.commits and train:
                 self._commit_window(memory.to_delta(), shared)
-            if self.scheduler is not None:
+            if self.scheduler is not None and train:
                 writes, union = memory.write_overlap()
                 self.scheduler.observe_window(WindowSignals(
                     writes, union, float(loss.detach()), n, time.perf_counter() - t_window))
