@@ -26,8 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# One intra-op thread per process: tests start several ranks and services at
+# once, and torch's default (every core in every process) oversubscribes.
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q
 
 test: lint typecheck unit
 
