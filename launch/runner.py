@@ -295,8 +295,16 @@ def _preemption_hook(ckpt: Checkpointer) -> Callable[[Trainer, dict[str, float]]
     """
     from launch.submit_job import preemption_requested
 
+    requested = False
+
     def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
-        if preemption_requested():
+        nonlocal requested
+        # The poll is a collective: once every rank has seen True, none polls again.
+        requested = requested or preemption_requested()
+        # Stop at the next sync point (at most sync.parallel_every windows away):
+        # a save there adds no early flush, so the resumed run follows exactly the
+        # trajectory of an uninterrupted one.
+        if requested and trainer.at_sync_point:
             if is_rank_zero():
                 log.warning("preemption requested: saving at step %d and stopping", trainer.step)
             trainer.stop_requested = True

@@ -282,6 +282,15 @@ class Trainer:
         self.counters["committed_entries_total"] += delta.nnz
         return applied
 
+    @property
+    def at_sync_point(self) -> bool:
+        """No parallel-phase window is held back: every replica holds the same state.
+
+        Saving here changes nothing; saving elsewhere must :meth:`flush` first,
+        which syncs earlier than an uninterrupted run would.
+        """
+        return self.deferred.windows == 0
+
     def flush(self) -> None:
         """Sync the parallel phase's held-back windows now (a collective)."""
         if self.deferred.windows:
