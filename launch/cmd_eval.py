@@ -1,23 +1,59 @@
-"""``obs eval``: evaluate the weights a training run saved in its ``out_dir``."""
+"""``obs eval``: evaluate a trained run, or run an evaluation suite.
+
+* ``obs eval --config C [--set k=v] --batches N``: score the weights a training
+  run saved in its ``out_dir`` on fresh task batches (unchanged behaviour).
+* ``obs eval --task {mqar-sweep,crossmodal,continual,memory,state-tracking}
+  [--config configs/eval_<task>.toml] [--set k=v] [--quick] [--json] [--out F]``:
+  train OBS and the baselines at the same parameter budget and wall time on the
+  suite's task and score them; the result (rows, curves, config, command) is
+  written as JSON to ``--out`` (default ``runs/eval/<task>[-quick].json``) for
+  ``obs report``, and printed as a table (or one JSON object with ``--json``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from launch.cmd_train import add_config_args
 from launch.output import emit
 
+TASKS = ("mqar-sweep", "crossmodal", "continual", "memory", "state-tracking")
+
+
+def _summary(result: dict) -> dict:
+    """The rows for the terminal: scalar columns only."""
+    rows = [{k: v for k, v in row.items() if not isinstance(v, (list, dict))}
+            for row in result.get("results", [])]
+    return {"results": rows, "suite": result["suite"], "out": result.get("out", "")}
+
 
 def _run(args: argparse.Namespace) -> int:
-    from launch.runner import run_eval
+    if args.task is None:
+        from launch.runner import run_eval
 
-    emit(run_eval(args.config, args.overrides, args.batches), args.json)
+        emit(run_eval(args.config, args.overrides, args.batches), args.json)
+        return 0
+    from launch.evals import run_suite, write_result
+    from launch.runner import setup_logging
+
+    setup_logging()
+    result = run_suite(args.task, args.config, args.overrides, quick=args.quick,
+                       command=sys.argv[1:] if args.command_line is None else args.command_line)
+    out = args.out or f"runs/eval/{args.task}{'-quick' if args.quick else ''}.json"
+    result["out"] = str(write_result(result, out))
+    emit(_summary(result), args.json)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``obs eval``."""
-    p = sub.add_parser("eval", help="evaluate a trained model")
+    p = sub.add_parser("eval", help="evaluate a trained model, or run an evaluation suite")
     add_config_args(p)
-    p.add_argument("--batches", type=int, default=8, help="evaluation batches")
-    p.set_defaults(func=_run)
+    p.add_argument("--batches", type=int, default=8, help="evaluation batches (trained run)")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="run an evaluation suite instead of scoring a trained run")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (seconds): checks the suite end to end, not a figure")
+    p.add_argument("--out", default=None, help="result JSON (default runs/eval/<task>.json)")
+    p.set_defaults(func=_run, command_line=None)

@@ -1,0 +1,134 @@
+"""The shared frame of every baseline: encoder → L residual blocks → norm → head.
+
+A baseline is a ``batch → logits`` module (``forward(batch) -> [B, T, classes]``)
+built around one *mixer* per block, the part that moves information along the
+sequence (softmax attention, a DeltaNet or Longhorn recurrence, a GRU). Each
+block is pre-norm ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``. The encoder is
+the same module family OBS uses (:func:`obs_dist.encoders.build_encoder`), so a
+harness trains every model on the same batches with the same loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from obs_dist.encoders import build_encoder
+
+KINDS = ("attention", "deltanet", "longhorn", "gru")
+
+
+@dataclass
+class BaselineConfig:
+    """One baseline model.
+
+    Attributes:
+        kind: ``attention`` (softmax), ``deltanet``, ``longhorn`` or ``gru``.
+        d_model: residual width.
+        layers: number of blocks.
+        heads: attention / DeltaNet heads (must divide ``d_model``).
+        state_dim: Longhorn state size per channel.
+        mlp_ratio: width of each block's MLP relative to ``d_model`` (0: no MLP).
+        encoder: ``tokens`` or ``av`` (as ``model.encoder`` of OBS).
+        n_mels: log-mel bands (``av``).
+        image_size: frame side (``av``).
+    """
+
+    kind: Literal["attention", "deltanet", "longhorn", "gru"] = "attention"
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 4
+    state_dim: int = 16
+    mlp_ratio: int = 2
+    encoder: Literal["tokens", "av"] = "tokens"
+    n_mels: int = 64
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.d_model < 2:
+            raise ValueError(f"d_model must be >= 2, got {self.d_model}")
+        if self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.heads < 1 or self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must be >= 1 and divide d_model "
+                             f"({self.d_model})")
+        if self.kind == "attention" and (self.d_model // self.heads) % 2:
+            raise ValueError(f"attention head width d_model/heads = "
+                             f"{self.d_model // self.heads} must be even (rotary positions)")
+        if self.state_dim < 1:
+            raise ValueError(f"state_dim must be >= 1, got {self.state_dim}")
+        if self.mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        if self.encoder not in ("tokens", "av"):
+            raise ValueError(f"encoder must be 'tokens' or 'av', got {self.encoder!r}")
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(LN(x))``, then ``x + MLP(LN(x))``.
+
+    Args:
+        d_model: residual width.
+        mixer: the sequence mixer ``[B, T, d] → [B, T, d]``.
+        mlp_ratio: hidden width of the MLP in units of ``d_model`` (0: none).
+    """
+
+    def __init__(self, d_model: int, mixer: nn.Module, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.mixer = mixer
+        self.mlp: nn.Module | None = None
+        if mlp_ratio:
+            self.norm2 = nn.LayerNorm(d_model)
+            self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                     nn.Linear(mlp_ratio * d_model, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d] → [B, T, d]``."""
+        x = x + self.mixer(self.norm1(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class SequenceBaseline(nn.Module):
+    """Encoder, ``layers`` blocks of one mixer kind, final norm and linear head.
+
+    Args:
+        cfg: the baseline.
+        vocab: input tokens (``tokens`` encoder).
+        classes: outputs of the head.
+        make_mixer: builds one block's mixer from ``cfg``.
+    """
+
+    def __init__(self, cfg: BaselineConfig, vocab: int, classes: int,
+                 make_mixer: Callable[[BaselineConfig], nn.Module]) -> None:
+        super().__init__()
+        if classes < 2:
+            raise ValueError(f"classes must be >= 2, got {classes}")
+        if cfg.encoder == "tokens" and vocab < 2:
+            raise ValueError(f"vocab must be >= 2 for the tokens encoder, got {vocab}")
+        self.config = cfg
+        self.encoder = build_encoder(cfg.encoder, cfg.d_model, vocab, cfg.n_mels,
+                                     cfg.image_size)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, make_mixer(cfg), cfg.mlp_ratio)
+                                    for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, classes)
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Logits ``[B, T, classes]`` for every step of the batch."""
+        x = self.encoder(batch)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,117 @@
+"""Baselines: causal, exact recurrences, parameter matching, and they learn."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from launch.evals.learners import BaselineLearner, matched_baseline
+from obs_dist.baselines import KINDS, BaselineConfig, build_baseline, count_parameters
+from obs_dist.baselines.deltanet import delta_rule
+from obs_dist.baselines.longhorn import longhorn_scan
+from obs_dist.tasks import IGNORE
+from obs_dist.tasks.memory_function import MemoryFunctionConfig, memory_function_batches
+from obs_dist.trainer import TrainConfig
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_never_depend_on_future_steps(kind: str) -> None:
+    torch.manual_seed(0)
+    model = build_baseline(BaselineConfig(kind=kind, d_model=16, heads=2, state_dim=4), 11, 5)
+    model.eval()
+    tokens = torch.randint(0, 11, (3, 12))
+    changed = tokens.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 11
+    with torch.no_grad():
+        a = model({"tokens": tokens})
+        b = model({"tokens": changed})
+    assert a.shape == (3, 12, 5)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_delta_rule_recalls_values_stored_under_orthonormal_keys() -> None:
+    # With β = 1 and orthonormal keys, each write sets S k_i = v_i exactly.
+    dk, steps = 6, 4
+    keys = torch.linalg.qr(torch.randn(dk, dk))[0][:steps]  # orthonormal rows
+    values = torch.randn(steps, 3)
+    k = keys[None, None]
+    v = values[None, None]
+    beta = torch.ones(1, 1, steps)
+    # Query at the last step with each key in turn (a fresh run per query).
+    for i in range(steps):
+        q = torch.zeros(1, 1, steps, dk)
+        q[0, 0, -1] = keys[i]
+        out = delta_rule(q, k, v, beta)
+        torch.testing.assert_close(out[0, 0, -1], values[i], atol=1e-5, rtol=1e-5)
+
+
+def test_delta_rule_overwrites_a_key_instead_of_adding() -> None:
+    key = F.normalize(torch.randn(5), dim=0)
+    k = key.expand(1, 1, 2, 5)
+    v = torch.tensor([[1.0, 0.0], [0.0, 2.0]])[None, None]
+    out = delta_rule(k, k, v, torch.ones(1, 1, 2))
+    torch.testing.assert_close(out[0, 0, 1], torch.tensor([0.0, 2.0]), atol=1e-5, rtol=1e-5)
+
+
+def test_longhorn_step_is_the_implicit_online_regression_update() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 4)
+    k = torch.randn(2, 3, 5)
+    q = torch.randn(2, 3, 5)
+    beta = torch.rand(2, 3, 4) + 0.1
+    out = longhorn_scan(x, k, q, beta)
+    state = torch.zeros(2, 4, 5)
+    for t in range(3):
+        for b in range(2):
+            for c in range(4):
+                # argmin_s ||s - s0||² + β (sᵀk - x)², diagonal form of Longhorn.
+                s0, kk, bb = state[b, c], k[b, t], beta[b, t, c]
+                eps = bb / (1 + bb * kk.dot(kk))
+                state[b, c] = (1 - eps * kk * kk) * s0 + eps * x[b, t, c] * kk
+            torch.testing.assert_close(out[b, t], state[b] @ q[b, t], atol=1e-5, rtol=1e-5)
+
+
+def test_longhorn_state_stays_bounded_under_large_steps() -> None:
+    x = torch.randn(1, 200, 3)
+    k = torch.randn(1, 200, 4) * 10
+    out = longhorn_scan(x, k, k, torch.full((1, 200, 3), 1e4))
+    assert torch.isfinite(out).all() and out.abs().max() < 1e3
+
+
+def test_matched_width_hits_the_parameter_budget() -> None:
+    template = BaselineConfig(kind="attention", heads=4)
+    for budget in (50_000, 300_000):
+        cfg = matched_baseline(template, budget, vocab=64, classes=32)
+        count = count_parameters(build_baseline(cfg, 64, 32))
+        assert abs(count - budget) / budget < 0.15, (cfg.d_model, count)
+        assert cfg.d_model % 8 == 0 and (cfg.d_model // 4) % 2 == 0
+    with pytest.raises(ValueError, match="budget"):
+        matched_baseline(template, 0, 64, 32)
+
+
+def test_config_names_the_bad_key() -> None:
+    with pytest.raises(ValueError, match="heads"):
+        BaselineConfig(d_model=30, heads=4)
+    with pytest.raises(ValueError, match="kind"):
+        BaselineConfig(kind="lstm")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_baseline_learns_recall_of_the_previous_item(kind: str) -> None:
+    torch.set_num_threads(1)
+    task = MemoryFunctionConfig(vocab=8, length=16, delays=[1, 2], probe_rate=0.4, batch=32)
+    train = TrainConfig(steps=60, lr=1e-2, warmup=5, progress=False)
+    cfg = dataclasses.replace(BaselineConfig(kind=kind, d_model=32, heads=2, state_dim=8))
+    learner = BaselineLearner(kind, cfg, task.input_vocab, task.vocab, train)
+    batches = memory_function_batches(task)
+    for _ in range(train.steps):
+        learner.train_step(next(batches))
+    test = next(memory_function_batches(task, seed_offset=99))
+    logits = learner.predict(test)
+    scored = test["targets"] != IGNORE
+    acc = float((logits.argmax(-1)[scored] == test["targets"][scored]).float().mean())
+    assert acc > 3 * (1 / task.vocab), acc  # chance is 1/8
