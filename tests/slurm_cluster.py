@@ -42,6 +42,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from tree_compare import assert_identical  # noqa: F401  (support.assert_identical)
 
 from launch.submit import (
     DistributedJob,
@@ -425,9 +426,6 @@ TRAIN_SETS = [
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 # Wall-clock measurements the phase scheduler keeps; with weight_cost = 0 they decide nothing.
-WALL_CLOCK = ("/trainer/scheduler/pending/seconds", "/trainer/scheduler/seconds_ema")
-
-
 @pytest.fixture(scope="session")
 def s3_job_env() -> Iterator[dict[str, str]]:
     """Dummy S3 credentials in this process's environment, which the job's tasks inherit.
@@ -517,30 +515,6 @@ class TrainingScenario(Scenario):
             tree = decode_from_objects(*read_rank(store, manifest, rank), self.url)
             ranks.append({k: tree[k] for k in ("model", "slow", "trainer", "extra")})
         return {"step": manifest.step, "state": state.matrix(), "ranks": ranks}
-
-
-def assert_identical(a: Any, b: Any, path: str = "") -> None:
-    """Equal trees: tensors bit for bit, everything else ``==`` (wall-clock fields skipped)."""
-    import torch
-
-    if path.endswith(WALL_CLOCK):
-        return
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_identical(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}/{i}")
-    elif hasattr(a, "__dict__") and not isinstance(a, type):  # e.g. DeepSpeed's LossScaler
-        assert type(a) is type(b), path
-        assert_identical(vars(a), vars(b), path)
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def launch_training(

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import torch
 
-pytest.register_assert_rewrite("s3_server")
+pytest.register_assert_rewrite("s3_server", "tree_compare")
 pytest_plugins = ["s3_server"]
 
 from s3_server import free_port, needs_moto  # noqa: E402
+from tree_compare import assert_identical  # noqa: E402
 
 from obs_dist.checkpoint import list_steps, manifest_key, read_manifest, verify  # noqa: E402
 from obs_dist.checkpoint_codec import decode_from_objects  # noqa: E402
@@ -106,32 +107,6 @@ def _final(out: Path, rank: int) -> tuple[Any, dict[str, Any]]:
     return tree, json.loads((out / f"result-rank{rank}.json").read_text())
 
 
-# Wall-clock measurements the phase scheduler keeps (cost signal): they differ
-# between any two runs; with scheduler.weight_cost = 0 they never decide anything.
-WALL_CLOCK = ("/trainer/scheduler/pending/seconds", "/trainer/scheduler/seconds_ema")
-
-
-def _assert_identical(a: Any, b: Any, path: str = "") -> None:
-    if path.endswith(WALL_CLOCK):
-        return
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            _assert_identical(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{path}/{i}")
-    elif hasattr(a, "__dict__") and not isinstance(a, type):  # e.g. DeepSpeed's LossScaler
-        assert type(a) is type(b), path
-        _assert_identical(vars(a), vars(b), path)
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
 def _start_reference(tmp: Path, world: int) -> tuple[Path, list[subprocess.Popen[bytes]]]:
     out = tmp / f"reference-{world}"
     return out, _launch(out, ["--url", str(tmp / f"ref-store-{world}"), "--resume", "never"],
@@ -164,7 +139,7 @@ def _kill_then_resume(tmp_path: Path, url: str, extra: list[str], world: int = 1
 def test_sigkill_and_resume_is_bit_identical_local(tmp_path: Path, reference: list[Any]) -> None:
     (tree, result), = _kill_then_resume(tmp_path, str(tmp_path / "store"), [])
     assert result["resumed_from"] == HALF and result["step"] == STEPS
-    _assert_identical(tree, reference[0])
+    assert_identical(tree, reference[0])
 
 
 @needs_moto
@@ -173,7 +148,7 @@ def test_sigkill_and_resume_is_bit_identical_s3(tmp_path: Path, reference: list[
     url = f"s3://{s3_bucket}/runs/exact"
     (tree, result), = _kill_then_resume(tmp_path, url, ["--endpoint-url", s3_endpoint])
     assert result["resumed_from"] == HALF
-    _assert_identical(tree, reference[0])
+    assert_identical(tree, reference[0])
     store = open_store(url, endpoint_url=s3_endpoint)
     assert list_steps(store)[-1] == STEPS
     assert not verify(store, read_manifest(store, STEPS))
@@ -194,7 +169,7 @@ def test_kill_during_upload_resumes_from_the_previous_checkpoint(
     _finish(_launch(resumed, ["--url", str(store_dir)], 1), resumed)
     tree, result = _final(resumed, 0)
     assert result["resumed_from"] == HALF
-    _assert_identical(tree, reference[0])
+    assert_identical(tree, reference[0])
     assert list_steps(store) == [EVERY, HALF, stall, STEPS]
     assert all(not verify(store, read_manifest(store, s)) for s in list_steps(store))
 
@@ -213,7 +188,7 @@ def test_two_processes_sigkill_and_resume_is_bit_identical(tmp_path: Path, where
     expected = _reference(*reference)
     for rank, (tree, result) in enumerate(finals):
         assert result["resumed_from"] == HALF
-        _assert_identical(tree, expected[rank], f"rank{rank}")
+        assert_identical(tree, expected[rank], f"rank{rank}")
     # The replicas of the big state agree with each other too.
     assert torch.equal(finals[0][0]["state"], finals[1][0]["state"])
 
@@ -296,4 +271,4 @@ def test_obs_train_sigkill_and_resume_auto_is_bit_identical(tmp_path: Path, npro
     assert "resumed from" in (tmp_path / "resumed.log").read_text()
     final = _final_checkpoint(store, nproc)
     assert final["step"] == 40
-    _assert_identical(final, _final_checkpoint(tmp_path / "ref-store", nproc))
+    assert_identical(final, _final_checkpoint(tmp_path / "ref-store", nproc))
