@@ -51,13 +51,14 @@ def _synthetic_steps(trainer: Any, steps: int, blocks: int, rows: int, cols: int
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark in this process; returns the result row."""
-    from launch.checkpointing import CheckpointConfig, ResumableTaskStream, attach_checkpointing
+    from launch.checkpointing import CheckpointConfig, attach_checkpointing
     from launch.run_config import RunConfig
     from launch.runner import build_model
     from obs_dist.checkpoint import log_key
     from obs_dist.config import from_dict
     from obs_dist.delta_log import entry_bytes
     from obs_dist.storage import open_store
+    from obs_dist.tasks import ResumableTaskStream
     from obs_dist.trainer import Trainer
 
     cfg = from_dict(RunConfig, {

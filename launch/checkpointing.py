@@ -6,8 +6,8 @@ The runner needs two lines (after building the trainer, before ``fit``)::
                                 rank=rank, world=world, config=to_dict(cfg))
     ckpt.resume(resume)          # "auto" | "never" | a step | a manifest or store URL
 
-(with ``train`` a :class:`ResumableTaskStream`, which yields exactly the batches
-of ``task_batches``).
+(with ``train`` a :class:`obs_dist.tasks.ResumableTaskStream`, what
+``task_batches`` returns).
 
 ``attach_checkpointing`` registers a hook in ``trainer.on_step`` that writes a
 checkpoint every ``every`` steps, and starts recording the state entries that
@@ -59,9 +59,6 @@ from obs_dist.checkpoint_state import Stateful, capture_rank, restore_rank
 from obs_dist.delta_log import TouchedEntries, encode_log, entry_bytes
 from obs_dist.dist import get_rank, get_world_size
 from obs_dist.storage import ObjectStore, StorageError, open_store
-from obs_dist.tasks import TaskConfig
-from obs_dist.tasks.association import association_batch, association_mapping
-from obs_dist.tasks.mqar import mqar_batch
 from obs_dist.trainer import Trainer
 
 log = logging.getLogger("obs.checkpointing")
@@ -139,58 +136,6 @@ def all_ranks_agree(flag: bool, world: int) -> bool:
 def _barrier(world: int) -> None:
     if _distributed(world):
         torch_dist.barrier()
-
-
-# -------------------------------------------------------------- the stream
-class ResumableTaskStream:
-    """The synthetic task's batch stream with a position a checkpoint can hold.
-
-    Yields exactly what :func:`obs_dist.tasks.task_batches` yields for the same
-    config and offset, and adds ``state_dict()`` (generator state + batch count).
-
-    Args:
-        cfg: the task (not ``av``: shards have their own cursor).
-        seed_offset: added to ``cfg.seed`` (per rank, or an eval stream).
-    """
-
-    def __init__(self, cfg: TaskConfig, seed_offset: int = 0) -> None:
-        if cfg.name == "av":
-            raise ValueError("task.name = 'av' reads shards through the data pipeline, not here")
-        self.cfg = cfg
-        self.seed = cfg.seed + seed_offset
-        self.generator = torch.Generator().manual_seed(self.seed)
-        self.mapping = association_mapping(cfg.vocab, cfg.seed) if cfg.fixed_mapping else None
-        self.batches = 0
-
-    def __iter__(self) -> ResumableTaskStream:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        if cfg.name == "mqar":
-            batch = mqar_batch(cfg.batch, cfg.vocab, cfg.seq_len, cfg.pairs, self.generator)
-        else:
-            batch = association_batch(cfg.batch, cfg.vocab, cfg.pairs, cfg.gap, cfg.delay,
-                                      cfg.distractors, self.generator, self.mapping)
-        self.batches += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Seed, batches drawn so far and the generator state."""
-        return {"task": self.cfg.name, "seed": self.seed, "batches": self.batches,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where the saved stream stopped.
-
-        Raises:
-            ValueError: the saved stream is of another task or seed.
-        """
-        if state["task"] != self.cfg.name or state["seed"] != self.seed:
-            raise ValueError(f"checkpointed data stream is task {state['task']!r} seed "
-                             f"{state['seed']}, this run has {self.cfg.name!r} seed {self.seed}")
-        self.generator.set_state(state["generator"])
-        self.batches = int(state["batches"])
 
 
 # ------------------------------------------------------------ checkpointer

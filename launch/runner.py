@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from launch.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
-from launch.checkpointing import Checkpointer, ResumableTaskStream, attach_checkpointing
+from launch.checkpointing import Checkpointer, attach_checkpointing
 from launch.run_config import RunConfig
 from monitoring.exporter import PrometheusSink, start_sink_for_current_process
 from obs_dist.collectives import make_block_exchange
@@ -41,7 +41,7 @@ from obs_dist.replica import ReplicaChecker
 from obs_dist.scheduler import PhaseScheduler
 from obs_dist.state import BigState
 from obs_dist.sync import DeltaSync
-from obs_dist.tasks import task_batches
+from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
 from pipelines.loader import StreamLoader
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import torch
 import torch.distributed as torch_dist
 
-from launch.checkpointing import CheckpointConfig, ResumableTaskStream, attach_checkpointing
+from launch.checkpointing import CheckpointConfig, attach_checkpointing
 from launch.run_config import RunConfig
 from launch.runner import build_model, build_trainer
 from obs_dist.checkpoint import manifest_key
@@ -39,6 +39,7 @@ from obs_dist.config import from_dict, to_dict
 from obs_dist.dist import get_rank, get_world_size
 from obs_dist.engine import build_slow_weights, init_distributed
 from obs_dist.storage import ObjectStore, open_store
+from obs_dist.tasks import ResumableTaskStream
 from obs_dist.trainer import Trainer
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from launch.checkpointing import CheckpointConfig, ResumableTaskStream
+from launch.checkpointing import CheckpointConfig
 from obs_dist.checkpoint import CheckpointCorrupt, Manifest, step_of_key
 from obs_dist.checkpoint_codec import (
     decode_from_objects,
@@ -21,7 +21,7 @@ from obs_dist.checkpoint_state import capture_rng, restore_rng
 from obs_dist.delta import SparseDelta
 from obs_dist.delta_log import TouchedEntries, apply_log, encode_log, entry_bytes
 from obs_dist.state import BigState, StateConfig
-from obs_dist.tasks import TaskConfig, task_batches
+from obs_dist.tasks import ResumableTaskStream, TaskConfig, task_batches
 
 
 def _equal(a: object, b: object) -> bool:

@@ -11,12 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from launch.checkpointing import (
-    CheckpointConfig,
-    Checkpointer,
-    ResumableTaskStream,
-    attach_checkpointing,
-)
+from launch.checkpointing import CheckpointConfig, Checkpointer, attach_checkpointing
 from launch.cli import main
 from launch.runner import build_model
 from obs_dist.checkpoint import (
@@ -30,6 +25,7 @@ from obs_dist.checkpoint import (
 )
 from obs_dist.config import to_dict
 from obs_dist.storage import ObjectStore, open_store
+from obs_dist.tasks import ResumableTaskStream
 from obs_dist.trainer import Trainer
 
 pytest.register_assert_rewrite("s3_server")

@@ -7,16 +7,15 @@ data comes from :mod:`pipelines` instead and uses ``name = "av"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from obs_dist.tasks.association import association_batch, association_mapping
 from obs_dist.tasks.mqar import IGNORE, mqar_batch
 
-__all__ = ["IGNORE", "TaskConfig", "task_batches"]
+__all__ = ["IGNORE", "ResumableTaskStream", "TaskConfig", "task_batches"]
 
 
 @dataclass
@@ -89,20 +88,62 @@ class TaskConfig:
         return self.seq_len
 
 
-def task_batches(cfg: TaskConfig, seed_offset: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+class ResumableTaskStream:
+    """The synthetic task's endless batch stream, with a position a checkpoint can hold.
+
+    Deterministic from ``cfg.seed + seed_offset``; ``state_dict()`` holds the
+    generator state and the batch count, so a resumed stream continues exactly.
+
+    Args:
+        cfg: the task (not ``av``: shards have their own cursor).
+        seed_offset: added to ``cfg.seed`` (per rank, or an eval stream).
+    """
+
+    def __init__(self, cfg: TaskConfig, seed_offset: int = 0) -> None:
+        if cfg.name == "av":
+            raise ValueError("task.name = 'av' reads shards through the data pipeline, not here")
+        self.cfg = cfg
+        self.seed = cfg.seed + seed_offset
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.mapping = association_mapping(cfg.vocab, cfg.seed) if cfg.fixed_mapping else None
+        self.batches = 0
+
+    def __iter__(self) -> ResumableTaskStream:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.name == "mqar":
+            batch = mqar_batch(cfg.batch, cfg.vocab, cfg.seq_len, cfg.pairs, self.generator)
+        else:
+            batch = association_batch(cfg.batch, cfg.vocab, cfg.pairs, cfg.gap, cfg.delay,
+                                      cfg.distractors, self.generator, self.mapping)
+        self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, batches drawn so far and the generator state."""
+        return {"task": self.cfg.name, "seed": self.seed, "batches": self.batches,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the saved stream stopped.
+
+        Raises:
+            ValueError: the saved stream is of another task or seed.
+        """
+        if state["task"] != self.cfg.name or state["seed"] != self.seed:
+            raise ValueError(f"checkpointed data stream is task {state['task']!r} seed "
+                             f"{state['seed']}, this run has {self.cfg.name!r} seed {self.seed}")
+        self.generator.set_state(state["generator"])
+        self.batches = int(state["batches"])
+
+
+def task_batches(cfg: TaskConfig, seed_offset: int = 0) -> ResumableTaskStream:
     """An endless stream of synthetic batches, deterministic from ``cfg.seed``.
 
     Args:
         cfg: the task.
         seed_offset: added to the seed (different ranks or an eval stream).
     """
-    if cfg.name == "av":
-        raise ValueError("task.name = 'av' reads shards through the data pipeline, not here")
-    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
-    mapping = association_mapping(cfg.vocab, cfg.seed) if cfg.fixed_mapping else None
-    while True:
-        if cfg.name == "mqar":
-            yield mqar_batch(cfg.batch, cfg.vocab, cfg.seq_len, cfg.pairs, gen)
-        else:
-            yield association_batch(cfg.batch, cfg.vocab, cfg.pairs, cfg.gap, cfg.delay,
-                                    cfg.distractors, gen, mapping)
+    return ResumableTaskStream(cfg, seed_offset)
