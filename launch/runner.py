@@ -8,8 +8,8 @@ The same :func:`run_training` runs as one process, as each of ``obs train
 in SLURM tasks: the torch.distributed environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) decides the world.
 
-Seams for the other components: :func:`build_batches` (the data loader for
-``task.name = "av"``), the ``sinks`` list of :func:`run_training` (metrics
+Seams for the other components: :func:`build_data` (synthetic streams or the
+shard loader of ``task.name = "av"``), the ``sinks`` list of :func:`run_training` (metrics
 exporters), and :func:`build_trainer`'s result, to which checkpointing attaches
 its ``on_step`` hook.
 """
@@ -112,14 +112,6 @@ def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
     return RunData(stream, lambda: task_batches(cfg.task, seed_offset=EVAL_SEED_OFFSET), stream)
 
 
-def build_batches(cfg: RunConfig, rank: int = 0,
-                  world: int = 1) -> tuple[Iterator[dict[str, Any]],
-                                           Callable[[], Iterable[dict[str, Any]]] | None]:
-    """Training batches and a factory of fresh evaluation batches for the task."""
-    data = build_data(cfg, rank, world)
-    return data.train, data.evals
-
-
 def set_threads(world_local: int) -> None:
     """Give each local rank its share of the cores, unless the user chose a count.
 
@@ -190,7 +182,6 @@ def load_weights(model: OBSModel, path: Path) -> None:
 
 
 def run_training(config_path: str | None, overrides: list[str], resume: str = "auto",
-                 sink: MetricsSink | None = None,
                  sinks: list[MetricsSink] | None = None,
                  step_hooks: list[Callable[[Trainer, dict[str, float]], None]] | None = None
                  ) -> dict[str, float]:
@@ -201,7 +192,6 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
         overrides: ``a.b=value`` strings, applied after the file.
         resume: ``auto`` (newest complete checkpoint of ``checkpoint.url``, if
             any), ``never``, or a checkpoint (step, manifest or store URL).
-        sink: extra metrics sink (kept for callers of the one-sink form).
         sinks: metrics sinks, all called (the Prometheus exporter of
             ``metrics.enabled`` is added by the runner).
         step_hooks: extra ``on_step`` hooks, run after checkpointing's.
@@ -227,7 +217,7 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
         if is_rank_zero():
             log.info("resolved config: %s", json.dumps(to_dict(cfg), sort_keys=True))
             log.info("world %d, device %s, slow-weight engine %s", world, device, engine)
-        all_sinks = [*(sinks or []), *([sink] if sink is not None else [])]
+        all_sinks = list(sinks or [])
         if cfg.metrics.enabled:
             exporter = start_sink_for_current_process(cfg.metrics)
             all_sinks.append(exporter)
@@ -320,7 +310,7 @@ def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dic
     model, state = build_model(cfg, device)
     load_weights(model, Path(cfg.out_dir) / "model.safetensors")
     trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits)
-    _, evals = build_batches(cfg)
+    evals = build_data(cfg).evals
     if evals is None:
         raise ValueError(f"task {cfg.task.name!r} has no evaluation stream of its own; "
                          "use `obs eval --task ...` for the audio-visual suites")

@@ -49,12 +49,18 @@ def default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init_from_env(device: torch.device, timeout_s: float = 300.0) -> bool:
+def init_from_env(device: torch.device, timeout_s: float = 300.0,
+                  backend: str | None = None) -> bool:
     """Join the process group described by the torch.distributed environment.
 
     Reads ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` (set by
     torchrun, the DeepSpeed launcher, ``obs train --nproc`` or ``obs submit``).
     Does nothing for a world of one.
+
+    Args:
+        device: this rank's device (a CUDA device becomes the current one).
+        timeout_s: collective timeout.
+        backend: ``gloo`` or ``nccl``; None: NCCL on CUDA, gloo on CPU.
 
     Returns:
         True when a process group is (now) initialised.
@@ -70,7 +76,7 @@ def init_from_env(device: torch.device, timeout_s: float = 300.0) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch_dist.init_process_group(
-        backend=default_backend(device),
+        backend=backend or default_backend(device),
         timeout=timedelta(seconds=timeout_s),
     )
     return True

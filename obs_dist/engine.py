@@ -29,7 +29,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal
 
 import torch
@@ -269,19 +268,10 @@ def init_distributed(cfg: DistConfig, device: torch.device) -> bool:
     """
     if is_initialized():
         return True
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if cfg.engine != "torch":
         prepare_deepspeed_env(device)
-    if cfg.backend == "auto":
-        return init_from_env(device, cfg.timeout_s)
     if cfg.backend == "nccl" and device.type != "cuda":
         raise ValueError("dist.backend = 'nccl' needs train.device = 'cuda'")
-    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
-        if var not in os.environ:
-            raise ValueError(f"WORLD_SIZE={world} but {var} is not set in the environment")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch_dist.init_process_group(backend=cfg.backend, timeout=timedelta(seconds=cfg.timeout_s))
-    return True
+    return init_from_env(device, cfg.timeout_s, None if cfg.backend == "auto" else cfg.backend)

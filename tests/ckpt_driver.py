@@ -1,7 +1,7 @@
 """A small training run with checkpoints, driven as a subprocess by the resume tests.
 
 It builds the model and batches with ``launch.runner`` and the checkpoint hook
-with ``launch.checkpointing`` — the two runner lines ``obs train`` will carry —
+with ``launch.checkpointing`` (as ``obs train`` does, plus fault injection) —
 trains, and writes the final big state, slow weights and optimizer state of
 each rank to ``--out`` for a bit-for-bit comparison.
 
