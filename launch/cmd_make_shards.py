@@ -4,6 +4,8 @@ Examples::
 
     obs make-shards --synthetic --out data/syn --streams 64 --clips-per-stream 32
     obs make-shards --synthetic --out s3://bucket/syn --endpoint-url http://127.0.0.1:9000
+    obs make-shards --synthetic --out data/episodes --names stream --layout episodes \
+        --episode-objects 16 --episode-delays 32 --classes 48
     obs make-shards --from ~/videos --out data/mine --shard-size 256MB --kind continuous
 """
 
@@ -37,6 +39,15 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _int_list(text: str) -> list[int]:
+    """``"4,8,16"`` → ``[4, 8, 16]`` (argparse type)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")\
+            from None
+
+
 def register(subparsers: Any) -> None:
     """Add ``obs make-shards`` to the command line."""
     p = subparsers.add_parser("make-shards", help="write WebDataset shards (synthetic or "
@@ -66,6 +77,16 @@ def register(subparsers: Any) -> None:
                    help="clips a scene lasts in continuous streams")
     g.add_argument("--query-fraction", type=float, default=d.query_fraction)
     g.add_argument("--audio-format", choices=("flac", "wav"), default=d.audio_format)
+    g.add_argument("--names", choices=("class", "stream"), default=d.names,
+                   help="speak class names, or each stream's own random words (so a "
+                   "name's meaning lives only in its stream)")
+    g.add_argument("--layout", choices=("free", "episodes"), default=d.layout,
+                   help="study and query clips mixed at random, or episodes: study, "
+                   "distractors, queries")
+    g.add_argument("--episode-objects", type=_int_list, default=d.episode_objects,
+                   help="objects studied per episode, e.g. 16 or 4,8,16 (one drawn per episode)")
+    g.add_argument("--episode-delays", type=_int_list, default=d.episode_delays,
+                   help="distractor clips before the queries, e.g. 32 or 0,16,32")
     g.add_argument("--seed", type=int, default=d.seed)
     f = p.add_argument_group("--from")
     f.add_argument("--kind", choices=("continuous", "discrete"), default="discrete",
@@ -84,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size, fps=args.fps, classes=args.classes,
             continuous_fraction=args.continuous_fraction, scene_clips=args.scene_clips,
             query_fraction=args.query_fraction, audio_format=args.audio_format,
-            seed=args.seed)
+            names=args.names, layout=args.layout, episode_objects=args.episode_objects,
+            episode_delays=args.episode_delays, seed=args.seed)
         size = parse_size(args.shard_size) if args.shard_size else 1 << 20
         summary = write_synthetic(args.out, cfg, target_bytes=size,
                                   endpoint_url=args.endpoint_url, overwrite=args.overwrite)

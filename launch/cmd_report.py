@@ -73,6 +73,13 @@ def targets(result: dict[str, Any]) -> list[str]:
             acc = hit[0]["accuracy"]
             out.append(f"Cross-modal, 16 objects, 32 clips between study and query: top-1 >= 0.9"
                        f" — {_verdict(acc >= 0.9)} (OBS {acc:.3f}; path: {result.get('path')})")
+    elif suite == "crossmodal" and "shards" in result:
+        head = result["shards"].get("obs", {}).get("headline")
+        if head and head["queries"] and (head["objects"], head["clips_between"]) == (16, 32):
+            acc = head["accuracy"]
+            out.append(f"Cross-modal on audio-visual shards, episodes of >= 16 objects, >= 32 "
+                       f"clips between study and query: top-1 >= 0.9 — {_verdict(acc >= 0.9)} "
+                       f"(OBS {acc:.3f} over {head['queries']} queries)")
     elif suite == "continual":
         base = [r for r in rows if not r["model"].startswith("obs")]
         best = max((r["first_set_final"] for r in base), default=0.0)
@@ -108,15 +115,21 @@ def figures(result: dict[str, Any], stem: str, folder: Path) -> list[Path]:
 
 
 def shard_tables(details: dict[str, Any]) -> str:
-    """Real-shard cross-modal scores by delay bucket and by objects seen, per model."""
+    """Real-shard cross-modal scores by delay, objects studied and episode size, per model."""
     by_delay = [{"model": m, **{f"delay {k}": v for k, v in d["by_delay"].items()}}
                 for m, d in details.items()]
     by_seen = [{"model": m, **{f"seen {k}": v for k, v in d["by_objects_seen"].items()}}
                for m, d in details.items()]
-    return ("\nAccuracy by clips since the queried object was last seen:\n\n"
-            + markdown_table(by_delay)
-            + "\nAccuracy by distinct objects seen before the query:\n\n"
-            + markdown_table(by_seen))
+    out = ("\nAccuracy by clips between the query and where its object was last seen:\n\n"
+           + markdown_table(by_delay)
+           + "\nAccuracy by distinct objects studied before the query:\n\n"
+           + markdown_table(by_seen))
+    by_episode = [{"model": m, **{f"{k} objects": v for k, v in d["by_episode_objects"].items()}}
+                  for m, d in details.items() if "by_episode_objects" in d]
+    if by_episode:
+        out += ("\nAccuracy by objects studied in the episode (window):\n\n"
+                + markdown_table(by_episode))
+    return out
 
 
 def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> str:

@@ -23,6 +23,21 @@ def test_only_queries_about_objects_seen_earlier_are_scored() -> None:
     assert int(delay[0, 4]) == 1 and int(count[0, 4]) == 2  # seen 3 steps = 1 clip ago
 
 
+def test_silent_distractors_are_not_study_clips() -> None:
+    # Clips: 0 study (object 2, audio+video), 1 silent distractor (object 4, video
+    # only), 2 query for 2, 3 query for 4. Split: audio on even steps, video on odd.
+    audio = torch.tensor([[True, False, False, False, True, False, True, False]])
+    video = torch.tensor([[False, True, False, True, False, False, False, False]])
+    batch = {"objects": torch.tensor([[-1, 2, -1, 4, -1, -1, -1, -1]]),
+             "targets": torch.tensor([[IGNORE] * 4 + [2, IGNORE, 4, IGNORE]]),
+             "audio_mask": audio, "video_mask": video}
+    out = answerable(batch, classes=6)
+    assert out["candidates"].tolist() == [[False, False, True, False, False, False]]
+    assert out["targets"].tolist() == [[IGNORE] * 4 + [2, IGNORE, IGNORE, IGNORE]]
+    delay, count = query_facts(out)
+    assert int(delay[0, 4]) == 1 and int(count[0, 4]) == 1  # one clip between; one studied
+
+
 def test_shard_path_trains_and_scores(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     made = subprocess.run(
@@ -39,3 +54,26 @@ def test_shard_path_trains_and_scores(tmp_path: Path) -> None:
     for row in out["results"]:
         assert row["queries"] > 0 and 0.0 <= row["accuracy"] <= 1.0
     assert set(out["shards"]["obs"]["by_delay"]) <= {"0-7", "8-15", "16-31", "32-63", "64+"}
+
+
+def test_episode_shards_with_held_out_streams(tmp_path: Path) -> None:
+    """Episodes with per-stream names: every scored query has its episode's objects and delay."""
+    for name, seed in (("train", "0"), ("eval", "1")):
+        made = subprocess.run(
+            [sys.executable, "-m", "launch.cli", "make-shards", "--synthetic",
+             "--out", str(tmp_path / name), "--streams", "3", "--clips-per-stream", "20",
+             "--frames", "2", "--image-size", "16", "--classes", "8", "--names", "stream",
+             "--layout", "episodes", "--episode-objects", "3", "--episode-delays", "4",
+             "--seed", seed, "--json"], capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr
+    torch.set_num_threads(1)
+    out = run_suite("crossmodal", None, [
+        f"shards={tmp_path / 'train'}", f"shards_eval={tmp_path / 'eval'}", "model.encoder=av",
+        "model.image_size=16", "models=['obs']", "task.batch=3", "shards_window=10",
+        "train.steps=2", "eval_batches=2", "primary=[3, 4]"], quick=True)
+    assert out["path"].endswith(f"held out: {tmp_path / 'eval'}")
+    scores = out["shards"]["obs"]
+    # Episodes (3 study, 4 distractors, 3 queries) fill the 10-clip windows exactly.
+    assert set(scores["by_episode_objects"]) == {3} and scores["queries"] == 2 * 3 * 3
+    assert scores["headline"]["queries"] == scores["queries"]
+    assert out["results"][0]["headline"] == scores["headline"]["accuracy"]

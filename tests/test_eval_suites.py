@@ -141,7 +141,10 @@ def test_old_eval_flags_still_parse() -> None:
 
 def test_report_shard_tables_and_state_sweep_only_result(tmp_path: Path) -> None:
     shards = {"obs": {"accuracy": 0.75, "queries": 8, "by_delay": {"0-7": 1.0, "8-15": 0.5},
-                      "by_objects_seen": {"1": 1.0, "3": 0.5}}}
+                      "by_objects_seen": {"1": 1.0, "3": 0.5},
+                      "by_episode_objects": {"16": 0.875},
+                      "headline": {"objects": 16, "clips_between": 32, "accuracy": 0.875,
+                                   "queries": 8}}}
     write_result({"suite": "crossmodal", "command": "obs eval --task crossmodal",
                   "path": "shards:/x", "results": [{"model": "obs", "accuracy": 0.75}],
                   "shards": shards}, tmp_path / "json" / "cm.json")
@@ -152,6 +155,7 @@ def test_report_shard_tables_and_state_sweep_only_result(tmp_path: Path) -> None
     report = write_report(tmp_path / "json", tmp_path / "r.md", tmp_path / "fig", None)
     text = (tmp_path / "r.md").read_text()
     assert "| obs | 1.000 | 0.500 |" in text  # by delay bucket, then by objects seen
-    assert "delay 8-15" in text and "seen 3" in text
+    assert "delay 8-15" in text and "seen 3" in text and "| obs | 0.875 |" in text
+    assert "clips between study and query: top-1 >= 0.9 — **missed** (OBS 0.875 over 8" in text
     assert "_(no rows)_" not in text  # a state-sweep-only result shows just its sweep
     assert any(p.endswith("n_state_size.png") for p in report["figures"])

@@ -20,7 +20,7 @@ from pipelines.pack import pack_folder
 from pipelines.render import encode_audio, encode_mp4, speak
 from pipelines.schema import CLASSES, SampleMeta
 from pipelines.shards import Sample, ShardWriter, parse_index, shard_chains
-from pipelines.synthetic import SyntheticConfig, write_synthetic
+from pipelines.synthetic import NAME_WORDS, SyntheticConfig, generate_stream, write_synthetic
 
 SMALL = SyntheticConfig(streams=6, clips_per_stream=10, image_size=32, seed=3)
 
@@ -95,6 +95,49 @@ def test_synthetic_is_deterministic(tmp_path: Path, synthetic_dir: Path) -> None
     shard = "shard-000000.tar"
     assert (a / shard).read_bytes() == (b / shard).read_bytes()
     assert (a / shard).read_bytes() != (c / shard).read_bytes()
+
+
+def test_episodes_with_stream_names() -> None:
+    """Study n named objects, d silent distractors, n queries; each stream its own words."""
+    cfg = SyntheticConfig(streams=2, clips_per_stream=42, frames=2, image_size=16, classes=12,
+                          names="stream", layout="episodes", episode_objects=[4],
+                          episode_delays=[6], seed=5)
+    n, d = 4, 6
+    named: list[dict[str, str]] = []
+    for i in range(cfg.streams):
+        clips = list(generate_stream(cfg, i, "discrete"))
+        assert [c.meta.index for c in clips] == list(range(cfg.clips_per_stream))
+        words: dict[str, str] = {}
+        for start in range(0, cfg.clips_per_stream, 2 * n + d):
+            study, rest = clips[start:start + n], clips[start + n:start + 2 * n + d]
+            distractors, queries = rest[:d], rest[d:]
+            studied = [c.meta.labels["object"] for c in study]
+            assert len(set(studied)) == n
+            for c in study:  # video and a spoken name from the pool
+                assert set(c.members) == {"mp4", "flac"} and c.meta.labels["word"] in NAME_WORDS
+                words.setdefault(c.meta.labels["object"], c.meta.labels["word"])
+                assert words[c.meta.labels["object"]] == c.meta.labels["word"]
+            for c in distractors:  # silent video of an object not studied in the episode
+                assert set(c.members) == {"mp4"} and c.meta.labels["word"] is None
+                assert c.meta.labels["object"] not in studied
+            assert sorted(c.meta.labels["object"] for c in queries) == sorted(studied)
+            for c in queries:  # audio only, the episode's word for the object
+                assert set(c.members) == {"flac"} and c.meta.role == "query"
+                assert c.meta.labels["word"] == words[c.meta.labels["object"]]
+        assert len(set(words.values())) == len(words)  # one word per object
+        named.append(words)
+    common = set(named[0]) & set(named[1])
+    assert common and any(named[0][o] != named[1][o] for o in common)
+    again = [c.meta.to_json() for c in generate_stream(cfg, 1, "discrete")]
+    assert again == [c.meta.to_json() for c in generate_stream(cfg, 1, "discrete")]
+
+
+@pytest.mark.parametrize("bad", [{"names": "episode"}, {"layout": "blocks"},
+                                 {"layout": "episodes", "classes": 4, "episode_objects": [4]},
+                                 {"episode_delays": [-1]}, {"episode_objects": []}])
+def test_synthetic_config_refuses_bad_episodes(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        SyntheticConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_shards_are_plain_tars_for_tar_and_webdataset(synthetic_dir: Path) -> None:

@@ -63,6 +63,8 @@ class CrossmodalSuiteConfig(SuiteConfig):
         delays: delays scored (at ``primary[0]`` objects per episode).
         primary: ``[objects, delay]`` of the headline figure.
         shards: directory of audio-visual shards (empty: the token stand-in).
+        shards_eval: held-out shards for the real-shard path (empty: other draws
+            of ``shards``); must share ``shards``' classes.
         shards_window: clips per row of a real-shard batch.
         shards_workers: loader worker processes of the real-shard path.
         circuits_objects: objects whose word→object circuits are drawn (OBS).
@@ -75,6 +77,7 @@ class CrossmodalSuiteConfig(SuiteConfig):
     delays: list[int] = field(default_factory=lambda: [0, 8, 16, 32, 64])
     primary: list[int] = field(default_factory=lambda: [16, 32])
     shards: str = ""
+    shards_eval: str = ""
     shards_window: int = 32
     shards_workers: int = 0
     circuits_objects: int = 16
@@ -93,6 +96,8 @@ class CrossmodalSuiteConfig(SuiteConfig):
                              f", got {self.circuits_objects}")
         if self.circuits_exposures < 0:
             raise ValueError(f"circuits_exposures must be >= 0, got {self.circuits_exposures}")
+        if self.shards_eval and not self.shards:
+            raise ValueError("shards_eval needs shards (the training shards) set too")
         if self.shards_window < 2 or self.shards_workers < 0:
             raise ValueError("shards_window must be >= 2 and shards_workers >= 0")
 
