@@ -13,9 +13,10 @@ memory cannot answer anything else). Models use the ``av`` encoder
 no word means the same there), else from other draws of ``shards``.
 
 Scores are reported overall, by delay (clips between the query and where its
-object was last seen), by the objects studied before the query, by the objects the episode
-studies, and as the issue's headline: queries in episodes of at least
-``primary[0]`` objects with at least ``primary[1]`` clips between study and query.
+object was last seen), by the objects studied before the query, by the objects
+the episode studies, and as the issue's headline: queries in episodes of at
+least ``primary[0]`` objects with at least ``primary[1]`` clips between study
+and query.
 """
 
 from __future__ import annotations
