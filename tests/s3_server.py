@@ -14,6 +14,7 @@ DataLoader worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import importlib.util
@@ -179,6 +180,20 @@ def moto_server() -> Iterator[MotoServer]:
         pytest.skip("moto[server] is not installed")
     with MotoServer() as server:
         yield server
+
+
+@contextlib.contextmanager
+def credentials_in_env() -> Iterator[dict[str, str]]:
+    """Dummy credentials in ``os.environ`` for the block, restored after it.
+
+    For fixtures wider than one test (module or session scope), where pytest's
+    ``monkeypatch`` fixture is not available; processes started inside the block
+    (DataLoader workers, SLURM tasks) inherit the credentials.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in CREDENTIALS.items():
+            patch.setenv(key, value)
+        yield dict(CREDENTIALS)
 
 
 @pytest.fixture

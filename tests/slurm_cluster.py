@@ -42,6 +42,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from s3_server import credentials_in_env
 from tree_compare import assert_identical  # noqa: F401  (support.assert_identical)
 
 from launch.submit import (
@@ -423,9 +424,8 @@ TRAIN_SETS = [
     "train.progress=false", "train.warmup=2", f"train.steps={TRAIN_STEPS}",
     f"checkpoint.every={TRAIN_CKPT_EVERY}", "scheduler.weight_cost=0.0",
 ]  # fmt: skip
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-# Wall-clock measurements the phase scheduler keeps; with weight_cost = 0 they decide nothing.
+
+
 @pytest.fixture(scope="session")
 def s3_job_env() -> Iterator[dict[str, str]]:
     """Dummy S3 credentials in this process's environment, which the job's tasks inherit.
@@ -433,16 +433,8 @@ def s3_job_env() -> Iterator[dict[str, str]]:
     ``sbatch`` exports the submitter's environment (``--export=ALL``) and the local
     executor copies it, so boto3's default chain finds these in every task.
     """
-    saved = {key: os.environ.get(key) for key in S3_ENV}
-    os.environ.update(S3_ENV)
-    try:
-        yield dict(S3_ENV)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with credentials_in_env() as env:
+        yield env
 
 
 class TrainingScenario(Scenario):

@@ -11,7 +11,7 @@ import pytest
 pytest.register_assert_rewrite("s3_server")
 pytest_plugins = ["s3_server"]
 
-from s3_server import FaultyProxy, MotoServer, needs_moto  # noqa: E402
+from s3_server import FaultyProxy, MotoServer, credentials_in_env, needs_moto  # noqa: E402
 
 from obs_dist.storage import StorageError, open_store  # noqa: E402
 from pipelines.loader import DataConfig, StreamLoader, build_loader  # noqa: E402
@@ -26,21 +26,11 @@ TOTAL = DATA.streams * DATA.clips_per_stream
 @pytest.fixture(scope="module")
 def s3_shards(moto_server: MotoServer) -> str:
     """A bucket holding synthetic shards, written through the S3 store."""
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    try:
+    with credentials_in_env():
         moto_server.client().create_bucket(Bucket="obs-shards")
         url = "s3://obs-shards/synthetic/v1"
         write_synthetic(url, DATA, target_bytes=150_000, endpoint_url=moto_server.url,
                         progress=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return url
 
 
