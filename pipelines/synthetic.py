@@ -136,9 +136,9 @@ class SyntheticConfig:
         if not self.episode_objects or not self.episode_delays:
             raise ValueError("episode_objects and episode_delays need at least one value")
         if self.layout == "episodes":
+            # Distractors are objects not studied in the episode, so some must be left.
+            spare = 1 if any(d > 0 for d in self.episode_delays) else 0
             for n in self.episode_objects:
-                # Distractors are objects not studied in the episode, so some must be left.
-                spare = 1 if any(d > 0 for d in self.episode_delays) else 0
                 if not 1 <= n <= self.classes - spare:
                     raise ValueError(f"episode_objects values must be in [1, classes - {spare}"
                                      f" = {self.classes - spare}], got {n}")
