@@ -16,6 +16,7 @@ its ``on_step`` hook.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -203,8 +204,25 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
     set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     device = resolve_device(cfg)
     started = init_distributed(cfg.dist, device)
+    try:
+        return _train(cfg, device, resume, sinks, step_hooks)
+    finally:
+        if started:
+            # _train's objects are gone now; collecting their reference cycles (the
+            # DeepSpeed engine's hooks) drops the last references to the process
+            # groups, so destroy() ends their threads before interpreter shutdown.
+            gc.collect()
+            destroy()
+
+
+def _train(cfg: RunConfig, device: torch.device, resume: str,
+           sinks: list[MetricsSink] | None,
+           step_hooks: list[Callable[[Trainer, dict[str, float]], None]] | None
+           ) -> dict[str, float]:
+    """:func:`run_training` inside the joined world: build, resume, train, save."""
     exporter: PrometheusSink | None = None
     ckpt: Checkpointer | None = None
+    slow: SlowWeights | None = None
     try:
         setup_logging()
         rank, world = get_rank(), get_world_size()
@@ -253,8 +271,9 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
             ckpt.close()
         if exporter is not None:
             exporter.close()
-        if started:
-            destroy()
+        release = getattr(slow, "close", None)  # DeepSpeed's engine holds process groups
+        if release is not None:
+            release()
 
 
 def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:

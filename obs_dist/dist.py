@@ -8,7 +8,9 @@ metrics.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -75,6 +77,12 @@ def init_from_env(device: torch.device, timeout_s: float = 300.0,
             raise ValueError(f"WORLD_SIZE={world} but {var} is not set in the environment")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # Imported after the group exists, torch.distributed.fsdp keeps the group (and
+    # its gloo threads) alive past destroy_process_group (torch 2.13); the first
+    # optimizer imports it lazily through torch._dynamo. Those threads then race
+    # interpreter shutdown, and a finished task can die with SIGABRT ("terminate
+    # called without an active exception"), which SLURM reports as a FAILED job.
+    importlib.import_module("torch.distributed.fsdp")
     torch_dist.init_process_group(
         backend=backend or default_backend(device),
         timeout=timedelta(seconds=timeout_s),
@@ -89,6 +97,20 @@ def barrier() -> None:
 
 
 def destroy() -> None:
-    """Tear the process group down if there is one."""
-    if is_initialized():
+    """Tear the process groups down, if there are any, so their threads end now.
+
+    A gloo group's threads stop only when the last reference to the group goes;
+    one that survives to interpreter shutdown can race it and abort a rank that
+    had finished (SIGABRT, "terminate called without an active exception"). So
+    nothing may keep a group: see :func:`init_from_env` and
+    ``DeepSpeedSlowWeights.close``.
+    """
+    if not is_initialized():
+        return
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        # Also drops DeepSpeed's own references to its groups (world clone, data
+        # parallel), which would otherwise keep their threads alive until exit.
+        ds_comm.destroy_process_group()
+    else:
         torch_dist.destroy_process_group()

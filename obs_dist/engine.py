@@ -202,6 +202,17 @@ class DeepSpeedSlowWeights:
         self.engine.lr_scheduler.load_state_dict(state["scheduler"])
         self.engine.global_steps = int(state["global_steps"])
 
+    def close(self) -> None:
+        """Release the engine before the process group is destroyed.
+
+        DeepSpeed's gradient hooks (held in C++) and the engine reference each other,
+        a cycle Python's collector cannot see; until :meth:`DeepSpeedEngine.destroy`
+        breaks it, the engine and the parameters keep their process groups, and the
+        groups' gloo threads, alive up to interpreter shutdown (see
+        :func:`obs_dist.dist.destroy`).
+        """
+        self.engine.destroy()
+
 
 class AllReduceSlowWeights(TorchSlowWeights):
     """AdamW with gradients averaged across ranks in rank order (bit-identical weights).
@@ -272,6 +283,9 @@ def init_distributed(cfg: DistConfig, device: torch.device) -> bool:
         return False
     if cfg.engine != "torch":
         prepare_deepspeed_env(device)
+        # Imported after the group exists, DeepSpeed keeps it (and its gloo threads)
+        # alive past destroy_process_group; see obs_dist.dist.init_from_env.
+        deepspeed_available()
     if cfg.backend == "nccl" and device.type != "cuda":
         raise ValueError("dist.backend = 'nccl' needs train.device = 'cuda'")
     return init_from_env(device, cfg.timeout_s, None if cfg.backend == "auto" else cfg.backend)

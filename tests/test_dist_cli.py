@@ -58,6 +58,44 @@ def test_train_nproc_2_with_deepspeed_keeps_replicas_identical(tmp_path: Path, s
     assert (out / "model.safetensors").is_file()
 
 
+RANK_THREADS = """
+import json, os, sys
+from launch.runner import run_training
+
+out, engine = sys.argv[1], sys.argv[2]
+run_training(None, [*sys.argv[3:], f"dist.engine={engine}", f"out_dir={out}/run"],
+             resume="never")
+tasks = sorted(os.listdir("/proc/self/task"))
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
+with open(f"{out}/threads{os.environ['RANK']}.json", "w") as f:
+    json.dump(names, f)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_no_process_group_thread_outlives_a_distributed_run(tmp_path: Path, engine: str) -> None:
+    """After ``run_training`` returns, no gloo or TCPStore thread is left in either rank.
+
+    A group kept alive past ``destroy_process_group`` (a late ``torch.distributed.fsdp``
+    or DeepSpeed import, DeepSpeed's engine) keeps its threads, which race interpreter
+    shutdown: a rank that finished its work dies with SIGABRT and SLURM marks the job
+    FAILED.
+    """
+    if engine == "deepspeed" and not _deepspeed_installed():
+        pytest.skip("deepspeed is not installed (it is a project dependency: install it)")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_THREADS)
+    sets = [a for a in SMALL if a != "--set"] + ["train.steps=3"]
+    code = spawn_local([sys.executable, str(script), str(tmp_path), engine, *sets], 2,
+                       timeout_s=300)
+    assert code == 0
+    for rank in (0, 1):
+        names = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        left = [n for n in names if n.startswith(("gloo", "pt_gloo", "pt_tcpstore"))]
+        assert not left, f"rank {rank}: {names}"
+
+
 def test_nproc_refuses_a_world_that_is_already_launched() -> None:
     env = {**os.environ, "WORLD_SIZE": "2"}
     proc = _obs("train", "--nproc", "2", env=env, timeout=120)

@@ -130,7 +130,10 @@ def _assert_finished_like_the_reference(
     assert final["step"] == TRAIN_STEPS
     support.assert_identical(final, reference.final_checkpoint())
     fields = _final_fields(scenario.run.job_id)
-    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", fields
+    if fields["JobState"] != "COMPLETED" or fields["Restarts"] != "1":
+        tails = {p.name: p.read_text()[-1500:] for p in scenario.run.stderr if p.is_file()}
+        keys = ("JobState", "Restarts", "ExitCode", "Reason")
+        pytest.fail(f"job ended {({k: fields.get(k) for k in keys})}; task logs: {tails}")
     return results
 
 
