@@ -137,6 +137,7 @@ class WorkerLanes:
         continuous = torch.zeros(rows, t, dtype=torch.bool)
         reset = torch.zeros(rows, dtype=torch.bool)
         keys = [[""] * t for _ in range(rows)]
+        words = [[""] * t for _ in range(rows)]
         clips = nbytes = 0
         for r, lane in enumerate(self.lanes):
             row, reset[r] = lane.fill_row()
@@ -151,12 +152,13 @@ class WorkerLanes:
                 targets[r, j] = clip.target
                 continuous[r, j] = clip.meta.kind == "continuous"
                 keys[r][j] = clip.key
+                words[r][j] = clip.meta.labels.get("word") or ""
                 nbytes += clip.nbytes
             clips += len(row)
         errors, self.errors = self.errors, {}
         return {"video": video, "video_mask": video_mask, "audio": audio,
                 "audio_mask": audio_mask, "objects": objects, "targets": targets,
-                "continuous": continuous, "reset": reset, "keys": keys,
+                "continuous": continuous, "reset": reset, "keys": keys, "words": words,
                 "worker": self.worker, "state": self.state_dict(), "errors": errors,
                 "clips": clips, "bytes": nbytes,
                 "exhausted": all(lane.exhausted for lane in self.lanes)}

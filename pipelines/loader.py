@@ -217,7 +217,8 @@ class StreamLoader:
         [B, T], ``objects`` int64 [B, T] (-1 unknown), ``targets`` int64 [B, T]
         (object id at query clips, -100 elsewhere), ``continuous`` bool [B, T],
         ``reset`` bool [B] (row starts a new stream), ``keys`` list[list[str]]
-        ('' where a row is padded). After the data ends the cursor moves to the
+        ('' where a row is padded), ``words`` list[list[str]] (the spoken word
+        of the clip's ``word`` label, '' if none). After the data ends the cursor moves to the
         start of the next epoch, so iterating again gives the next epoch.
         """
         parts = self._parts()
@@ -256,6 +257,7 @@ _TENSOR_KEYS = ("video", "video_mask", "audio", "audio_mask", "objects", "target
 def _stack(parts: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {k: torch.cat([p[k] for p in parts]) for k in _TENSOR_KEYS}
     batch["keys"] = [row for p in parts for row in p["keys"]]
+    batch["words"] = [row for p in parts for row in p["words"]]
     return batch
 
 

@@ -194,6 +194,8 @@ def split_study_clips(batch: dict[str, Any]) -> dict[str, Any]:
         out["continuous"] = interleave(batch["continuous"], batch["continuous"])
     if "keys" in batch:
         out["keys"] = [[k for k in row for _ in (0, 1)] for row in batch["keys"]]
+    if "words" in batch:  # a clip's spoken word sits on its audio step
+        out["words"] = [[w for word in row for w in (word, "")] for row in batch["words"]]
     return out
 
 
