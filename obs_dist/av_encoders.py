@@ -115,7 +115,7 @@ class AVEncoder(nn.Module):
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         self.d_model = d_model
         self.video = VideoClipEncoder(d_model, image_size)
-        self.audio = AudioClipEncoder(d_model, n_mels)
+        self.audio: nn.Module = AudioClipEncoder(d_model, n_mels)  # or a word front end
         # Row 0: video, row 1: audio. Tells the model which senses a clip had.
         self.modality = nn.Parameter(torch.randn(2, d_model) * 0.02)
 

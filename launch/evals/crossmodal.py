@@ -67,6 +67,12 @@ class CrossmodalSuiteConfig(SuiteConfig):
             of ``shards``); must share ``shards``' classes.
         shards_window: clips per row of a real-shard batch.
         shards_workers: loader worker processes of the real-shard path.
+        audio_words_steps: real-shard path: steps of training a word recognizer on
+            the spoken words of the training shards; every model then hears words
+            through it, frozen (:mod:`launch.evals.audio_words`). 0: the models'
+            own audio encoders.
+        audio_words_utterances: utterances gathered to train the recognizer.
+        audio_words_temperature: temperature of the recognizer's posterior.
         circuits_objects: objects whose word→object circuits are drawn (OBS).
         circuits_exposures: batches of fixed-name episodes committed before drawing.
     """
@@ -80,6 +86,9 @@ class CrossmodalSuiteConfig(SuiteConfig):
     shards_eval: str = ""
     shards_window: int = 32
     shards_workers: int = 0
+    audio_words_steps: int = 0
+    audio_words_utterances: int = 8192
+    audio_words_temperature: float = 0.05
     circuits_objects: int = 16
     circuits_exposures: int = 8
 
@@ -100,6 +109,13 @@ class CrossmodalSuiteConfig(SuiteConfig):
             raise ValueError("shards_eval needs shards (the training shards) set too")
         if self.shards_window < 2 or self.shards_workers < 0:
             raise ValueError("shards_window must be >= 2 and shards_workers >= 0")
+        if self.audio_words_steps < 0 or self.audio_words_utterances < 10:
+            raise ValueError("audio_words_steps must be >= 0 and audio_words_utterances >= 10")
+        if self.audio_words_temperature <= 0:
+            raise ValueError(f"audio_words_temperature must be > 0, got "
+                             f"{self.audio_words_temperature}")
+        if self.audio_words_steps and not self.shards:
+            raise ValueError("audio_words_steps needs shards (the real-shard path)")
 
 
 def _grid(cfg: CrossmodalSuiteConfig, learner: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,10 @@ is scored only if its object was studied earlier in the same window (per-window
 memory cannot answer anything else). Models use the ``av`` encoder
 (:class:`~obs_dist.av_encoders.AVEncoder`). Held-out windows come from
 ``shards_eval`` when set (other streams: with ``obs make-shards --names stream``
-no word means the same there), else from other draws of ``shards``.
+no word means the same there), else from other draws of ``shards``. With
+``audio_words_steps`` every model hears the words through one frozen keyword
+recognizer trained on the training shards' word labels
+(:mod:`launch.evals.audio_words`).
 
 Scores are reported overall, by delay (clips between the query and where its
 object was last seen), by the objects studied before the query, by the objects
@@ -27,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from launch.evals.audio_words import (
+    train_word_recognizer,
+    word_code_front_end,
+    word_utterances,
+)
 from launch.evals.harness import build_learner, describe, fit, score
 from launch.evals.learners import Learner
 from obs_dist.tasks import IGNORE
@@ -177,10 +185,17 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
     # The last held-out batch only tracks learning (and stops at the target), so
     # the reported figures never come from a batch that decided when to stop.
     probe, held_out = held_out[-1:], held_out[:-1]
+    prepare = None
+    words: dict[str, float] = {}
+    if cfg.audio_words_steps:  # one recognizer, frozen, heard through by every model
+        recognizer, words = train_word_recognizer(
+            word_utterances(train_loader, cfg.audio_words_utterances), cfg.audio_words_steps,
+            cfg.model.n_mels, seed=cfg.task.seed, progress=cfg.train.progress)
+        prepare = word_code_front_end(recognizer, cfg.audio_words_temperature)
     rows = []
     details: dict[str, Any] = {}
     for name in cfg.models:
-        learner = build_learner(name, cfg, 2, classes, commit=False)
+        learner = build_learner(name, cfg, 2, classes, commit=False, prepare=prepare)
 
         def check(learner: Learner = learner) -> float:
             return float(_scores(learner, probe, cfg.primary)["accuracy"])
@@ -198,4 +213,4 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
                      "headline_queries": scores["headline"]["queries"]})
     path = f"shards:{cfg.shards}" + (f", held out: {cfg.shards_eval}" if cfg.shards_eval else "")
     return {"results": rows, "shards": details, "path": path, "classes": classes,
-            "primary": cfg.primary}
+            "primary": cfg.primary, **({"audio_words": words} if words else {})}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from launch.evals.learners import BaselineLearner, Learner, OBSLearner, matched_baseline
@@ -104,7 +105,8 @@ def obs_model_config(cfg: SuiteConfig, vocab: int, classes: int) -> ModelConfig:
 
 
 def build_learner(name: str, cfg: SuiteConfig, vocab: int, classes: int, commit: bool,
-                  state: StateConfig | None = None) -> Learner:
+                  state: StateConfig | None = None,
+                  prepare: Callable[[nn.Module], None] | None = None) -> Learner:
     """The learner ``name`` for a task of ``vocab`` inputs and ``classes`` outputs.
 
     Args:
@@ -114,6 +116,7 @@ def build_learner(name: str, cfg: SuiteConfig, vocab: int, classes: int, commit:
         classes: output classes.
         commit: OBS commits window deltas (continual tasks).
         state: override of ``cfg.state`` (e.g. a state-size sweep).
+        prepare: called on the model before its optimizer is built.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {list(MODEL_NAMES)}")
@@ -121,7 +124,7 @@ def build_learner(name: str, cfg: SuiteConfig, vocab: int, classes: int, commit:
     model_cfg = obs_model_config(cfg, vocab, classes)
     if name in ("obs", "obs-replay"):
         return OBSLearner(name, state_cfg, model_cfg, cfg.train, commit,
-                          replay=cfg.replay if name == "obs-replay" else None)
+                          replay=cfg.replay if name == "obs-replay" else None, prepare=prepare)
     template = dataclasses.replace(cfg.baseline, kind=name,  # type: ignore[arg-type]
                                    encoder=cfg.model.encoder, n_mels=cfg.model.n_mels,
                                    image_size=cfg.model.image_size)
@@ -131,7 +134,7 @@ def build_learner(name: str, cfg: SuiteConfig, vocab: int, classes: int, commit:
     train = cfg.train
     if cfg.baseline_lr:
         train = dataclasses.replace(train, lr=cfg.baseline_lr)
-    return BaselineLearner(name, template, vocab, classes, train)
+    return BaselineLearner(name, template, vocab, classes, train, prepare=prepare)
 
 
 def obs_parameter_count(state: StateConfig, model: ModelConfig) -> int:

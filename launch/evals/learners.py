@@ -17,7 +17,7 @@ schedule, and only the sequence mechanism differs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -63,15 +63,20 @@ class OBSLearner:
         train_cfg: loop settings (steps set the learning-rate schedule).
         commit: commit window deltas (continual tasks) or keep memory per sequence.
         replay: if given, a :class:`ReplayHook` is attached as an ``on_step`` hook.
+        prepare: called on the model before its optimizer is built (e.g. to fit a
+            front end in it).
     """
 
     def __init__(self, name: str, state_cfg: StateConfig, model_cfg: ModelConfig,
                  train_cfg: TrainConfig, commit: bool,
-                 replay: ReplayConfig | None = None) -> None:
+                 replay: ReplayConfig | None = None,
+                 prepare: Callable[[nn.Module], None] | None = None) -> None:
         self.name = name
         self.device = torch.device(train_cfg.device)
         torch.manual_seed(train_cfg.seed)
         self.model = OBSModel(model_cfg, state_cfg.nodes).to(self.device)
+        if prepare is not None:
+            prepare(self.model)
         self.state = BigState(state_cfg, device=self.device)
         self.trainer = Trainer(train_cfg, self.model, self.state, commit=commit,
                                penalty=state_cfg.penalty)
@@ -148,15 +153,19 @@ class BaselineLearner:
         vocab: input tokens.
         classes: output classes.
         train_cfg: loop settings (learning rate, schedule, clipping, device, seed).
+        prepare: called on the model before its optimizer is built.
     """
 
     def __init__(self, name: str, cfg: BaselineConfig, vocab: int, classes: int,
-                 train_cfg: TrainConfig) -> None:
+                 train_cfg: TrainConfig,
+                 prepare: Callable[[nn.Module], None] | None = None) -> None:
         self.name = name
         self.config = cfg
         self.device = torch.device(train_cfg.device)
         torch.manual_seed(train_cfg.seed)
         self.model = build_baseline(cfg, vocab, classes).to(self.device)
+        if prepare is not None:
+            prepare(self.model)
         self.slow = TorchSlowWeights(self.model, train_cfg)
         self.parameters = count_parameters(self.model)
 
