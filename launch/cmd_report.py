@@ -160,6 +160,13 @@ def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> s
             parts.append(f"\nCircuits: {pic['committed_entries']} entries committed from "
                          f"fixed-name episodes; share of words whose strongest object is the "
                          f"one they name: {pic['match']:.3f}.\n")
+    words = result.get("audio_words")
+    if words:
+        temp = result.get("config", {}).get("audio_words_temperature", "?")
+        parts.append(f"\nEvery model hears the words through one frozen keyword recognizer "
+                     f"({int(words['words'])} words, {int(words['utterances'])} utterances of "
+                     f"the training shards, {int(words['steps'])} steps; held-out word accuracy "
+                     f"{words['word_accuracy']:.3f}; posterior temperature {temp}).\n")
     if result.get("shards"):
         parts.append(shard_tables(result["shards"]))
     for png in figures(result, stem, folder):
