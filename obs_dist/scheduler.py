@@ -23,7 +23,10 @@ default). The adaptive policy scores each window from four signals
 
 and switches with hysteresis: to sequential when the score reaches ``enter``, back
 to parallel when it falls to ``leave``, never sooner than ``min_windows``
-windows after the last switch.
+windows after the last switch. With ``max_windows`` set, a phase held that long
+gives way to the other for ``min_windows`` windows (a probe): the cost term
+compares running averages of both phases' seconds per window, and without a probe
+the phase the scheduler settled away from is never timed again.
 
 Identical decisions everywhere: the per-rank signals of a window are gathered
 (one small ``all_gather``) and combined in rank order, so every rank computes
@@ -57,6 +60,8 @@ class SchedulerConfig:
         enter: score at or above which the adaptive policy goes sequential.
         leave: score at or below which it goes back to parallel (``< enter``).
         min_windows: windows to stay in a phase after a switch.
+        max_windows: windows after which a phase gives way to the other for
+            ``min_windows`` windows, to re-measure its cost (0: never).
         weight_kind: weight of the declared-continuous fraction.
         weight_conflict: weight of the write conflict (saturating at ``conflict_ref``).
         conflict_ref: conflict at which its term reaches its full weight.
@@ -70,6 +75,7 @@ class SchedulerConfig:
     enter: float = 0.5
     leave: float = 0.25
     min_windows: int = 1
+    max_windows: int = 0
     weight_kind: float = 0.6
     weight_conflict: float = 0.5
     conflict_ref: float = 0.4
@@ -86,6 +92,9 @@ class SchedulerConfig:
             raise ValueError(f"leave ({self.leave}) must be < enter ({self.enter})")
         if self.min_windows < 1:
             raise ValueError(f"min_windows must be >= 1, got {self.min_windows}")
+        if self.max_windows and self.max_windows <= self.min_windows:
+            raise ValueError(f"max_windows must be 0 (never probe) or > min_windows "
+                             f"({self.min_windows}), got {self.max_windows}")
         for key in ("weight_kind", "weight_conflict", "weight_novelty", "weight_cost"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -186,6 +195,10 @@ class PhaseScheduler:
                 self.phase, self.since_switch = SEQUENTIAL, 0
             elif self.phase == SEQUENTIAL and score <= cfg.leave:
                 self.phase, self.since_switch = PARALLEL, 0
+            elif cfg.max_windows and self.since_switch >= cfg.max_windows:
+                # A probe: the score decides again after min_windows of the other phase.
+                other = PARALLEL if self.phase == SEQUENTIAL else SEQUENTIAL
+                self.phase, self.since_switch = other, 0
         return self._count(self.phase)
 
     def _row(self, continuous: float) -> list[float]:

@@ -83,6 +83,9 @@ TRAIN_SETS = [
     "train.warmup=2", "train.steps=1000000", "train.log_every=1", "train.eval_every=20",
     "train.eval_batches=1", "train.moments_every=5", "sync.check_every=5",
     "checkpoint.every=50", "scheduler.weight_cost=0.0",
+    # The job settles into one phase within seconds, often before Prometheus's first
+    # scrape; probes keep the phase changing for the phase-change annotation.
+    "scheduler.min_windows=20", "scheduler.max_windows=40",
 ]  # fmt: skip
 
 

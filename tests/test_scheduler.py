@@ -54,6 +54,25 @@ def test_adaptive_min_windows_delays_switching() -> None:
     assert got == [PARALLEL, PARALLEL, SEQUENTIAL, SEQUENTIAL, SEQUENTIAL, PARALLEL, PARALLEL]
 
 
+def test_adaptive_max_windows_probes_the_other_phase() -> None:
+    cfg = SchedulerConfig(weight_conflict=0.0, weight_novelty=0.0, weight_cost=0.0,
+                          min_windows=2, max_windows=4)
+    sched = PhaseScheduler(cfg)
+    got = []
+    for _ in range(8):
+        sched.observe_window(WindowSignals(seconds=0.1))
+        got.append(sched.decide(1.0))  # score 0.6: sequential is where it belongs
+    # Sequential is held for 4 windows, then parallel is probed for min_windows (2),
+    # after which the score takes it back to sequential.
+    assert got == [PARALLEL, SEQUENTIAL, SEQUENTIAL, SEQUENTIAL, SEQUENTIAL,
+                   PARALLEL, PARALLEL, SEQUENTIAL]
+    assert set(sched.seconds_ema) == {SEQUENTIAL, PARALLEL}
+    # Without max_windows the same run stays sequential once it got there.
+    steady = PhaseScheduler(SchedulerConfig(weight_conflict=0.0, weight_novelty=0.0,
+                                            weight_cost=0.0, min_windows=2))
+    assert [steady.decide(1.0) for _ in range(8)] == [PARALLEL] + [SEQUENTIAL] * 7
+
+
 def test_write_conflict_within_and_across_ranks_drives_the_adaptive_policy() -> None:
     cfg = SchedulerConfig(weight_kind=0.0, weight_novelty=0.0, weight_cost=0.0)
     sched = PhaseScheduler(cfg)
@@ -104,6 +123,7 @@ def test_state_dict_round_trip() -> None:
 @pytest.mark.parametrize("bad,match", [({"policy": "random"}, "policy"),
                                        ({"enter": 0.2, "leave": 0.3}, "leave"),
                                        ({"min_windows": 0}, "min_windows"),
+                                       ({"min_windows": 3, "max_windows": 3}, "max_windows"),
                                        ({"weight_cost": -1.0}, "weight_cost"),
                                        ({"ema": 1.0}, "ema")])
 def test_config_rejects_bad_values(bad: dict, match: str) -> None:
