@@ -132,6 +132,29 @@ def shard_tables(details: dict[str, Any]) -> str:
     return out
 
 
+
+# (result key, sense, label count key, examples key, examples, accuracy key, config temperature)
+FRONT_ENDS = (
+    ("audio_words", "hears the words through one frozen keyword recognizer", "words",
+     "utterances", "utterances", "word_accuracy", "audio_words_temperature"),
+    ("video_objects", "sees the objects through one frozen object recognizer", "objects",
+     "clips", "video clips", "object_accuracy", "video_objects_temperature"),
+)
+
+
+def front_end_lines(result: dict[str, Any]) -> list[str]:
+    """One line per recognizer front end a cross-modal result was made with."""
+    lines = []
+    for key, sense, count, examples, what, acc, temp_key in FRONT_ENDS:
+        fit = result.get(key)
+        if fit:
+            temp = result.get("config", {}).get(temp_key, "?")
+            lines.append(f"\nEvery model {sense} ({int(fit[count])} {count}, "
+                         f"{int(fit[examples])} {what} of the training shards, "
+                         f"{int(fit['steps'])} steps; held-out {acc.replace('_', ' ')} "
+                         f"{fit[acc]:.3f}; posterior temperature {temp}).\n")
+    return lines
+
 def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> str:
     """One result's markdown: command, machine, targets, table, plots."""
     suite = result.get("suite", "?")
@@ -160,13 +183,7 @@ def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> s
             parts.append(f"\nCircuits: {pic['committed_entries']} entries committed from "
                          f"fixed-name episodes; share of words whose strongest object is the "
                          f"one they name: {pic['match']:.3f}.\n")
-    words = result.get("audio_words")
-    if words:
-        temp = result.get("config", {}).get("audio_words_temperature", "?")
-        parts.append(f"\nEvery model hears the words through one frozen keyword recognizer "
-                     f"({int(words['words'])} words, {int(words['utterances'])} utterances of "
-                     f"the training shards, {int(words['steps'])} steps; held-out word accuracy "
-                     f"{words['word_accuracy']:.3f}; posterior temperature {temp}).\n")
+    parts += front_end_lines(result)
     if result.get("shards"):
         parts.append(shard_tables(result["shards"]))
     for png in figures(result, stem, folder):

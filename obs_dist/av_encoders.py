@@ -114,8 +114,8 @@ class AVEncoder(nn.Module):
         if d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         self.d_model = d_model
-        self.video = VideoClipEncoder(d_model, image_size)
-        self.audio: nn.Module = AudioClipEncoder(d_model, n_mels)  # or a word front end
+        self.video: nn.Module = VideoClipEncoder(d_model, image_size)  # or a front end
+        self.audio: nn.Module = AudioClipEncoder(d_model, n_mels)  # or a front end
         # Row 0: video, row 1: audio. Tells the model which senses a clip had.
         self.modality = nn.Parameter(torch.randn(2, d_model) * 0.02)
 

@@ -71,12 +71,18 @@ def test_episode_shards_with_held_out_streams(tmp_path: Path) -> None:
         f"shards={tmp_path / 'train'}", f"shards_eval={tmp_path / 'eval'}", "model.encoder=av",
         "model.image_size=16", "models=['obs', 'gru']", "task.batch=3", "shards_window=10",
         "train.steps=2", "eval_batches=2", "primary=[3, 4]", "audio_words_steps=5",
-        "audio_words_utterances=20"], quick=True)
+        "audio_words_utterances=20", "video_objects_steps=5", "video_objects_clips=30"],
+        quick=True)
     assert out["path"].endswith(f"held out: {tmp_path / 'eval'}")
     # One word recognizer for both models, trained on the names the training streams say.
     words = out["audio_words"]
     assert words["utterances"] == 20 and 3 <= words["words"] <= 20
     assert 0.0 <= words["word_accuracy"] <= 1.0
+    # And one object recognizer, on the object labels of the training streams' video.
+    objects = out["video_objects"]
+    # Its labels are the whole class vocabulary (classes.json), not only the 8 drawn.
+    assert objects["clips"] == 30 and objects["objects"] == 48 and objects["steps"] == 5
+    assert 0.0 <= objects["object_accuracy"] <= 1.0
     scores = out["shards"]["obs"]
     # Episodes (3 study, 4 distractors, 3 queries) fill the 10-clip windows exactly.
     assert set(scores["by_episode_objects"]) == {3} and scores["queries"] == 2 * 3 * 3

@@ -147,9 +147,12 @@ def test_report_shard_tables_and_state_sweep_only_result(tmp_path: Path) -> None
                                    "queries": 8}}}
     write_result({"suite": "crossmodal", "command": "obs eval --task crossmodal",
                   "path": "shards:/x", "results": [{"model": "obs", "accuracy": 0.75}],
-                  "shards": shards, "config": {"audio_words_temperature": 0.05},
+                  "shards": shards, "config": {"audio_words_temperature": 0.05,
+                                               "video_objects_temperature": 0.1},
                   "audio_words": {"word_accuracy": 0.9375, "words": 64.0, "utterances": 8192.0,
-                                  "steps": 2000.0}}, tmp_path / "json" / "cm.json")
+                                  "steps": 2000.0},
+                  "video_objects": {"object_accuracy": 0.99, "objects": 48.0, "clips": 4096.0,
+                                    "steps": 500.0}}, tmp_path / "json" / "cm.json")
     write_result({"suite": "mqar-sweep", "command": "obs eval --task mqar-sweep", "results": [],
                   "state_sweep": [{"model": "obs", "nodes": n, "pairs": 8, "length": 64,
                                    "accuracy": a} for n, a in ((256, 0.2), (1024, 0.9))]},
@@ -161,5 +164,7 @@ def test_report_shard_tables_and_state_sweep_only_result(tmp_path: Path) -> None
     assert "clips between study and query: top-1 >= 0.9 — **missed** (OBS 0.875 over 8" in text
     assert "one frozen keyword recognizer (64 words, 8192 utterances" in text
     assert "word accuracy 0.938; posterior temperature 0.05" in text
+    assert "one frozen object recognizer (48 objects, 4096 video clips" in text
+    assert "object accuracy 0.990; posterior temperature 0.1" in text
     assert "_(no rows)_" not in text  # a state-sweep-only result shows just its sweep
     assert any(p.endswith("n_state_size.png") for p in report["figures"])

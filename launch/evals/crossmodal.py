@@ -69,10 +69,15 @@ class CrossmodalSuiteConfig(SuiteConfig):
         shards_workers: loader worker processes of the real-shard path.
         audio_words_steps: real-shard path: steps of training a word recognizer on
             the spoken words of the training shards; every model then hears words
-            through it, frozen (:mod:`launch.evals.audio_words`). 0: the models'
+            through it, frozen (:mod:`launch.evals.front_ends`). 0: the models'
             own audio encoders.
         audio_words_utterances: utterances gathered to train the recognizer.
         audio_words_temperature: temperature of the recognizer's posterior.
+        video_objects_steps: real-shard path: steps of training an object recognizer
+            on the object labels of the training shards' video clips; every model
+            then sees objects through it, frozen. 0: the models' own video encoders.
+        video_objects_clips: video clips gathered to train the object recognizer.
+        video_objects_temperature: temperature of its posterior.
         circuits_objects: objects whose word→object circuits are drawn (OBS).
         circuits_exposures: batches of fixed-name episodes committed before drawing.
     """
@@ -89,6 +94,9 @@ class CrossmodalSuiteConfig(SuiteConfig):
     audio_words_steps: int = 0
     audio_words_utterances: int = 8192
     audio_words_temperature: float = 0.05
+    video_objects_steps: int = 0
+    video_objects_clips: int = 8192
+    video_objects_temperature: float = 0.05
     circuits_objects: int = 16
     circuits_exposures: int = 8
 
@@ -111,11 +119,14 @@ class CrossmodalSuiteConfig(SuiteConfig):
             raise ValueError("shards_window must be >= 2 and shards_workers >= 0")
         if self.audio_words_steps < 0 or self.audio_words_utterances < 10:
             raise ValueError("audio_words_steps must be >= 0 and audio_words_utterances >= 10")
-        if self.audio_words_temperature <= 0:
-            raise ValueError(f"audio_words_temperature must be > 0, got "
-                             f"{self.audio_words_temperature}")
-        if self.audio_words_steps and not self.shards:
-            raise ValueError("audio_words_steps needs shards (the real-shard path)")
+        if self.video_objects_steps < 0 or self.video_objects_clips < 10:
+            raise ValueError("video_objects_steps must be >= 0 and video_objects_clips >= 10")
+        for key in ("audio_words_temperature", "video_objects_temperature"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("audio_words_steps", "video_objects_steps"):
+            if getattr(self, key) and not self.shards:
+                raise ValueError(f"{key} needs shards (the real-shard path)")
 
 
 def _grid(cfg: CrossmodalSuiteConfig, learner: Any) -> list[dict[str, Any]]:

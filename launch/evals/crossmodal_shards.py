@@ -12,8 +12,9 @@ memory cannot answer anything else). Models use the ``av`` encoder
 ``shards_eval`` when set (other streams: with ``obs make-shards --names stream``
 no word means the same there), else from other draws of ``shards``. With
 ``audio_words_steps`` every model hears the words through one frozen keyword
-recognizer trained on the training shards' word labels
-(:mod:`launch.evals.audio_words`).
+recognizer trained on the training shards' word labels, and with
+``video_objects_steps`` sees objects through one frozen object recognizer trained
+on their object labels (:mod:`launch.evals.front_ends`).
 
 Scores are reported overall, by delay (clips between the query and where its
 object was last seen), by the objects studied before the query, by the objects
@@ -30,9 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from launch.evals.audio_words import (
-    train_word_recognizer,
-    word_code_front_end,
+from launch.evals.front_ends import (
+    Recognizer,
+    object_recognizer,
+    object_views,
+    recognizer_front_end,
+    train_recognizer,
+    word_recognizer,
     word_utterances,
 )
 from launch.evals.harness import build_learner, describe, fit, score
@@ -185,13 +190,31 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
     # The last held-out batch only tracks learning (and stops at the target), so
     # the reported figures never come from a batch that decided when to stop.
     probe, held_out = held_out[-1:], held_out[:-1]
+    # One recognizer per sense, frozen, perceived through by every model alike.
     prepare = None
     words: dict[str, float] = {}
-    if cfg.audio_words_steps:  # one recognizer, frozen, heard through by every model
-        recognizer, words = train_word_recognizer(
-            word_utterances(train_loader, cfg.audio_words_utterances), cfg.audio_words_steps,
-            cfg.model.n_mels, seed=cfg.task.seed, progress=cfg.train.progress)
-        prepare = word_code_front_end(recognizer, cfg.audio_words_temperature)
+    objects: dict[str, float] = {}
+    heard: Recognizer | None = None
+    seen: Recognizer | None = None
+    if cfg.audio_words_steps:
+        data = word_utterances(train_loader, cfg.audio_words_utterances)
+        torch.manual_seed(cfg.task.seed)
+        heard, fit_words = train_recognizer(
+            word_recognizer(cfg.model.n_mels, len(data.vocab)), data, cfg.audio_words_steps,
+            seed=cfg.task.seed, progress=cfg.train.progress, desc="word recognizer")
+        words = {"word_accuracy": fit_words["accuracy"], "words": fit_words["labels"],
+                 "utterances": fit_words["examples"], "steps": fit_words["steps"]}
+    if cfg.video_objects_steps:
+        views = object_views(train_loader, cfg.video_objects_clips, train_loader.classes)
+        torch.manual_seed(cfg.task.seed + 1)
+        seen, fit_objects = train_recognizer(
+            object_recognizer(cfg.model.image_size, classes), views, cfg.video_objects_steps,
+            seed=cfg.task.seed + 1, progress=cfg.train.progress, desc="object recognizer")
+        objects = {"object_accuracy": fit_objects["accuracy"], "objects": fit_objects["labels"],
+                   "clips": fit_objects["examples"], "steps": fit_objects["steps"]}
+    if heard is not None or seen is not None:
+        prepare = recognizer_front_end(heard, seen, cfg.audio_words_temperature,
+                                       cfg.video_objects_temperature)
     rows = []
     details: dict[str, Any] = {}
     for name in cfg.models:
@@ -213,4 +236,5 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
                      "headline_queries": scores["headline"]["queries"]})
     path = f"shards:{cfg.shards}" + (f", held out: {cfg.shards_eval}" if cfg.shards_eval else "")
     return {"results": rows, "shards": details, "path": path, "classes": classes,
-            "primary": cfg.primary, **({"audio_words": words} if words else {})}
+            "primary": cfg.primary, **({"audio_words": words} if words else {}),
+            **({"video_objects": objects} if objects else {})}
