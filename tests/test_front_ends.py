@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from launch.evals.front_ends import (
     object_recognizer,
     object_views,
     recognizer_front_end,
+    shift_and_flip,
     train_recognizer,
     word_recognizer,
     word_utterances,
@@ -61,6 +64,17 @@ def test_object_recognizer_learns_the_objects_from_video() -> None:
     assert metrics["accuracy"] >= 0.9 and metrics["labels"] == OBJECTS
     with pytest.raises(ValueError, match="labels"):
         train_recognizer(object_recognizer(SIZE, OBJECTS + 1), _views(20), steps=1)
+
+
+def test_shift_and_flip_moves_and_mirrors_clips_only() -> None:
+    clips = _views(64).inputs
+    out = shift_and_flip(clips, torch.Generator().manual_seed(0), max_shift=2)
+    assert out.shape == clips.shape and out.dtype == clips.dtype
+    assert not torch.equal(out, clips) and torch.equal(clips, _views(64).inputs)
+    # Only positions change: every clip keeps its pixel values.
+    assert torch.equal(out.flatten(1).sort(dim=1).values, clips.flatten(1).sort(dim=1).values)
+    again = shift_and_flip(clips, torch.Generator().manual_seed(0), max_shift=2)
+    assert torch.equal(out, again)
 
 
 def test_code_is_the_same_for_two_utterances_of_a_word() -> None:
@@ -132,6 +146,19 @@ def test_object_views_come_from_clips_with_video_and_a_known_object() -> None:
         object_views([batch], count=10, classes=["a", "b"])
     with pytest.raises(ValueError, match="no clip with video"):
         object_views([{**batch, "objects": torch.full((1, 4), -1)}], count=10, classes=["a"])
+
+
+def test_gatherers_take_each_clip_once_and_stop_when_a_loader_only_repeats() -> None:
+    video = torch.randint(0, 255, (1, 3, 2, 3, SIZE, SIZE), dtype=torch.uint8)
+    batch = {"video": video, "video_mask": torch.ones(1, 3, dtype=torch.bool),
+             "objects": torch.tensor([[0, 1, 2]]), "keys": [["s/0", "s/1", "s/0"]],
+             "audio": torch.randn(1, 3, N_MELS, FRAMES),
+             "audio_mask": torch.ones(1, 3, dtype=torch.bool), "words": [["a", "b", "a"]]}
+    # A resampled loader repeats its streams forever; the same batch stands in for it.
+    views = object_views(itertools.repeat(batch), count=100, classes=["x", "y", "z"])
+    assert views.labels.tolist() == [0, 1]  # "s/0" once, although its clips differ here
+    words = word_utterances(itertools.repeat(batch), count=100)
+    assert words.vocab == ["a", "b"] and words.labels.tolist() == [0, 1]
 
 
 def test_split_study_clips_puts_the_word_on_the_audio_step() -> None:

@@ -92,10 +92,10 @@ class CrossmodalSuiteConfig(SuiteConfig):
     shards_window: int = 32
     shards_workers: int = 0
     audio_words_steps: int = 0
-    audio_words_utterances: int = 8192
+    audio_words_utterances: int = 32768
     audio_words_temperature: float = 0.05
     video_objects_steps: int = 0
-    video_objects_clips: int = 8192
+    video_objects_clips: int = 32768
     video_objects_temperature: float = 0.05
     circuits_objects: int = 16
     circuits_exposures: int = 8

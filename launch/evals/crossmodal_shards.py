@@ -26,16 +26,19 @@ and query.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from launch.evals.front_ends import (
     Recognizer,
     object_recognizer,
     object_views,
     recognizer_front_end,
+    shift_and_flip,
+    time_shift,
     train_recognizer,
     word_recognizer,
     word_utterances,
@@ -169,6 +172,53 @@ def _scores(learner: Learner, batches: list[dict[str, Any]],
                          "queries": headline[1]}}
 
 
+def fit_front_ends(cfg: CrossmodalSuiteConfig, common: dict[str, Any], classes: Sequence[str]
+                   ) -> tuple[Callable[[nn.Module], None] | None, dict[str, Any]]:
+    """Train the recognizer front ends the config asks for, once, on the training shards.
+
+    One recognizer per sense, frozen, perceived through by every model alike. The
+    clips come from one pass over the training shards in shuffled stream order
+    (each clip once), so the held-out share that scores a recognizer is mostly
+    streams it never trained on.
+
+    Returns:
+        The ``prepare`` hook (None without front ends) and the results' entries
+        (``audio_words``, ``video_objects``) with each recognizer's figures.
+    """
+    from pipelines.loader import DataConfig, build_loader
+
+    heard: Recognizer | None = None
+    seen: Recognizer | None = None
+    out: dict[str, Any] = {}
+
+    def one_pass() -> Iterable[dict[str, Any]]:
+        return build_loader(DataConfig(**{**common, "mode": "shuffled"},
+                                       seed=cfg.task.seed))
+
+    if cfg.audio_words_steps:
+        data = word_utterances(one_pass(), cfg.audio_words_utterances)
+        torch.manual_seed(cfg.task.seed)
+        heard, fit = train_recognizer(
+            word_recognizer(cfg.model.n_mels, len(data.vocab)), data, cfg.audio_words_steps,
+            seed=cfg.task.seed, progress=cfg.train.progress, desc="word recognizer",
+            augment=time_shift)
+        out["audio_words"] = {"word_accuracy": fit["accuracy"], "words": fit["labels"],
+                              "utterances": fit["examples"], "steps": fit["steps"]}
+    if cfg.video_objects_steps:
+        views = object_views(one_pass(), cfg.video_objects_clips, classes)
+        torch.manual_seed(cfg.task.seed + 1)
+        seen, fit = train_recognizer(
+            object_recognizer(cfg.model.image_size, len(classes)), views,
+            cfg.video_objects_steps, seed=cfg.task.seed + 1, progress=cfg.train.progress,
+            desc="object recognizer", augment=shift_and_flip)
+        out["video_objects"] = {"object_accuracy": fit["accuracy"], "objects": fit["labels"],
+                                "clips": fit["examples"], "steps": fit["steps"]}
+    if heard is None and seen is None:
+        return None, out
+    return recognizer_front_end(heard, seen, cfg.audio_words_temperature,
+                                cfg.video_objects_temperature), out
+
+
 def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
     """Train every model on shard batches and score held-out windows."""
     from pipelines.loader import DataConfig, build_loader
@@ -190,31 +240,7 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
     # The last held-out batch only tracks learning (and stops at the target), so
     # the reported figures never come from a batch that decided when to stop.
     probe, held_out = held_out[-1:], held_out[:-1]
-    # One recognizer per sense, frozen, perceived through by every model alike.
-    prepare = None
-    words: dict[str, float] = {}
-    objects: dict[str, float] = {}
-    heard: Recognizer | None = None
-    seen: Recognizer | None = None
-    if cfg.audio_words_steps:
-        data = word_utterances(train_loader, cfg.audio_words_utterances)
-        torch.manual_seed(cfg.task.seed)
-        heard, fit_words = train_recognizer(
-            word_recognizer(cfg.model.n_mels, len(data.vocab)), data, cfg.audio_words_steps,
-            seed=cfg.task.seed, progress=cfg.train.progress, desc="word recognizer")
-        words = {"word_accuracy": fit_words["accuracy"], "words": fit_words["labels"],
-                 "utterances": fit_words["examples"], "steps": fit_words["steps"]}
-    if cfg.video_objects_steps:
-        views = object_views(train_loader, cfg.video_objects_clips, train_loader.classes)
-        torch.manual_seed(cfg.task.seed + 1)
-        seen, fit_objects = train_recognizer(
-            object_recognizer(cfg.model.image_size, classes), views, cfg.video_objects_steps,
-            seed=cfg.task.seed + 1, progress=cfg.train.progress, desc="object recognizer")
-        objects = {"object_accuracy": fit_objects["accuracy"], "objects": fit_objects["labels"],
-                   "clips": fit_objects["examples"], "steps": fit_objects["steps"]}
-    if heard is not None or seen is not None:
-        prepare = recognizer_front_end(heard, seen, cfg.audio_words_temperature,
-                                       cfg.video_objects_temperature)
+    prepare, front = fit_front_ends(cfg, common, train_loader.classes)
     rows = []
     details: dict[str, Any] = {}
     for name in cfg.models:
@@ -236,5 +262,4 @@ def run_shards(cfg: CrossmodalSuiteConfig) -> dict[str, Any]:
                      "headline_queries": scores["headline"]["queries"]})
     path = f"shards:{cfg.shards}" + (f", held out: {cfg.shards_eval}" if cfg.shards_eval else "")
     return {"results": rows, "shards": details, "path": path, "classes": classes,
-            "primary": cfg.primary, **({"audio_words": words} if words else {}),
-            **({"video_objects": objects} if objects else {})}
+            "primary": cfg.primary, **front}
