@@ -23,6 +23,7 @@ The goal of the adaptive policy: near-parallel speed at near-sequential accuracy
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -155,6 +156,14 @@ def _child() -> None:
            "accuracy_continuous": cont, "accuracy_discrete": disc}
     if rank == 0:
         Path(p["out"]).write_text(json.dumps(row))
+    # As in launch.runner.run_training: DeepSpeed's engine and its hooks hold the
+    # process groups in a reference cycle, and gloo threads left alive at exit abort
+    # the rank. Release the engine, collect the cycle, then destroy the groups.
+    release = getattr(slow, "close", None)
+    if release is not None:
+        release()
+    del trainer, slow, model
+    gc.collect()
     destroy()
 
 
