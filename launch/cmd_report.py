@@ -132,7 +132,6 @@ def shard_tables(details: dict[str, Any]) -> str:
     return out
 
 
-
 # (result key, sense, label count key, examples key, examples, accuracy key, config temperature)
 FRONT_ENDS = (
     ("audio_words", "hears the words through one frozen keyword recognizer", "words",
@@ -154,6 +153,7 @@ def front_end_lines(result: dict[str, Any]) -> list[str]:
                          f"{int(fit['steps'])} steps; held-out {acc.replace('_', ' ')} "
                          f"{fit[acc]:.3f}; posterior temperature {temp}).\n")
     return lines
+
 
 def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> str:
     """One result's markdown: command, machine, targets, table, plots."""

@@ -183,16 +183,15 @@ def word_recognizer(n_mels: int, words: int, width: int = 64) -> Recognizer:
     return Recognizer(AudioClipEncoder(width, n_mels), width, words)
 
 
-def object_recognizer(image_size: int, classes: int, width: int = 64,
-                      frames_used: int = 2) -> Recognizer:
+def object_recognizer(image_size: int, classes: int, width: int = 64) -> Recognizer:
     """An untrained recognizer of ``classes`` objects from uint8 video clips."""
-    return Recognizer(VideoClipEncoder(width, image_size, frames_used, width), width, classes)
+    return Recognizer(VideoClipEncoder(width, image_size, width=width), width, classes)
 
 
 def shift_and_flip(clips: Tensor, gen: torch.Generator, max_shift: int = 4) -> Tensor:
     """Video augmentation: each clip mirrored left-right half the time and moved by up
     to ``max_shift`` pixels each way (wrapping round). An object's class does not
-    depend on its side or place, and the recognizer sees a few thousand clips only.
+    depend on its side or place, and the recognizer sees each clip many times.
     """
     out = clips.clone()
     flip = torch.rand(len(clips), generator=gen) < 0.5
@@ -247,8 +246,7 @@ def train_recognizer(model: Recognizer, data: Labelled, steps: int, lr: float = 
     if not 1 <= split < n:
         raise ValueError(f"{n} examples cannot be split {1 - held_out:.0%}/{held_out:.0%}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    # Cosine decay to zero: the last steps settle the weights (a constant rate left
-    # the held-out accuracy a few points lower).
+    # Cosine decay to zero, so that the last steps settle the weights.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
