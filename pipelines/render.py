@@ -104,6 +104,27 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def texture_paint(texture: str, base: np.ndarray, u: np.ndarray, v: np.ndarray,
+                  period: float | np.ndarray) -> np.ndarray:
+    """An object's surface colour at object coordinates (u, v): float32 ``u.shape + (3,)``.
+
+    Args:
+        texture: ``solid``, ``striped`` (diagonal dark stripes) or ``dotted`` (light dots).
+        base: RGB of the object, shape (3,) or broadcastable to ``u.shape + (3,)``.
+        u, v: object coordinates of each pixel (any shape, e.g. [H, W] or [F, H, W]).
+        period: stripe/dot spacing in pixels, a number or an array broadcastable to u.
+    """
+    paint = np.broadcast_to(np.asarray(base, np.float32), u.shape + (3,)).copy()
+    if texture == "striped":
+        dark = (np.floor((u + v) / period) % 2) == 0
+        paint[dark] *= 0.3
+    elif texture == "dotted":
+        cu = (u / period) - np.round(u / period)
+        cv = (v / period) - np.round(v / period)
+        paint[cu * cu + cv * cv <= 0.09] = 245.0
+    return paint
+
+
 def render_frame(state: ObjectState, size: int, rng: np.random.Generator) -> np.ndarray:
     """One RGB frame (uint8 [size, size, 3]) of the object, with positional and colour jitter."""
     shape, colour, texture = class_attributes(state.class_id)
@@ -114,15 +135,7 @@ def render_frame(state: ObjectState, size: int, rng: np.random.Generator) -> np.
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
     inside = _shape_mask(shape, u, v, state.radius)
     base = np.asarray(COLOUR_RGB[colour], np.float32) * rng.uniform(0.9, 1.1)
-    paint = np.broadcast_to(base, (size, size, 3)).copy()
-    period = max(4.0, state.radius / 2.5)
-    if texture == "striped":
-        dark = (np.floor((u + v) / period) % 2) == 0
-        paint[dark] *= 0.3
-    elif texture == "dotted":
-        cu = (u / period) - np.round(u / period)
-        cv = (v / period) - np.round(v / period)
-        paint[cu * cu + cv * cv <= 0.09] = 245.0
+    paint = texture_paint(texture, base, u, v, max(4.0, state.radius / 2.5))
     frame = np.empty((size, size, 3), np.float32)
     frame[:] = np.asarray(state.background, np.float32)
     frame[inside] = paint[inside]
@@ -142,18 +155,37 @@ def video_codec() -> str:
     raise RuntimeError("PyAV's FFmpeg has neither libx264 nor mpeg4 encoders")
 
 
+def add_video_stream(container: av.container.OutputContainer, fps: float, width: int,
+                     height: int, keyframe_seconds: float | None = None) -> av.VideoStream:
+    """Add a deterministic yuv420p video stream (:func:`video_codec`) to an output container.
+
+    Args:
+        container: an mp4 container opened for writing.
+        fps: frames per second (rounded to an integer rate).
+        width, height: frame size in pixels (even).
+        keyframe_seconds: a keyframe at least this often; None keeps the encoder's default.
+    """
+    codec = video_codec()
+    stream = container.add_stream(codec, rate=int(round(fps)))
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    options: dict[str, str] = {}
+    if codec == "libx264":
+        # One thread and a fixed preset: the same frames give the same bytes.
+        options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+    if keyframe_seconds is not None:
+        options["g"] = str(max(1, int(round(keyframe_seconds * fps))))
+    if options:
+        stream.options = options
+    stream.codec_context.thread_count = 1
+    return stream
+
+
 def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """Encode uint8 RGB frames [F, H, W, 3] (H, W even) as an mp4, deterministically."""
-    codec = video_codec()
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=int(round(fps)))
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            # One thread and a fixed preset: the same frames give the same bytes.
-            stream.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
-        stream.codec_context.thread_count = 1
+        stream = add_video_stream(container, fps, int(frames.shape[2]), int(frames.shape[1]))
         for frame in frames:
             packet_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
             for packet in stream.encode(packet_frame):
@@ -171,13 +203,15 @@ def _linear_resample(wave: np.ndarray, n_out: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _espeak(text: str, voice: str, speed: int) -> np.ndarray | None:
+def _espeak(text: str, voice: str, speed: int, pitch: int | None = None) -> np.ndarray | None:
     exe = shutil.which("espeak-ng")
     if exe is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "say.wav"
-        proc = subprocess.run([exe, "-w", str(path), "-v", voice, "-s", str(speed), text],
+        pitch_args = [] if pitch is None else ["-p", str(pitch)]
+        proc = subprocess.run([exe, "-w", str(path), "-v", voice, "-s", str(speed),
+                               *pitch_args, text],
                               capture_output=True, timeout=30, check=False)
         if proc.returncode != 0 or not path.is_file():
             return None
@@ -215,13 +249,15 @@ def _formant_word(word: str, voice: str, speed: int) -> np.ndarray:
     return (0.3 * out / (np.abs(out).max() + 1e-6)).astype(np.float32)
 
 
-def speak(text: str, voice: str, speed: int, max_seconds: float) -> np.ndarray:
+def speak(text: str, voice: str, speed: int, max_seconds: float,
+          pitch: int | None = None) -> np.ndarray:
     """``text`` spoken at 16 kHz (float32, peak ~0.3), at most ``max_seconds`` long.
 
     Uses ``espeak-ng`` when installed, else a formant synthesiser (one word
-    after another). A longer utterance is sped up to fit.
+    after another). A longer utterance is sped up to fit. ``pitch`` (0–99,
+    espeak-ng's ``-p``) is the voice's default when None.
     """
-    wave = _espeak(text, voice, speed)
+    wave = _espeak(text, voice, speed, pitch)
     if wave is None:
         words = [_formant_word(w, voice, speed) for w in text.split()]
         wave = np.concatenate(words)
