@@ -1,0 +1,160 @@
+"""Timed labels beside a recording: transcripts (words) and object annotations.
+
+A recording ``rec.mp4`` may have, in the same folder:
+
+* a transcript ``rec.srt``, ``rec.vtt`` or ``rec.transcript.json`` (a JSON list
+  of ``{"start": s, "end": s, "text": str}``), which sets ``labels.word``;
+* ``rec.objects.json`` (a JSON list of ``{"start": s, "end": s, "object": str}``),
+  which sets ``labels.object``.
+
+Each file becomes a list of :data:`Cue` ``(start, end, text)``. A clip
+``[t0, t0 + clip_seconds)`` takes the text of the cue that overlaps it most
+(overlap > 0; the earlier cue on a tie). Transcript text is normalised by
+:func:`normalise_word` (stripped, lower-cased, punctuation removed); object
+names are only stripped. A file that cannot be parsed raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from pathlib import Path
+
+Cue = tuple[float, float, str]
+
+# File-name suffixes (after the recording's stem) of the timed-label files.
+TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".transcript.json")
+OBJECTS_SUFFIX = ".objects.json"
+LABEL_JSON_STEMS = (".transcript", ".objects")  # "<stem>.transcript.json" etc.
+
+_TIME = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})[.,](\d{1,3})$")
+_TIMING = re.compile(r"^\s*(\S+)\s+-->\s+(\S+)(?:\s.*)?$")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _seconds(text: str) -> float:
+    """``[hh:]mm:ss,mmm`` (SRT) or ``[hh:]mm:ss.mmm`` (WebVTT) as seconds."""
+    match = _TIME.match(text)
+    if match is None:
+        raise ValueError(f"bad timestamp {text!r} (want hh:mm:ss,mmm)")
+    hours, minutes, secs, frac = match.groups()
+    return (int(hours or 0) * 3600 + int(minutes) * 60 + int(secs)
+            + int(frac.ljust(3, "0")) / 1000)
+
+
+def _checked(start: float, end: float, where: str) -> tuple[float, float]:
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
+        raise ValueError(f"{where}: need 0 <= start <= end, got {start} --> {end}")
+    return start, end
+
+
+def parse_subtitles(text: str) -> list[Cue]:
+    """The cues of an SRT or WebVTT document (cue numbers, settings and tags ignored).
+
+    Raises:
+        ValueError: a cue block without a valid ``start --> end`` line, or a
+            non-empty document with no cue.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[0].startswith("WEBVTT"):  # drop the header block
+        header = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+        lines = lines[header:]
+    cues: list[Cue] = []
+    block: list[tuple[int, str]] = []
+    for number, line in enumerate([*lines, ""], start=1):
+        if line.strip():
+            block.append((number, line))
+            continue
+        if block:
+            cues.extend(_subtitle_block(block))
+            block = []
+    if not cues and any(line.strip() for line in lines):
+        raise ValueError("no cue found")
+    return cues
+
+
+def _subtitle_block(block: list[tuple[int, str]]) -> list[Cue]:
+    """One blank-line separated block: a cue, or a WebVTT NOTE/STYLE/REGION block."""
+    first = block[0][1].strip()
+    if first.split(" ", 1)[0] in ("NOTE", "STYLE", "REGION"):
+        return []
+    timed = [i for i, (_n, line) in enumerate(block) if "-->" in line]
+    if not timed or timed[0] > 1:
+        raise ValueError(f"line {block[0][0]}: cue without a 'start --> end' line")
+    number, line = block[timed[0]]
+    match = _TIMING.match(line)
+    if match is None:
+        raise ValueError(f"line {number}: bad timing line {line.strip()!r}")
+    start, end = _checked(_seconds(match.group(1)), _seconds(match.group(2)), f"line {number}")
+    words = " ".join(_TAG.sub("", t).strip() for _n, t in block[timed[0] + 1:])
+    return [(start, end, words)]
+
+
+def parse_json_cues(text: str, field: str) -> list[Cue]:
+    """Cues of a JSON list of ``{"start": s, "end": s, field: str}``.
+
+    Raises:
+        ValueError: not JSON, not a list of such objects, or a bad interval.
+    """
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"want a JSON list of {{start, end, {field}}}, got "
+                         f"{type(data).__name__}")
+    cues: list[Cue] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get(field), str):
+            raise ValueError(f"item {i}: want {{start, end, {field}: str}}, got {item!r}")
+        times = [item.get("start"), item.get("end")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in times):
+            raise ValueError(f"item {i}: start and end must be numbers, got {times}")
+        start, end = _checked(float(times[0]), float(times[1]), f"item {i}")
+        cues.append((start, end, item[field]))
+    return cues
+
+
+def read_cues(path: Path) -> list[Cue]:
+    """The cues of a label file, by its name (``.srt``, ``.vtt``, ``.transcript.json``,
+    ``.objects.json``); transcript text normalised, object names stripped.
+
+    Raises:
+        ValueError: the file is not valid UTF-8 or cannot be parsed.
+    """
+    text = path.read_bytes().decode("utf-8-sig")
+    name = path.name.lower()
+    if name.endswith(OBJECTS_SUFFIX):
+        return [(s, e, o.strip()) for s, e, o in parse_json_cues(text, "object")]
+    if name.endswith(".transcript.json"):
+        cues = parse_json_cues(text, "text")
+    elif name.endswith((".srt", ".vtt")):
+        cues = parse_subtitles(text)
+    else:
+        raise ValueError(f"{path.name}: not a transcript or objects file")
+    return [(s, e, normalise_word(t)) for s, e, t in cues]
+
+
+def normalise_word(text: str) -> str:
+    """Strip, lower-case, drop punctuation (Unicode category P*) and squeeze spaces."""
+    kept = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.lower())
+    return " ".join(kept.split())
+
+
+def clip_labels(cues: list[Cue], clip_seconds: float) -> dict[int, str]:
+    """Clip index → text of the cue overlapping the clip most (clips without one left out).
+
+    Raises:
+        ValueError: ``clip_seconds`` is not positive.
+    """
+    if clip_seconds <= 0:
+        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+    best: dict[int, tuple[float, str]] = {}
+    for start, end, text in sorted(cues, key=lambda c: (c[0], c[1])):
+        if not text or end <= start:
+            continue
+        for index in range(int(start // clip_seconds), math.ceil(end / clip_seconds)):
+            t0 = index * clip_seconds
+            overlap = min(end, t0 + clip_seconds) - max(start, t0)
+            if overlap > 1e-9 and overlap > best.get(index, (0.0, ""))[0]:
+                best[index] = (overlap, text)
+    return {index: text for index, (_overlap, text) in best.items()}
