@@ -1,7 +1,7 @@
 """The ``obs`` command line: a thin entry point that finds its subcommands.
 
 Each subcommand lives in its own module ``launch/cmd_<name>.py`` exposing
-``register(subparsers)``; each benchmark lives in ``launch/bench_<name>.py``
+``register(subparsers)``; each benchmark lives in ``launch/bench/<name>.py``
 exposing ``register(bench_subparsers)``. Both are discovered here, so adding a
 command never edits this file. A registered parser sets ``func`` (called with
 the parsed namespace, returning an exit code).
@@ -16,10 +16,12 @@ import sys
 from collections.abc import Sequence
 
 import launch
+import launch.bench
 
 
-def _modules(prefix: str) -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(launch.__path__) if m.name.startswith(prefix)]
+def _modules(path: list[str], prefix: str = "") -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(path)
+             if m.name.startswith(prefix) and not m.ispkg]
     return sorted(names)
 
 
@@ -27,12 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``obs`` parser with every discovered subcommand and benchmark."""
     parser = argparse.ArgumentParser(prog="obs", description="OBS: One Big State training system")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _modules("cmd_"):
+    for name in _modules(launch.__path__, "cmd_"):
         importlib.import_module(f"launch.{name}").register(sub)
     bench = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    for name in _modules("bench_"):
-        importlib.import_module(f"launch.{name}").register(bench_sub)
+    for name in _modules(launch.bench.__path__):
+        importlib.import_module(f"launch.bench.{name}").register(bench_sub)
     return parser
 
 

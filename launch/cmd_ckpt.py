@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from launch.output import emit
-from obs_dist.checkpoint import (
+from obs_dist.checkpoint.format import (
     CheckpointCorrupt,
     Manifest,
     list_steps,

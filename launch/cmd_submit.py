@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from launch.submit import (
+from launch.jobs.submit import (
     EXECUTORS,
     SubmitConfig,
     TrainingJob,

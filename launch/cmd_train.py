@@ -23,7 +23,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _spawn(args: argparse.Namespace) -> int:
     """Start ``--nproc`` local ranks running this same command without ``--nproc``."""
-    from launch.spawn import obs_command, spawn_local
+    from launch.jobs.spawn import obs_command, spawn_local
 
     argv = ["train", "--resume", args.resume]
     if args.config:
@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _spawn(args)
     from launch.runner import run_training
-    from obs_dist.dist import is_rank_zero
+    from obs_dist.engine.dist import is_rank_zero
 
     metrics = run_training(args.config, args.overrides, resume=args.resume)
     if is_rank_zero():

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from launch.checkpointing import CheckpointConfig
 from monitoring.exporter import MetricsConfig
-from obs_dist.engine import DeepSpeedConfig, DistConfig
-from obs_dist.model import ModelConfig
-from obs_dist.scheduler import SchedulerConfig
-from obs_dist.state import StateConfig
-from obs_dist.sync import SyncConfig
+from obs_dist.checkpoint.manager import CheckpointConfig
+from obs_dist.engine.scheduler import SchedulerConfig
+from obs_dist.engine.slow_weights import DeepSpeedConfig, DistConfig
+from obs_dist.engine.sync import SyncConfig
+from obs_dist.model.model import ModelConfig
+from obs_dist.model.state import StateConfig
 from obs_dist.tasks import TaskConfig
 from obs_dist.trainer import TrainConfig
 from pipelines.loader import DataConfig

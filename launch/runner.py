@@ -29,21 +29,23 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from launch.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
-from launch.checkpointing import Checkpointer, attach_checkpointing
+from launch.jobs.job import preemption_hook
+from launch.jobs.spawn import threads_per_rank
 from launch.run_config import RunConfig
 from monitoring.exporter import PrometheusSink, start_sink_for_current_process
-from obs_dist.collectives import make_block_exchange
+from obs_dist.checkpoint.manager import Checkpointer, attach_checkpointing
 from obs_dist.config import load_config, to_dict
-from obs_dist.dist import destroy, get_local_rank, get_rank, get_world_size, is_rank_zero
-from obs_dist.engine import build_slow_weights, init_distributed
-from obs_dist.model import OBSModel
-from obs_dist.replica import ReplicaChecker
-from obs_dist.scheduler import PhaseScheduler
-from obs_dist.state import BigState
-from obs_dist.sync import DeltaSync
+from obs_dist.engine.collectives import make_block_exchange
+from obs_dist.engine.dist import destroy, get_local_rank, get_rank, get_world_size, is_rank_zero
+from obs_dist.engine.replica import ReplicaChecker
+from obs_dist.engine.scheduler import PhaseScheduler
+from obs_dist.engine.slow_weights import build_slow_weights, init_distributed
+from obs_dist.engine.sync import DeltaSync
+from obs_dist.model.model import OBSModel
+from obs_dist.model.state import BigState
 from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
+from pipelines.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
 from pipelines.loader import StreamLoader
 
 log = logging.getLogger("obs.runner")
@@ -121,7 +123,7 @@ def set_threads(world_local: int) -> None:
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(world_local, 1)))
+    torch.set_num_threads(threads_per_rank(world_local))
 
 
 def fan_out(sinks: list[MetricsSink]) -> MetricsSink | None:
@@ -248,7 +250,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         resumed = ckpt.resume(resume)
         if resumed is not None and is_rank_zero():
             log.info("resumed from the checkpoint of step %d", resumed)
-        trainer.on_step.append(_preemption_hook(ckpt))
+        trainer.on_step.append(preemption_hook())
         trainer.on_step.extend(step_hooks or [])
         metrics = trainer.fit(data.train, data.evals)
         if "step" not in metrics:  # resumed from a run that had already finished
@@ -294,31 +296,6 @@ def _nodes_written(trainer: Trainer, metrics: dict[str, float]) -> None:
     """``on_step``: the writer's k-hat (``mean_count``) under monitoring's ``nodes_written``."""
     if "mean_count" in metrics:
         metrics["nodes_written"] = metrics["mean_count"]
-
-
-def _preemption_hook(ckpt: Checkpointer) -> Callable[[Trainer, dict[str, float]], None]:
-    """Stop at this step when a submitted job was signalled (every rank agrees).
-
-    The checkpoint that makes the stop resumable is written by
-    :func:`run_training` after ``fit`` returns.
-    """
-    from launch.submit_job import preemption_requested
-
-    requested = False
-
-    def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
-        nonlocal requested
-        # The poll is a collective: once every rank has seen True, none polls again.
-        requested = requested or preemption_requested()
-        # Stop at the next sync point (at most sync.parallel_every windows away):
-        # a save there adds no early flush, so the resumed run follows exactly the
-        # trajectory of an uninterrupted one.
-        if requested and trainer.at_sync_point:
-            if is_rank_zero():
-                log.warning("preemption requested: saving at step %d and stopping", trainer.step)
-            trainer.stop_requested = True
-
-    return hook
 
 
 def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dict[str, float]:

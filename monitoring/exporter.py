@@ -239,7 +239,7 @@ def _url_host(host: str) -> str:
 def start_sink_for_current_process(cfg: MetricsConfig) -> PrometheusSink:
     """Start the sink of this process, reading its rank from the environment.
 
-    Uses ``obs_dist.dist`` (``RANK``/``LOCAL_RANK`` or the live process group),
+    Uses ``obs_dist.engine.dist`` (``RANK``/``LOCAL_RANK`` or the live process group),
     so it works under ``obs train --nproc``, torchrun and ``obs submit`` alike.
 
     Args:

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from obs_dist.delta import SparseDelta
+from obs_dist.model.delta import SparseDelta
 
 if TYPE_CHECKING:
-    from obs_dist.model import Carry, Memory, OBSModel
+    from obs_dist.model.model import Carry, Memory, OBSModel
     from obs_dist.trainer import Trainer
 
 log = logging.getLogger("obs.replay")

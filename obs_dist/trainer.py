@@ -3,17 +3,17 @@
 The trainer takes an iterator of batches and a metrics sink as arguments; it
 knows nothing of files, shards or Prometheus. Slow weights are stepped through
 a :class:`SlowWeights` object (plain PyTorch here, DeepSpeed or a rank-ordered
-gradient all-reduce in :mod:`obs_dist.engine`) and committed deltas pass through
-a ``sync`` function (identity for one process, :class:`~obs_dist.sync.DeltaSync`
+gradient all-reduce in :mod:`obs_dist.engine.slow_weights`) and committed deltas pass through
+a ``sync`` function (identity for one process, :class:`~obs_dist.engine.sync.DeltaSync`
 across ranks).
 
-Phases (DESIGN §4): a :class:`~obs_dist.scheduler.PhaseScheduler` picks each
+Phases (DESIGN §4): a :class:`~obs_dist.engine.scheduler.PhaseScheduler` picks each
 window's phase (without one, the ``shared`` flag fixes it). In the sequential
 phase every stream sees every stream's writes from the next step on — across
 ranks through the ``exchange`` of each step's blocks — and the window's delta
 is synced at its end. In the parallel phase streams see their own writes; with
 more than one rank the window deltas are applied locally at once and their sum
-is synced every ``parallel_every`` windows (:class:`~obs_dist.replica.DeferredCommits`),
+is synced every ``parallel_every`` windows (:class:`~obs_dist.engine.replica.DeferredCommits`),
 so replicas are bit-identical at every sync point. :meth:`Trainer.flush` forces
 a sync point (replica checks and checkpoints call it).
 """
@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from obs_dist.delta import SparseDelta
-from obs_dist.dist import get_world_size, is_rank_zero
-from obs_dist.model import Carry, OBSModel
-from obs_dist.replica import DeferredCommits
-from obs_dist.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
-from obs_dist.state import BigState
+from obs_dist.engine.dist import get_world_size, is_rank_zero
+from obs_dist.engine.replica import DeferredCommits
+from obs_dist.engine.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.model import Carry, OBSModel
+from obs_dist.model.state import BigState
+from obs_dist.model.window import Exchange, WindowMemory
 from obs_dist.tasks import IGNORE
-from obs_dist.window import Exchange, WindowMemory
 
 log = logging.getLogger("obs.trainer")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from obs_dist.av_encoders import AudioClipEncoder, AVEncoder, VideoClipEncoder
+from obs_dist.model.av_encoders import AudioClipEncoder, AVEncoder, VideoClipEncoder
 
 B, T, F, S, M, A = 2, 3, 4, 32, 16, 21
 

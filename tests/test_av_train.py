@@ -8,17 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.s3_server import needs_moto
 
-pytest.register_assert_rewrite("s3_server")
-pytest_plugins = ["s3_server"]
-
-from s3_server import needs_moto  # noqa: E402
-
-from launch.run_config import RunConfig  # noqa: E402
-from launch.runner import run_training  # noqa: E402
-from obs_dist.config import load_config  # noqa: E402
-from obs_dist.storage import open_store  # noqa: E402
-from pipelines.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
+from launch.run_config import RunConfig
+from launch.runner import run_training
+from obs_dist.config import load_config
+from obs_dist.storage import open_store
+from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 TINY_AV = ["state.nodes=256", "state.partitions=2", "model.d_model=16", "model.writer.k_max=4",
            "model.writer.active=8", "model.writer.key_dim=16", "model.n_mels=16",

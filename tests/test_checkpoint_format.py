@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from launch.checkpointing import CheckpointConfig
-from obs_dist.checkpoint import CheckpointCorrupt, Manifest, step_of_key
-from obs_dist.checkpoint_codec import (
+from obs_dist.checkpoint.codec import (
     decode_from_objects,
     decode_tree,
     encode_to_objects,
     encode_tree,
     register_plain_class,
 )
-from obs_dist.checkpoint_state import capture_rng, restore_rng
-from obs_dist.delta import SparseDelta
-from obs_dist.delta_log import TouchedEntries, apply_log, encode_log, entry_bytes
-from obs_dist.state import BigState, StateConfig
+from obs_dist.checkpoint.delta_log import TouchedEntries, apply_log, encode_log, entry_bytes
+from obs_dist.checkpoint.format import CheckpointCorrupt, Manifest, step_of_key
+from obs_dist.checkpoint.manager import CheckpointConfig
+from obs_dist.checkpoint.rank_state import capture_rng, restore_rng
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import BigState, StateConfig
 from obs_dist.tasks import ResumableTaskStream, TaskConfig, task_batches
 
 
@@ -148,7 +148,7 @@ def test_re_adding_summed_increments_would_not_be_exact() -> None:
 
 
 def test_tracker_compaction_keeps_the_exact_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    import obs_dist.delta_log as delta_log
+    import obs_dist.checkpoint.delta_log as delta_log
 
     monkeypatch.setattr(delta_log, "COMPACT_AT", 50)
     tracker = TouchedEntries(64)

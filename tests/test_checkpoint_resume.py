@@ -21,19 +21,16 @@ from typing import Any
 
 import pytest
 import torch
+from support.s3_server import needs_moto
+from support.tree_compare import assert_identical
 
-pytest.register_assert_rewrite("s3_server", "tree_compare")
-pytest_plugins = ["s3_server"]
-
-from s3_server import free_port, needs_moto  # noqa: E402
-from tree_compare import assert_identical  # noqa: E402
-
-from obs_dist.checkpoint import list_steps, manifest_key, read_manifest, verify  # noqa: E402
-from obs_dist.checkpoint_codec import decode_from_objects  # noqa: E402
-from obs_dist.storage import open_store  # noqa: E402
+from launch.jobs.spawn import free_port
+from obs_dist.checkpoint.codec import decode_from_objects
+from obs_dist.checkpoint.format import list_steps, manifest_key, read_manifest, verify
+from obs_dist.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVER = Path(__file__).with_name("ckpt_driver.py")
+DRIVER = Path(__file__).parent / "support" / "ckpt_driver.py"
 STEPS, HALF, EVERY = 12, 6, 3
 TIMEOUT = 120.0
 
@@ -91,7 +88,7 @@ def _register_deepspeed() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # noqa: F401
 
-    from launch.checkpointing import register_engine_classes
+    from obs_dist.checkpoint.manager import register_engine_classes
 
     register_engine_classes()
 
@@ -201,7 +198,7 @@ def _obs_train_integrated() -> bool:
 
 def _have_spawn() -> bool:
     try:
-        import launch.spawn  # noqa: F401
+        import launch.jobs.spawn  # noqa: F401
     except ImportError:
         return False
     return True
@@ -229,8 +226,8 @@ def _obs_train(tmp: Path, name: str, store: Path, resume: str,
 
 
 def _final_checkpoint(store_dir: Path, world: int) -> Any:
-    from obs_dist.checkpoint import load_state, read_rank
-    from obs_dist.state import BigState, StateConfig
+    from obs_dist.checkpoint.format import load_state, read_rank
+    from obs_dist.model.state import BigState, StateConfig
 
     if world > 1:
         _register_deepspeed()
@@ -251,7 +248,7 @@ def _final_checkpoint(store_dir: Path, world: int) -> Any:
 @pytest.mark.skipif(not _obs_train_integrated(),
                     reason="`obs train` has no [checkpoint] section yet (runner lines pending)")
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.skipif(
-    not _have_spawn(), reason="launch.spawn (multi-process `obs train`) is not importable"))])
+    not _have_spawn(), reason="launch.jobs.spawn (multi-process `obs train`) is not importable"))])
 def test_obs_train_sigkill_and_resume_auto_is_bit_identical(tmp_path: Path, nproc: int) -> None:
     reference = _obs_train(tmp_path, "reference", tmp_path / "ref-store", "never", nproc)
     store = tmp_path / "store"

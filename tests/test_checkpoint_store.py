@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import torch
+from support.ckpt_driver import run_config
+from support.s3_server import FaultyProxy, needs_moto
 
-from launch.checkpointing import CheckpointConfig, Checkpointer, attach_checkpointing
 from launch.cli import main
 from launch.runner import build_model
-from obs_dist.checkpoint import (
+from obs_dist.checkpoint.format import (
     CheckpointCorrupt,
     list_steps,
     log_key,
@@ -23,16 +24,11 @@ from obs_dist.checkpoint import (
     read_manifest,
     verify,
 )
+from obs_dist.checkpoint.manager import CheckpointConfig, Checkpointer, attach_checkpointing
 from obs_dist.config import to_dict
 from obs_dist.storage import ObjectStore, open_store
 from obs_dist.tasks import ResumableTaskStream
 from obs_dist.trainer import Trainer
-
-pytest.register_assert_rewrite("s3_server")
-pytest_plugins = ["s3_server"]
-
-from ckpt_driver import run_config  # noqa: E402
-from s3_server import FaultyProxy, needs_moto  # noqa: E402
 
 Snapshot = tuple[list[int], dict[str, torch.Tensor]]
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obs_dist.delta import SparseDelta
-from obs_dist.state import BigState, StateConfig, partition_bounds
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import BigState, StateConfig, partition_bounds
 
 N = 23
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.bench_scaling import relay_episode
-from launch.bench_sync import crossover
-from launch.spawn import spawn_local
+from launch.bench.scaling import relay_episode
+from launch.bench.sync import crossover
+from launch.jobs.spawn import spawn_local
 from obs_dist.tasks import IGNORE
 
 SMALL = ["--set", "state.nodes=256", "--set", "state.partitions=4",

@@ -1,11 +1,11 @@
 """The distributed engine with 2 and 4 real processes (gloo over loopback), and NCCL.
 
-One run of ``tests/dist_harness.py`` per world executes every scenario on every
+One run of ``tests/support/dist_harness.py`` per world executes every scenario on every
 rank; the tests below compare what the ranks wrote and replay the recorded sync
 inputs in this (single) process. The ``nccl2`` world runs the same scenarios on
 CUDA tensors over NCCL when the machine has two GPUs (NCCL needs one per rank);
 ``OBS_DIST_RESULTS=DIR`` checks results produced elsewhere instead (e.g.
-``torchrun --nproc_per_node 2 tests/dist_harness.py DIR --device cuda --backend nccl``).
+``torchrun --nproc_per_node 2 tests/support/dist_harness.py DIR --device cuda --backend nccl``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from dist_harness import CHECK_EVERY, PARALLEL_EVERY, STEPS, run_world, small_config
 from safetensors.torch import load_file
+from support.dist_harness import CHECK_EVERY, PARALLEL_EVERY, STEPS, run_world, small_config
 
-from obs_dist.delta import SparseDelta
-from obs_dist.state import BigState
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import BigState
 
 WORLDS = ["gloo2", "gloo4", "nccl2"]
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from obs_dist.model import ModelConfig, OBSModel
+from obs_dist.model.model import ModelConfig, OBSModel
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.window import WindowMemory
+from obs_dist.model.writer import WriterConfig
 from obs_dist.replay import (
     FiringRecorder,
     FiringSequence,
@@ -13,11 +16,8 @@ from obs_dist.replay import (
     ReplayHook,
     firing_delta,
 )
-from obs_dist.state import BigState, StateConfig
 from obs_dist.tasks.continual import ContinualConfig, make_world, study_batches
 from obs_dist.trainer import TrainConfig, Trainer
-from obs_dist.window import WindowMemory
-from obs_dist.writer import WriterConfig
 
 TASK = ContinualConfig(sets=2, objects_per_set=4, names=8, distractors=4, batch=6)
 

@@ -18,7 +18,7 @@ from launch.evals.front_ends import (
     word_recognizer,
     word_utterances,
 )
-from obs_dist.av_encoders import AVEncoder, VideoClipEncoder
+from obs_dist.model.av_encoders import AVEncoder, VideoClipEncoder
 from obs_dist.tasks.crossmodal import split_study_clips
 
 N_MELS, FRAMES, WORDS = 16, 24, 5

@@ -11,27 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
+from support.prom_server import (
+    DASHBOARD,
+    PROMETHEUS_DIR,
+    dashboard_queries,
+    dashboard_variable_queries,
+    substitute_variables,
+)
 
 from monitoring import file_sd
 from monitoring.file_sd import remove_file_sd_targets, slurm_node_targets, write_file_sd_targets
 from monitoring.metric_catalog import exported_names
-
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory
-    from tests.prom_server import (
-        DASHBOARD,
-        PROMETHEUS_DIR,
-        dashboard_queries,
-        dashboard_variable_queries,
-        substitute_variables,
-    )
-except ImportError:
-    from prom_server import (  # type: ignore[no-redef]
-        DASHBOARD,
-        PROMETHEUS_DIR,
-        dashboard_queries,
-        dashboard_variable_queries,
-        substitute_variables,
-    )
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

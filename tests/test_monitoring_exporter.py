@@ -16,15 +16,11 @@ from pathlib import Path
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.prom_server import PushgatewayServer, free_port_run, http_get, wait_for
 
 from monitoring.exporter import MetricsConfig, PrometheusSink, start_sink_for_current_process
 from monitoring.metric_catalog import CATALOG, exported_names
 from monitoring.synthetic_ranks import DATA_ERROR_KINDS, synthetic_metrics
-
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory
-    from tests.prom_server import PushgatewayServer, free_port_run, http_get, wait_for
-except ImportError:
-    from prom_server import PushgatewayServer, free_port_run, http_get, wait_for  # type: ignore[no-redef]
 
 PROMTOOL = shutil.which("promtool")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")

@@ -26,33 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.prom_server import (
+    DASHBOARD,
+    REPO,
+    PrometheusServer,
+    dashboard_queries,
+    dashboard_variable_queries,
+    free_port_run,
+    shipped_config,
+    substitute_variables,
+    wait_for,
+)
 
 from monitoring.file_sd import write_file_sd_targets
-
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory
-    from tests.prom_server import (
-        DASHBOARD,
-        REPO,
-        PrometheusServer,
-        dashboard_queries,
-        dashboard_variable_queries,
-        free_port_run,
-        shipped_config,
-        substitute_variables,
-        wait_for,
-    )
-except ImportError:
-    from prom_server import (  # type: ignore[no-redef]
-        DASHBOARD,
-        REPO,
-        PrometheusServer,
-        dashboard_queries,
-        dashboard_variable_queries,
-        free_port_run,
-        shipped_config,
-        substitute_variables,
-        wait_for,
-    )
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,

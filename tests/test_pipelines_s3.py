@@ -7,15 +7,11 @@ import time
 from typing import Any
 
 import pytest
+from support.s3_server import FaultyProxy, MotoServer, credentials_in_env, needs_moto
 
-pytest.register_assert_rewrite("s3_server")
-pytest_plugins = ["s3_server"]
-
-from s3_server import FaultyProxy, MotoServer, credentials_in_env, needs_moto  # noqa: E402
-
-from obs_dist.storage import StorageError, open_store  # noqa: E402
-from pipelines.loader import DataConfig, StreamLoader, build_loader  # noqa: E402
-from pipelines.synthetic import SyntheticConfig, write_synthetic  # noqa: E402
+from obs_dist.storage import StorageError, open_store
+from pipelines.loader import DataConfig, StreamLoader, build_loader
+from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 pytestmark = needs_moto
 

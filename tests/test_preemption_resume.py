@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.spawn import spawn_local
+from launch.jobs.spawn import spawn_local
 
 STEPS = 24
 TINY = ["state.nodes=96", "state.partitions=3", "model.d_model=16", "model.writer.k_max=4",
@@ -27,7 +27,7 @@ TINY = ["state.nodes=96", "state.partitions=3", "model.d_model=16", "model.write
 def _run(tmp: Path, name: str, signal_at: int = 0) -> list[dict[str, float]]:
     sets = [*TINY, f"checkpoint.url={tmp / name}", f"out_dir={tmp / name / 'out'}"]
     result = tmp / f"{name}-{signal_at}.json"
-    argv = [sys.executable, "tests/preempt_driver.py", str(result), str(signal_at)]
+    argv = [sys.executable, "tests/support/preempt_driver.py", str(result), str(signal_at)]
     for item in sets:
         argv += ["--set", item]
     assert spawn_local(argv, 2, timeout_s=300) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obs_dist.scheduler import (
+from obs_dist.engine.scheduler import (
     PARALLEL,
     SEQUENTIAL,
     PhaseScheduler,

@@ -1,6 +1,6 @@
 """``obs submit`` on a real one-node SLURM cluster (slurmctld + slurmd + munge on loopback).
 
-The cluster comes from ``launch/slurm/start-cluster.sh`` (see ``slurm_cluster.py``);
+The cluster comes from ``launch/jobs/slurm/start-cluster.sh`` (see ``slurm_cluster.py``);
 these tests skip, saying why, only where that cannot run (not root, or slurm-wlm and
 munge not installed). The job is the real training job, ``TrainingJob`` (what
 ``obs submit`` submits: ``run_training`` with ``resume="auto"``), as 2 gloo tasks of a
@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support import slurm_cluster as support
 
 from launch import cli
-from launch.submit import SubmitConfig, submit
-
-# Rewritten asserts in the support module too, whichever name it is imported under.
-pytest.register_assert_rewrite("tests.slurm_cluster", "slurm_cluster")
-try:  # tests/ as a package, or (without tests/__init__.py) as a plain directory
-    from tests import slurm_cluster as support
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import slurm_cluster as support  # type: ignore[no-redef]
-
-pytest_plugins = [support.__name__]
+from launch.jobs.submit import SubmitConfig, submit
 
 Scenario = support.Scenario
 SlurmCluster = support.SlurmCluster

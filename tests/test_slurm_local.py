@@ -1,4 +1,4 @@
-"""``launch.submit`` without a cluster: config checks, and the local executor end to end.
+"""``launch.jobs.submit`` without a cluster: config checks, and the local executor end to end.
 
 The local executor runs the very job the SLURM tests run: the real ``TrainingJob`` (2
 gloo tasks, checkpoints on S3 via moto), whose uninterrupted run is also the reference
@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 from submitit.core.utils import FailedJobError
+from support import slurm_cluster as support
 
-from launch.submit import JobSettings, SubmitConfig, TrainingJob, master_port_for, submit
-
-# Rewritten asserts in the support module too, whichever name it is imported under.
-pytest.register_assert_rewrite("tests.slurm_cluster", "slurm_cluster")
-try:  # tests/ as a package, or (without tests/__init__.py) as a plain directory
-    from tests import slurm_cluster as support
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    import slurm_cluster as support  # type: ignore[no-redef]
-
-pytest_plugins = [support.__name__]
+from launch.jobs.submit import JobSettings, SubmitConfig, TrainingJob, master_port_for, submit
 
 STEPS = support.STEPS
 Scenario = support.Scenario

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obs_dist.delta import SparseDelta
-from obs_dist.state import BigState, StateConfig
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import BigState, StateConfig
 
 
 def _delta(n: int, rows, cols, vals) -> SparseDelta:

@@ -7,13 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.s3_server import FaultyProxy, MotoServer, needs_moto
 
-pytest.register_assert_rewrite("s3_server")
-pytest_plugins = ["s3_server"]
-
-from s3_server import FaultyProxy, MotoServer, needs_moto  # noqa: E402
-
-from obs_dist.storage import LocalStore, S3Store, StorageError, open_store  # noqa: E402
+from obs_dist.storage import LocalStore, S3Store, StorageError, open_store
 
 
 def _roundtrip(store: object, tmp_path: Path) -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obs_dist.collectives import ByteMeter, gather_equal, gather_uneven, sum_in_rank_order
-from obs_dist.delta import SparseDelta
-from obs_dist.replica import (
+from obs_dist.engine.collectives import ByteMeter, gather_equal, gather_uneven, sum_in_rank_order
+from obs_dist.engine.replica import (
     SLOW_WEIGHTS,
     DeferredCommits,
     ReplicaChecker,
     find_divergence,
     slow_weights_checksum,
 )
-from obs_dist.state import BigState, StateConfig
-from obs_dist.sync import DeltaSync, SyncConfig
-from obs_dist.window import BlockSeq, WindowMemory
+from obs_dist.engine.sync import DeltaSync, SyncConfig
+from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.window import BlockSeq, WindowMemory
 
 
 def _delta(n: int, count: int, seed: int) -> SparseDelta:

@@ -9,7 +9,7 @@ import torch
 from launch.run_config import RunConfig
 from launch.runner import build_model
 from obs_dist.config import from_dict
-from obs_dist.delta import SparseDelta
+from obs_dist.model.delta import SparseDelta
 from obs_dist.tasks import task_batches
 from obs_dist.trainer import Trainer
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_reference import DenseMemory
+from support.dense_reference import DenseMemory
 
-from obs_dist.model import ModelConfig, OBSModel
-from obs_dist.state import BigState, StateConfig
+from obs_dist.model.model import ModelConfig, OBSModel
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.window import WindowMemory
+from obs_dist.model.writer import WriterConfig
 from obs_dist.tasks.mqar import mqar_batch
-from obs_dist.window import WindowMemory
-from obs_dist.writer import WriterConfig
 
 N = 64
 

@@ -8,7 +8,7 @@ video and audio (a silent-video distractor is not one), the candidates are the
 objects of its study clips (the answer is the nearest study clip), and a query
 is scored only if its object was studied earlier in the same window (per-window
 memory cannot answer anything else). Models use the ``av`` encoder
-(:class:`~obs_dist.av_encoders.AVEncoder`). Held-out windows come from
+(:class:`~obs_dist.model.av_encoders.AVEncoder`). Held-out windows come from
 ``shards_eval`` when set (other streams: with ``obs make-shards --names stream``
 no word means the same there), else from other draws of ``shards``. With
 ``audio_words_steps`` every model hears the words through one frozen keyword
@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from launch.evals.crossmodal_config import CrossmodalSuiteConfig
 from launch.evals.front_ends import (
     Recognizer,
     object_recognizer,
@@ -47,9 +48,6 @@ from launch.evals.harness import build_learner, describe, fit, score
 from launch.evals.learners import Learner
 from obs_dist.tasks import IGNORE
 from obs_dist.tasks.crossmodal import seen_candidates, split_study_clips
-
-if TYPE_CHECKING:
-    from launch.evals.crossmodal import CrossmodalSuiteConfig
 
 DELAY_BUCKETS = (8, 16, 32, 64)
 

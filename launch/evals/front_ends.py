@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from obs_dist.av_encoders import AudioClipEncoder, AVEncoder, VideoClipEncoder
+from obs_dist.model.av_encoders import AudioClipEncoder, AVEncoder, VideoClipEncoder
 
 
 @dataclass
@@ -269,7 +269,7 @@ def train_recognizer(model: Recognizer, data: Labelled, steps: int, lr: float = 
 class RecognizerCode(nn.Module):
     """A frozen recognizer's sharpened posterior times a learned label embedding.
 
-    Stands in for a clip encoder of :class:`~obs_dist.av_encoders.AVEncoder`:
+    Stands in for a clip encoder of :class:`~obs_dist.model.av_encoders.AVEncoder`:
     ``[N, ...]`` → ``[N, d_model]``. Only the embedding is trained with the model.
 
     Args:

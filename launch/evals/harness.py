@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from launch.evals.learners import BaselineLearner, Learner, OBSLearner, matched_baseline
 from obs_dist.baselines import BaselineConfig
-from obs_dist.model import ModelConfig
+from obs_dist.model.model import ModelConfig
+from obs_dist.model.state import StateConfig
 from obs_dist.replay import ReplayConfig
-from obs_dist.state import StateConfig
 from obs_dist.tasks import IGNORE
 from obs_dist.trainer import TrainConfig
 
@@ -139,7 +139,7 @@ def build_learner(name: str, cfg: SuiteConfig, vocab: int, classes: int, commit:
 
 def obs_parameter_count(state: StateConfig, model: ModelConfig) -> int:
     """Trainable parameters of OBS with these sections (built on the meta device)."""
-    from obs_dist.model import OBSModel
+    from obs_dist.model.model import OBSModel
 
     with torch.device("meta"):
         obs = OBSModel(model, state.nodes)

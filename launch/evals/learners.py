@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from obs_dist.baselines import BaselineConfig, build_baseline, count_parameters
-from obs_dist.model import Carry, ModelConfig, OBSModel
+from obs_dist.model.model import Carry, ModelConfig, OBSModel
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.window import WindowMemory
 from obs_dist.replay import ReplayConfig, ReplayHook
-from obs_dist.state import BigState, StateConfig
 from obs_dist.trainer import TorchSlowWeights, TrainConfig, Trainer, masked_loss
-from obs_dist.window import WindowMemory
 
 # Batch entries that only the harness reads (scoring, plots); models never see them.
 SCORING_KEYS = ("candidates", "delay_index", "words", "objects", "keys")

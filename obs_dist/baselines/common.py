@@ -4,7 +4,7 @@ A baseline is a ``batch → logits`` module (``forward(batch) -> [B, T, classes]
 built around one *mixer* per block, the part that moves information along the
 sequence (softmax attention, a DeltaNet or Longhorn recurrence, a GRU). Each
 block is pre-norm ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``. The encoder is
-the same module family OBS uses (:func:`obs_dist.encoders.build_encoder`), so a
+the same module family OBS uses (:func:`obs_dist.model.encoders.build_encoder`), so a
 harness trains every model on the same batches with the same loss.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from obs_dist.encoders import build_encoder
+from obs_dist.model.encoders import build_encoder
 
 KINDS = ("attention", "deltanet", "longhorn", "gru")
 

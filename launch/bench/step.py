@@ -1,0 +1,114 @@
+"""``obs bench step``: seconds per token and peak memory of a training step vs N.
+
+Each size runs in a fresh process so that its peak RSS is its own. A step is a
+full window: forward over T steps, backward, optimizer step and the commit of
+the window's deltas into the state (the continual setting, the most work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from launch.output import emit
+
+
+def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, window: int,
+            windows: int, device: str) -> dict[str, float]:
+    """Time ``windows`` training windows at N = ``nodes`` in this process."""
+    from launch.run_config import RunConfig
+    from launch.runner import build_model
+    from obs_dist.config import from_dict
+    from obs_dist.tasks import task_batches
+    from obs_dist.trainer import Trainer
+
+    cfg = from_dict(RunConfig, {
+        "state": {"nodes": nodes, "partitions": 4},
+        "model": {"d_model": d_model, "writer": {"k_min": k_max // 2, "k_max": k_max,
+                                                 "active": active}},
+        "task": {"name": "mqar", "vocab": 256, "seq_len": window, "pairs": window // 4,
+                 "batch": batch, "commit": True},
+        "train": {"steps": windows + 1, "progress": False, "device": device},
+    })
+    import torch
+
+    model, state = build_model(cfg, torch.device(device))
+    trainer = Trainer(cfg.train, model, state, commit=True)
+    batches = task_batches(cfg.task)
+    trainer.run_batch(next(batches))  # warm-up: allocator, first-call overheads
+    trainer.slow.step()
+    times = []
+    for _ in range(windows):
+        b = next(batches)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.run_batch(b)
+        trainer.slow.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    median = times[len(times) // 2]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {
+        "nodes": nodes,
+        "sec_per_window": median,
+        "sec_per_token": median / (batch * window),
+        "peak_rss_bytes": peak,
+        "state_bytes": state.nbytes,
+        "delta_nnz": trainer.last_delta_nnz,
+    }
+
+
+def _child() -> None:
+    args = json.loads(sys.argv[1])
+    print(json.dumps(measure(**args)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every size in a child process and report the flatness ratio."""
+    results = []
+    for n in tqdm(args.nodes, desc="bench step", unit="size", file=sys.stderr):
+        params = {"nodes": n, "k_max": args.k_max, "active": args.active,
+                  "d_model": args.d_model, "batch": args.batch, "window": args.window,
+                  "windows": args.windows, "device": args.device}
+        proc = subprocess.run(
+            [sys.executable, "-c", "from launch.bench.step import _child; _child()",
+             json.dumps(params)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench step at N={n} failed:\n{proc.stderr[-4000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["rss_over_state_bytes"] = row["peak_rss_bytes"] - row["state_bytes"]
+        results.append(row)
+    first, last = results[0], results[-1]
+    summary = {
+        "results": results,
+        "k_max": args.k_max, "active": args.active, "d_model": args.d_model,
+        "batch": args.batch, "window": args.window, "device": args.device,
+        "time_ratio_last_first": last["sec_per_token"] / first["sec_per_token"],
+        "max_rss_over_state_gib": max(r["rss_over_state_bytes"] for r in results) / 2**30,
+    }
+    emit(summary, args.json)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``obs bench step``."""
+    p = sub.add_parser("step", help="seconds per token and peak RSS of a training step vs N")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
+    p.add_argument("--k-max", type=int, default=32)
+    p.add_argument("--active", type=int, default=32)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--window", type=int, default=32)
+    p.add_argument("--windows", type=int, default=5, help="timed windows per size")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)

@@ -1,0 +1,396 @@
+"""The checkpoint manager of a run: config, the step hook, saving, resuming.
+
+The runner needs two lines (after building the trainer, before ``fit``)::
+
+    ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": train},
+                                rank=rank, world=world, config=to_dict(cfg))
+    ckpt.resume(resume)          # "auto" | "never" | a step | a manifest or store URL
+
+(with ``train`` a :class:`obs_dist.tasks.ResumableTaskStream`, what
+``task_batches`` returns).
+
+``attach_checkpointing`` registers a hook in ``trainer.on_step`` that writes a
+checkpoint every ``every`` steps, and starts recording the state entries that
+committed deltas change (for incremental logs). ``resume`` loads the newest
+checkpoint whose objects all verify — falling back past damaged ones with a
+warning that names the bad object — into the trainer, the big state and every
+registered component. With several ranks, rank 0 proposes each candidate and
+all ranks agree (a collective) before anything is used, so replicas never load
+different checkpoints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from obs_dist.checkpoint.codec import (
+    decode_from_objects,
+    encode_to_objects,
+    register_plain_class,
+)
+from obs_dist.checkpoint.delta_log import TouchedEntries, encode_log, entry_bytes
+from obs_dist.checkpoint.format import (
+    CheckpointCorrupt,
+    Manifest,
+    apply_retention,
+    base_key,
+    check_compatible,
+    list_steps,
+    load_state,
+    log_key,
+    put_object,
+    read_manifest,
+    read_rank,
+    read_rank_index,
+    state_shape,
+    write_base,
+    write_manifest,
+    write_rank,
+)
+from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
+from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
+from obs_dist.engine.dist import barrier, get_rank, get_world_size
+from obs_dist.storage import ObjectStore, StorageError, open_store
+from obs_dist.trainer import Trainer
+
+log = logging.getLogger("obs.checkpointing")
+
+# Upper bound of a log's safetensors header, so that the logs' real size stays
+# within ``base_every_fraction`` of the state.
+LOG_HEADER_BYTES = 512
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often checkpoints are written.
+
+    Attributes:
+        url: the store: a local path, ``file://path`` or ``s3://bucket/prefix``;
+            empty disables checkpointing.
+        every: write a checkpoint every this many steps (0: only explicit saves).
+        keep_bases: retention keeps this many newest bases and every checkpoint on them.
+        base_every_fraction: write a new full base instead of a log once the logs
+            since the last base would exceed this fraction of the state's bytes.
+        endpoint_url: S3 endpoint (MinIO, Ceph, moto); None: environment or AWS.
+        retries: retries of transient S3 failures per request.
+    """
+
+    url: str = ""
+    every: int = 1000
+    keep_bases: int = 2
+    base_every_fraction: float = 0.5
+    endpoint_url: str | None = None
+    retries: int = 5
+
+    def __post_init__(self) -> None:
+        if "://" in self.url and not self.url.startswith(("s3://", "file://")):
+            raise ValueError(f"url must be a path, file:// or s3://, got {self.url!r}")
+        if self.every < 0:
+            raise ValueError(f"every must be >= 0, got {self.every}")
+        if self.keep_bases < 1:
+            raise ValueError(f"keep_bases must be >= 1, got {self.keep_bases}")
+        if not 0 < self.base_every_fraction <= 100:
+            raise ValueError(f"base_every_fraction must be in (0, 100], got "
+                             f"{self.base_every_fraction}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+# ------------------------------------------------------------ checkpointer
+class Checkpointer:
+    """Writes checkpoints of a trainer and restores them.
+
+    Use :func:`attach_checkpointing` to build one. It is also the ``on_step``
+    hook (``hook(trainer, metrics)``) and adds ``checkpoint_*`` metrics.
+    """
+
+    def __init__(self, trainer: Trainer, cfg: CheckpointConfig, store: ObjectStore | None,
+                 extra_state: Mapping[str, Stateful], rank: int, world: int,
+                 config: Mapping[str, Any] | None) -> None:
+        self.trainer = trainer
+        self.cfg = cfg
+        self.store = store
+        self.extra = dict(extra_state)
+        self.rank = rank
+        self.world = world
+        self.config = dict(config or {})
+        self.last: Manifest | None = None  # rank 0: the newest checkpoint, whose chain grows
+        self.last_step: int | None = None  # every rank: step of the newest complete checkpoint
+        self.last_time: float | None = None
+        self.failures = 0
+        self.last_seconds = 0.0
+        self.last_bytes = 0
+        # Replicas are identical, so only rank 0 writes (and tracks) the big state.
+        self.tracker = TouchedEntries(trainer.state.num_nodes) if rank == 0 else None
+        self._detach = self.tracker.attach(trainer.state) if self.tracker else (lambda: None)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a store is configured."""
+        return self.store is not None
+
+    def close(self) -> None:
+        """Stop recording commits and leave the trainer's hooks."""
+        self._detach()
+        if self in self.trainer.on_step:
+            self.trainer.on_step.remove(self)
+
+    def __call__(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.cfg.every and trainer.step % self.cfg.every == 0:
+            self.save()
+        # Keys of monitoring/metric_catalog.py (obs_checkpoint_age_seconds, …).
+        metrics["ckpt_failures_total"] = float(self.failures)
+        if self.last_time is not None:
+            metrics["ckpt_age_s"] = time.time() - self.last_time
+            metrics["ckpt_seconds"] = self.last_seconds
+            metrics["ckpt_bytes"] = float(self.last_bytes)
+
+    # ---------------------------------------------------------------- saving
+    def save(self, force_base: bool = False) -> Manifest | None:
+        """Write a checkpoint of the current step (a collective: call it on every rank).
+
+        Storage failures are logged and counted (``ckpt_failures_total``),
+        not raised: training goes on and the next checkpoint covers the gap.
+
+        Returns:
+            The manifest on rank 0 when the checkpoint is complete, else None.
+        """
+        if self.store is None:
+            raise ValueError("checkpointing is disabled: set checkpoint.url")
+        store, trainer = self.store, self.trainer
+        step = trainer.step
+        if self.last_step == step and not force_base:
+            return self.last if self.rank == 0 else None
+        t0 = time.perf_counter()
+        flush = getattr(trainer, "flush", None)
+        if callable(flush):
+            # Deltas the parallel phase holds back are committed now (a collective):
+            # replicas agree only at sync points, and a checkpoint must be one.
+            flush()
+        document, tensors = encode_to_objects(capture_rank(trainer, self.extra))
+        ok = self._attempt(f"rank {self.rank} state",
+                           lambda: write_rank(store, step, self.rank, document, tensors))
+        chain: dict[str, Any] = {}
+        if self.rank == 0 and ok:
+            ok = self._attempt("big state", lambda: chain.update(self._write_state(force_base)))
+        barrier()
+        manifest = self._finish(step, chain) if self.rank == 0 and ok else None
+        # Every rank learns whether the checkpoint is complete (for its metrics).
+        complete = broadcast_int(int(manifest is not None)) == 1
+        if not complete:
+            self.failures += 1 if (self.rank == 0 or not ok) else 0
+            return None
+        self.last_time = time.time()
+        self.last_seconds = time.perf_counter() - t0
+        if manifest is None:  # ranks other than 0: their own share
+            self.last_step = step
+            self.last_bytes = len(document) + len(tensors)
+            return None
+        assert self.tracker is not None
+        self.tracker.clear()
+        self.last = manifest
+        self.last_step = step
+        self.last_bytes = manifest.own_bytes()
+        log.info("checkpoint %s step %d (%s): %.1f MB in %.2f s", store.root, step,
+                 manifest.kind, self.last_bytes / 1e6, self.last_seconds)
+        self._attempt("retention", lambda: apply_retention(store, self.cfg.keep_bases, manifest))
+        return manifest
+
+    def _attempt(self, what: str, fn: Any) -> bool:
+        try:
+            fn()
+            return True
+        except (StorageError, OSError) as exc:
+            log.error("checkpoint at step %d: writing %s failed: %s", self.trainer.step, what,
+                      exc)
+            return False
+
+    def _write_state(self, force_base: bool) -> dict[str, Any]:
+        """Write a base or a log of the big state; returns the manifest's state fields."""
+        assert self.store is not None and self.tracker is not None
+        state, step, last = self.trainer.state, self.trainer.step, self.last
+        keys = self.tracker.keys()
+        estimate = keys.numel() * entry_bytes(state.dtype) + LOG_HEADER_BYTES
+        limit = self.cfg.base_every_fraction * state.nbytes
+        if force_base or last is None or last.log_bytes + estimate > limit:
+            objects = write_base(self.store, state, step)
+            return {"base_step": step, "base": [base_key(step, p) for p in
+                                                range(len(state.parts))],
+                    "logs": [], "log_bytes": 0, "touched": 0, "objects": objects}
+        key = log_key(step)
+        info = put_object(self.store, key, encode_log(state, keys))
+        objects = {k: last.objects[k] for k in [*last.base, *last.logs]}
+        objects[key] = info
+        return {"base_step": last.base_step, "base": list(last.base),
+                "logs": [*last.logs, key], "log_bytes": last.log_bytes + int(info["size"]),
+                "touched": int(keys.numel()), "objects": objects}
+
+    def _finish(self, step: int, chain: dict[str, Any]) -> Manifest | None:
+        """Rank 0: gather every rank's objects and write the manifest."""
+        assert self.store is not None
+        objects = dict(chain.pop("objects"))
+        for r in range(self.world):
+            try:
+                objects.update(read_rank_index(self.store, step, r))
+            except FileNotFoundError:
+                log.error("checkpoint at step %d: rank %d did not finish writing; no manifest",
+                          step, r)
+                return None
+            except (StorageError, OSError, ValueError) as exc:
+                log.error("checkpoint at step %d: index of rank %d unreadable: %s", step, r, exc)
+                return None
+        manifest = Manifest(step=step, world_size=self.world,
+                            state=state_shape(self.trainer.state), objects=objects,
+                            counters=dict(self.trainer.counters), config=self.config, **chain)
+        if not self._attempt("manifest", lambda: write_manifest(self.store, manifest)):
+            return None
+        return manifest
+
+    # -------------------------------------------------------------- resuming
+    def _target(self, spec: str) -> tuple[ObjectStore | None, list[int] | None]:
+        """The store to read and the candidate steps (None: every manifest, newest first)."""
+        if spec == "auto":
+            return self.store, None
+        if spec.isdigit():
+            if self.store is None:
+                raise ValueError(f"--resume {spec}: no checkpoint.url configured")
+            return self.store, [int(spec)]
+        root, sep, name = spec.rpartition("manifests/")
+        if sep and name.endswith(".json") and name[:-5].isdigit():
+            store = open_store(root.rstrip("/") or ".", endpoint_url=self.cfg.endpoint_url,
+                               retries=self.cfg.retries)
+            return store, [int(name[:-5])]
+        return open_store(spec, endpoint_url=self.cfg.endpoint_url,
+                          retries=self.cfg.retries), None
+
+    def resume(self, spec: str = "auto") -> int | None:
+        """Load a checkpoint (a collective: call it on every rank, before ``fit``).
+
+        Args:
+            spec: ``auto`` (the newest complete checkpoint of the configured
+                store, skipping damaged ones), ``never``, a step number, a
+                manifest URL/path (``…/manifests/NNNNNNNNNN.json``), or a store URL
+                (its newest complete checkpoint).
+
+        Returns:
+            The step resumed from, or None when there was nothing to resume.
+
+        Raises:
+            ValueError: no checkpoint could be used although some exist, an
+                explicitly named one is damaged, or the checkpoint does not fit
+                this run (state size, world size, model).
+        """
+        if spec == "never":
+            return None
+        store, explicit = self._target(spec)
+        if store is None:
+            log.info("checkpointing disabled (no checkpoint.url): starting fresh")
+            return None
+        candidates = explicit if explicit is not None else (
+            sorted(list_steps(store), reverse=True) if self.rank == 0 else [])
+        if spec != "auto" and broadcast_int(len(candidates)) == 0:
+            raise ValueError(f"--resume {spec}: no checkpoint in {store.root}")
+        problems: list[str] = []
+        for attempt in itertools.count():
+            proposal = candidates[attempt] if attempt < len(candidates) else -1
+            step = broadcast_int(proposal if self.rank == 0 else -1)
+            if step < 0:
+                break
+            problem, loaded = self._try_load(store, step)
+            if all_ranks_agree(problem is None):
+                assert loaded is not None
+                self._adopt(store, *loaded)
+                log.info("resumed from %s step %d", store.root, step)
+                return step
+            problem = problem or "another rank could not read its part"
+            problems.append(f"step {step}: {problem}")
+            if explicit is not None:
+                raise CheckpointCorrupt(f"cannot resume from step {step}: {problem}")
+            log.warning("checkpoint at step %d is unusable (%s); trying the previous one",
+                        step, problem)
+        if problems:
+            raise ValueError(f"no usable checkpoint in {store.root}: " + "; ".join(problems))
+        log.info("no checkpoint in %s: starting fresh", store.root)
+        return None
+
+    def _try_load(self, store: ObjectStore, step: int
+                  ) -> tuple[str | None, tuple[Manifest, Any] | None]:
+        """Verify and load one checkpoint's state and this rank's tree (not yet applied)."""
+        try:
+            manifest = read_manifest(store, step)
+            check_compatible(manifest, self.trainer.state, self.world)
+            document, tensors = read_rank(store, manifest, self.rank)
+            tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
+            load_state(store, manifest, self.trainer.state)
+        except CheckpointCorrupt as exc:
+            return str(exc), None
+        return None, (manifest, tree)
+
+    def _adopt(self, store: ObjectStore, manifest: Manifest, tree: Any) -> None:
+        restore_rank(self.trainer, tree, self.extra)
+        if self.tracker is not None:
+            self.tracker.clear()
+        # Later checkpoints extend this one's chain of logs, unless it came from
+        # another store: then the next checkpoint starts with a base of its own.
+        own = store is self.store
+        self.last = manifest if own and self.rank == 0 else None
+        self.last_step = manifest.step if own else None
+        self.last_time = manifest.created
+
+
+def register_engine_classes() -> None:
+    """Allow the plain objects a DeepSpeed ZeRO optimizer state holds (if DeepSpeed is loaded).
+
+    ZeRO-1/2 ``optimizer.state_dict()`` contains a ``LossScaler`` and, per
+    parameter, ``fragment_address`` records: bags of numbers, stored as such.
+    """
+    if "deepspeed" not in sys.modules:
+        return
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:  # another DeepSpeed layout: unknown objects are refused by name
+        return
+    for cls in (LossScaler, DynamicLossScaler, fragment_address):
+        register_plain_class(cls)
+
+
+def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
+                         extra_state: Mapping[str, Stateful] | None = None,
+                         rank: int | None = None, world: int | None = None,
+                         config: Mapping[str, Any] | None = None,
+                         store: ObjectStore | None = None) -> Checkpointer:
+    """Hook checkpointing into ``trainer`` (call on every rank, before ``resume``/``fit``).
+
+    Args:
+        trainer: the trainer to checkpoint.
+        cfg: store URL, frequency, retention, rebase threshold.
+        extra_state: named components with ``state_dict``/``load_state_dict``
+            (the batch stream, the phase scheduler, data cursors), per rank.
+        rank: this process's rank (default: from :mod:`obs_dist.engine.dist`).
+        world: the number of ranks (default: from :mod:`obs_dist.engine.dist`).
+        config: the run's resolved configuration, recorded in each manifest.
+        store: an already opened store (overrides ``cfg.url``; tests, benchmarks).
+
+    Returns:
+        The :class:`Checkpointer`, registered in ``trainer.on_step``.
+
+    Raises:
+        StorageError: the configured bucket is missing or refuses access.
+    """
+    register_engine_classes()
+    if store is None and cfg.url:
+        store = open_store(cfg.url, endpoint_url=cfg.endpoint_url, retries=cfg.retries)
+    ckpt = Checkpointer(trainer, cfg, store, extra_state or {},
+                        get_rank() if rank is None else rank,
+                        get_world_size() if world is None else world, config)
+    trainer.on_step.append(ckpt)
+    return ckpt

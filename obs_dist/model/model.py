@@ -1,0 +1,204 @@
+"""``OBSModel``: encoder → writer → sparse write → propagate → read-out.
+
+Per time step and stream (DESIGN §3):
+
+1. encode ``f_t``;
+2. context ``c_t = [f_t ; Eᵀ a_{t-1}]`` (embedding bag over the m most active nodes);
+3. the writer picks up to ``k_max`` nodes ``S_t`` by product keys, a learned count
+   and signed coefficients ``α``, and a write strength ``η``;
+4. it writes the pairs ``(S_t ∪ A_{t-1}) × S_t``: activity in what was active
+   when the input arrived (and in the input's own nodes) now flows into the new
+   nodes — the associative link. With ``backward_links`` it also writes
+   ``S_t × A_{t-1}`` (symmetric association);
+5. activity spreads from the written nodes through their rows,
+   ``h = Σ_i α_i X[S_i, :]``; ``a_t = top_m(h)``;
+6. ``y_t = LN(Eᵀ a_t + f_t)`` feeds the task head.
+
+The fast state is read through a :class:`~obs_dist.model.window.WindowMemory` (or any
+object with the same ``write``/``read``/``read_entries``/``next_step`` methods,
+such as the dense reference used in tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from obs_dist.model.encoders import build_encoder
+from obs_dist.model.writer import Writer, WriterConfig
+
+
+@dataclass
+class ModelConfig:
+    """The slow-weight model.
+
+    Attributes:
+        d_model: feature width d.
+        encoder: ``tokens`` (synthetic tasks) or ``av`` (audio-visual clips).
+        vocab: input tokens (``tokens`` encoder); 0 = taken from the task.
+        classes: outputs of the task head; 0 = taken from the task (or the data).
+        n_mels: log-mel bands (``av`` encoder).
+        image_size: frame side in pixels (``av`` encoder).
+        writer: the writer.
+    """
+
+    d_model: int = 64
+    encoder: Literal["tokens", "av"] = "tokens"
+    vocab: int = 0
+    classes: int = 0
+    n_mels: int = 64
+    image_size: int = 64
+    writer: WriterConfig = field(default_factory=WriterConfig)
+
+    def __post_init__(self) -> None:
+        if self.d_model < 2:
+            raise ValueError(f"d_model must be >= 2, got {self.d_model}")
+        if self.encoder not in ("tokens", "av"):
+            raise ValueError(f"encoder must be 'tokens' or 'av', got {self.encoder!r}")
+        if self.vocab < 0 or self.vocab == 1:
+            raise ValueError(f"vocab must be 0 (from the task) or >= 2, got {self.vocab}")
+        if self.classes < 0 or self.classes == 1:
+            raise ValueError(f"classes must be 0 (from the task) or >= 2, got {self.classes}")
+
+
+class Carry(NamedTuple):
+    """What one window hands to the next: the most active nodes and their weights."""
+
+    ids: torch.Tensor  # [B, m] int64
+    vals: torch.Tensor  # [B, m]
+
+    def detach(self) -> Carry:
+        """Out of the autograd graph (truncated BPTT)."""
+        return Carry(self.ids, self.vals.detach())
+
+
+class Memory(Protocol):
+    """The read/write interface the model needs from the fast state."""
+
+    def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
+              b: torch.Tensor) -> None: ...
+
+    def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor: ...
+
+    def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor: ...
+
+    def next_step(self) -> None: ...
+
+
+def _densify_grad(param: torch.Tensor) -> None:
+    """Turn an accumulated sparse gradient into a dense one (once per backward)."""
+    if param.grad is not None and param.grad.is_sparse:
+        param.grad = param.grad.coalesce().to_dense()
+
+
+class OBSModel(nn.Module):
+    """The slow weights θ: encoder, node embeddings E, writer, read-out and head.
+
+    Args:
+        config: model settings.
+        nodes: N, the size of the big state.
+    """
+
+    def __init__(self, config: ModelConfig, nodes: int) -> None:
+        super().__init__()
+        if config.classes < 2 or (config.encoder == "tokens" and config.vocab < 2):
+            raise ValueError("model.vocab and model.classes must be resolved (>= 2) before "
+                             "building the model")
+        self.config = config
+        self.num_nodes = nodes
+        d = config.d_model
+        self.encoder = build_encoder(config.encoder, d, config.vocab, config.n_mels,
+                                     config.image_size)
+        # E gets sparse gradients: each step touches only m + k_max rows, and
+        # dense [N, d] gradients per step cost more than the whole state read at
+        # large N (measured: 1.5 s of a 2.9 s window at N = 32768). They are
+        # densified once per backward pass, so optimizers see a dense grad.
+        self.node_embed = nn.Embedding(nodes, d, sparse=True)
+        self.node_embed.weight.register_post_accumulate_grad_hook(_densify_grad)
+        self.writer = Writer(config.writer, nodes, context_dim=2 * d)
+        self.back_gain = nn.Parameter(torch.tensor(0.5)) if config.writer.backward_links else None
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.classes)
+
+    def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
+        """No active nodes (zero weights) at the start of a stream."""
+        m = self.config.writer.active
+        return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
+                     torch.zeros(batch, m, device=device))
+
+    def _bag(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``Eᵀ a`` for a sparse activity vector: O(m·d)."""
+        return F.embedding_bag(ids, self.node_embed.weight, per_sample_weights=weights,
+                               mode="sum", sparse=True)
+
+    def step(self, f: torch.Tensor, memory: Memory, carry: Carry
+             ) -> tuple[torch.Tensor, Carry, dict[str, torch.Tensor]]:
+        """One time step for all streams.
+
+        Args:
+            f: ``[B, d]`` encoded input of this step.
+            memory: the fast state as seen by this window.
+            carry: the previous step's active nodes.
+
+        Returns:
+            ``(y [B, d], new carry, per-step statistics)``.
+        """
+        cfg = self.config.writer
+        context = torch.cat([f, self._bag(carry.ids, carry.vals)], dim=1)
+        prop = self.writer(context)
+        rows = torch.cat([prop.ids, carry.ids], dim=1)
+        key = torch.cat([prop.alpha, carry.vals], dim=1)
+        key = key / (key.norm(dim=1, keepdim=True) + 1e-6)
+        a = prop.eta[:, None] * key
+        if cfg.rule == "delta":
+            # Error-correcting: move key·X[rows, S] towards α (Longhorn/DeltaNet
+            # restricted to the selected entries).
+            b = prop.alpha - memory.read_entries(rows, key, prop.ids)
+        else:
+            b = prop.alpha
+        memory.write("link", rows, a, prop.ids, b)
+        if self.back_gain is not None:
+            memory.write("back", prop.ids, self.back_gain * prop.eta[:, None] * prop.alpha,
+                         carry.ids, carry.vals)
+        h = memory.read(prop.ids, prop.alpha)
+        vals, ids = h.topk(cfg.active, dim=1)
+        vals = vals / (vals.norm(dim=1, keepdim=True) + 1e-6)
+        y = self.norm(self._bag(ids, vals) + f)
+        memory.next_step()
+        stats = {"count": prop.k_hat.detach().mean(), "eta": prop.eta.detach().mean()}
+        return y, Carry(ids, vals), stats
+
+    def forward_window(self, batch: dict[str, Any], memory: Memory, carry: Carry
+                       ) -> tuple[torch.Tensor, Carry, dict[str, float]]:
+        """Run a window of T steps over B streams.
+
+        Args:
+            batch: encoder inputs (``tokens`` ``[B, T]`` or audio/video) and an
+                optional ``reset`` ``[B]`` marking streams that start afresh.
+            memory: the window's view of the fast state.
+            carry: active nodes from the previous window.
+
+        Returns:
+            ``(logits [B, T, classes], carry, mean statistics)``.
+        """
+        feats = self.encoder(batch)
+        bsz, steps = feats.shape[:2]
+        reset = batch.get("reset")
+        if reset is not None:
+            keep = (~reset.to(torch.bool)).to(carry.vals.dtype)[:, None]
+            carry = Carry(carry.ids, carry.vals * keep)
+        outs = []
+        totals: dict[str, torch.Tensor] = {}
+        for t in range(steps):
+            y, carry, stats = self.step(feats[:, t], memory, carry)
+            outs.append(y)
+            for k, v in stats.items():
+                totals[k] = totals[k] + v if k in totals else v
+        logits = self.head(torch.stack(outs, dim=1))
+        # One host sync per window, not per step.
+        return logits, carry, {k: float(v) / steps for k, v in totals.items()}

@@ -1,0 +1,285 @@
+"""Sparse in-graph window deltas and reads against ``X_base + Σ Δ_τ``.
+
+Every write of the model is a rank-1 block ``Δ[R_i, C_j] += a_i · b_j`` over a few
+rows ``R`` and columns ``C`` (both the Hebbian and the delta rule have this
+form). The window keeps these blocks — indices plus the two coefficient vectors,
+still in the autograd graph — and never materialises a dense N×N copy per
+stream. A read of a row combination ``Σ_i w_i X[S_i, :]`` is then
+
+* the base part, one ``embedding_bag`` over the dense state (O(k·N)), plus
+* for every block, the overlap ``o = Σ_{i,j} w_i a_j [S_i = R_j]`` (the row
+  combination scattered into a dense vector once, then one gather for all
+  blocks of the window) times ``b`` scattered at ``C``.
+
+So a step costs O(k·N + L·(r + c)) for L blocks in the window, with no Python
+loop over the history. After backward, :meth:`WindowMemory.to_delta` expands the
+blocks into COO entries for the commit.
+
+Across ranks, the sequential phase passes an ``exchange`` function (see
+:func:`obs_dist.engine.collectives.make_block_exchange`): at every ``next_step`` the
+step's blocks of all ranks are gathered and the other ranks' ones are kept as
+*foreign* blocks, visible to every local stream from the next step on. Foreign
+blocks are detached (gradients do not cross ranks: a documented truncation) and
+never enter :meth:`to_delta`, because their owner commits them and the delta
+sync sums them into every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from obs_dist.model.delta import SparseDelta
+
+Blocks = dict[str, tuple[torch.Tensor, ...]]
+Exchange = Callable[[Blocks], Blocks]
+
+
+@dataclass
+class BlockSeq:
+    """Blocks of one shape, stacked over time: ``rows/a: [B, L, r]``, ``cols/b: [B, L, c]``."""
+
+    rows: torch.Tensor
+    a: torch.Tensor
+    cols: torch.Tensor
+    b: torch.Tensor
+    step: torch.Tensor  # [L] the step at which each block was written (-1: carried in)
+
+    def detach(self) -> BlockSeq:
+        """The same blocks out of the autograd graph (carried to the next window)."""
+        return BlockSeq(self.rows, self.a.detach(), self.cols, self.b.detach(),
+                        torch.full_like(self.step, -1))
+
+
+class WindowMemory:
+    """The deltas of one window for ``B`` streams over a shared base state.
+
+    Args:
+        base: the dense ``[N, N]`` base state (not differentiated).
+        batch: number of streams B.
+        shared: if True (sequential phase) every stream sees every stream's
+            writes from the next step on; otherwise each stream sees only its own
+            writes (parallel phase).
+        exchange: in the shared phase across ranks, gathers each step's blocks
+            from the other ranks (None: this process only).
+    """
+
+    def __init__(self, base: torch.Tensor, batch: int, shared: bool = False,
+                 exchange: Exchange | None = None) -> None:
+        self.base = base
+        self.num_nodes = base.shape[0]
+        self.batch = batch
+        self.shared = shared
+        self.exchange = exchange if shared else None
+        self.seqs: dict[str, BlockSeq] = {}
+        self.foreign: dict[str, BlockSeq] = {}  # other ranks' blocks, as one pseudo-stream
+        self._this_step: Blocks = {}
+        self.step = 0
+
+    # ------------------------------------------------------------------ writing
+    def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
+              b: torch.Tensor) -> None:
+        """Record the block ``Δ[rows_i, cols_j] += a_i·b_j`` for each stream.
+
+        Blocks of the same ``kind`` must keep their shape across steps.
+        """
+        assert rows.shape == a.shape and cols.shape == b.shape, (rows.shape, cols.shape)
+        if self.exchange is not None:
+            self._this_step[kind] = (rows, a, cols, b)
+        new = BlockSeq(rows[:, None], a[:, None], cols[:, None], b[:, None],
+                       torch.tensor([self.step], device=rows.device))
+        old = self.seqs.get(kind)
+        if old is None:
+            self.seqs[kind] = new
+        else:
+            self.seqs[kind] = BlockSeq(
+                torch.cat([old.rows, new.rows], 1), torch.cat([old.a, new.a], 1),
+                torch.cat([old.cols, new.cols], 1), torch.cat([old.b, new.b], 1),
+                torch.cat([old.step, new.step]),
+            )
+
+    def next_step(self) -> None:
+        """Advance the step counter (visibility of other streams' writes).
+
+        With an ``exchange``, this is where the step's blocks of all ranks meet
+        (a collective: every rank calls it at every step).
+        """
+        if self.exchange is not None:
+            got = self.exchange(self._this_step)
+            self._this_step = {}
+            for kind, (rows, a, cols, b) in got.items():
+                step = torch.full((rows.shape[0],), self.step, device=rows.device)
+                self._append(self.foreign, kind,
+                             BlockSeq(rows[None], a[None], cols[None], b[None], step))
+        self.step += 1
+
+    def carry(self, shared: bool | None = None, exchange: Exchange | None = None
+              ) -> WindowMemory:
+        """A memory for the next window of the same sequences: blocks detached.
+
+        Args:
+            shared: the next window's phase (default: this window's).
+            exchange: the next window's cross-rank exchange (shared phase only).
+        """
+        out = WindowMemory(self.base, self.batch, self.shared if shared is None else shared,
+                           exchange)
+        out.seqs = {k: s.detach() for k, s in self.seqs.items()}
+        out.foreign = {k: s.detach() for k, s in self.foreign.items()}
+        return out
+
+    @staticmethod
+    def _append(into: dict[str, BlockSeq], kind: str, seq: BlockSeq) -> None:
+        old = into.get(kind)
+        into[kind] = seq if old is None else BlockSeq(
+            torch.cat([old.rows, seq.rows], 1), torch.cat([old.a, seq.a], 1),
+            torch.cat([old.cols, seq.cols], 1), torch.cat([old.b, seq.b], 1),
+            torch.cat([old.step, seq.step]))
+
+    def receive(self, kind: str, seq: BlockSeq) -> None:
+        """Append foreign blocks produced elsewhere (``[1, L, ·]``), visible to all streams.
+
+        They are read like other streams' writes (from the step after
+        ``seq.step``) but never committed here: their owner commits them.
+        """
+        if seq.rows.shape[0] != 1:
+            raise ValueError(f"foreign blocks must be one pseudo-stream [1, L, r], got "
+                             f"{tuple(seq.rows.shape)}")
+        self._append(self.foreign, kind, seq)
+
+    # ------------------------------------------------------------------ reading
+    def _visible(self, kind: str, seq: BlockSeq
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                            torch.Tensor | None]:
+        """Blocks each stream may see, as ``[B, L', ·]`` tensors plus a mask."""
+        if not self.shared:
+            return seq.rows, seq.a, seq.cols, seq.b, None
+        bsz, length = seq.rows.shape[:2]
+
+        def everyone(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(1, bsz * length, -1).expand(bsz, -1, -1)
+
+        owner = torch.arange(bsz, device=seq.rows.device).repeat_interleave(length)
+        step = seq.step.repeat(bsz)
+        me = torch.arange(bsz, device=seq.rows.device)[:, None]
+        # Own writes are visible at once; others' from the next step on.
+        mask = (owner[None, :] == me) | (step[None, :] < self.step)
+        parts = [everyone(seq.rows), everyone(seq.a), everyone(seq.cols), everyone(seq.b)]
+        far = self.foreign.get(kind)
+        if far is not None:
+            # Other ranks' blocks: visible to every local stream after their step.
+            parts = [torch.cat([p, f.expand(bsz, -1, -1)], 1)
+                     for p, f in zip(parts, (far.rows, far.a, far.cols, far.b))]
+            mask = torch.cat([mask, (far.step < self.step)[None, :].expand(bsz, -1)], 1)
+        return parts[0], parts[1], parts[2], parts[3], mask
+
+    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
+
+        The row combination is scattered once into a dense ``[B, N]`` vector, so
+        each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
+        per stream, with nothing of size L·k·r kept for the backward pass.
+        """
+        if not self.seqs:
+            return None
+        bsz = rows.shape[0]
+        w_dense = weights.new_zeros(bsz, self.num_nodes).scatter_add(1, rows.long(), weights)
+        out = weights.new_zeros(bsz, self.num_nodes)
+        for kind, seq in self.seqs.items():
+            r, a, c, b, mask = self._visible(kind, seq)
+            length = r.shape[1]
+            o = (w_dense.gather(1, r.flatten(1).long()).view(bsz, length, -1) * a).sum(-1)
+            if mask is not None:
+                o = o * mask.to(o.dtype)
+            out = out.scatter_add(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
+        return out
+
+    def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``h[b] = Σ_i weights[b,i] · X_eff[rows[b,i], :]`` as a dense ``[B, N]``."""
+        dt = self.base.dtype
+        h = F.embedding_bag(rows, self.base, per_sample_weights=weights.to(dt), mode="sum")
+        h = h.to(weights.dtype)
+        window = self._window_part(rows, weights)
+        return h if window is None else h + window
+
+    def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor:
+        """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""
+        base = self.base[rows.long()[:, :, None], cols.long()[:, None, :]]  # [B, k, Q]
+        p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
+        window = self._window_part(rows, weights)
+        return p if window is None else p + window.gather(1, cols.long())
+
+    # ------------------------------------------------------------------ commit
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All written entries as flat ``(rows, cols, values)`` (values in the graph).
+
+        Only blocks written in this window are included (carried ones were
+        committed or belong to the sequence, not the state).
+        """
+        rs, cs, vs = [], [], []
+        for seq in self.seqs.values():
+            live = seq.step >= 0
+            if not bool(live.any()):
+                continue
+            r = seq.rows[:, live]
+            c = seq.cols[:, live]
+            v = seq.a[:, live, :, None] * seq.b[:, live, None, :]  # [B, L, r, c]
+            rs.append(r[:, :, :, None].expand_as(v).reshape(-1))
+            cs.append(c[:, :, None, :].expand_as(v).reshape(-1))
+            vs.append(v.reshape(-1))
+        if not vs:
+            empty = torch.empty(0, dtype=torch.int64, device=self.base.device)
+            return empty, empty, torch.empty(0, device=self.base.device)
+        return torch.cat(rs), torch.cat(cs), torch.cat(vs)
+
+    def to_delta(self) -> SparseDelta:
+        """The window's writes, detached, summed over streams, coalesced, zeros dropped."""
+        rows, cols, vals = self.entries()
+        vals = vals.detach().float()
+        keep = vals != 0
+        delta = SparseDelta.from_indices(rows[keep], cols[keep], vals[keep], self.num_nodes)
+        return delta.coalesce()
+
+    def write_overlap(self) -> tuple[int, int]:
+        """How much the streams' writes of this window overlap (the write-conflict signal).
+
+        Returns:
+            ``(Σ_streams distinct entries written by that stream, distinct entries
+            written by any stream)``; ``1 − union / total`` is the conflict.
+        """
+        keys = []
+        for seq in self.seqs.values():
+            live = seq.step >= 0
+            if not bool(live.any()):
+                continue
+            r, c = seq.rows[:, live].long(), seq.cols[:, live].long()
+            v = seq.a[:, live, :, None].detach() * seq.b[:, live, None, :].detach()
+            k = r[:, :, :, None] * self.num_nodes + c[:, :, None, :]
+            keys.append(torch.where(v != 0, k, torch.full_like(k, -1)).flatten(1))
+        if not keys:
+            return 0, 0
+        ordered = torch.cat(keys, 1).sort(dim=1).values  # [B, M], unwritten (-1) first
+        fresh = ordered[:, 1:] != ordered[:, :-1]
+        per_stream = int(((ordered[:, 1:] >= 0) & fresh).sum() + (ordered[:, 0] >= 0).sum())
+        union = int(torch.unique(ordered[ordered >= 0]).numel())
+        return per_stream, union
+
+    def gaussian_penalty(self, init_std: float) -> torch.Tensor:
+        """Moment penalty of the touched entries' new values against N(0, σ0²).
+
+        ``(mean/σ0)² + (std/σ0 − 1)²`` over the unique entries written in this
+        window, each at ``X_base + Σ Δ`` (differentiable through the deltas).
+        """
+        rows, cols, vals = self.entries()
+        if vals.numel() < 2 or init_std <= 0:
+            return vals.sum() * 0.0
+        keys = rows.long() * self.num_nodes + cols.long()
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        summed = torch.zeros(uniq.numel(), dtype=vals.dtype, device=vals.device)
+        summed = summed.index_add(0, inverse, vals)
+        base = self.base[uniq // self.num_nodes, uniq % self.num_nodes].to(vals.dtype)
+        new = base + summed
+        return (new.mean() / init_std) ** 2 + (new.std() / init_std - 1.0) ** 2
