@@ -1,0 +1,402 @@
+"""Cutting long recordings into clips, in one sequential pass over each file.
+
+A recording is a video (mp4/mkv/webm/mov) with its own audio track, or with a
+same-named wav/flac beside it, or a long wav/flac alone. :func:`cut_recording`
+decodes it once, packet after packet (no seeking), and cuts it into
+consecutive clips ``[i·c, (i+1)·c)`` of ``c = clip_seconds``. Both modalities are
+cut on the container's clock: a frame or an audio frame is at
+``pts × time_base`` minus the start of the file (the earliest start of the
+streams used), so an audio track that starts later than the video lands where
+it belongs, with silence before it.
+
+Each clip becomes an ``mp4`` (its frames, scaled so the long side is at most
+``max_side``, kept in yuv420p and re-encoded by
+:func:`pipelines.render.add_video_stream`'s encoder) and a ``flac``
+(mono at the track's own rate, the samples ``[round(i·c·rate), round((i+1)·c·rate))``).
+A last partial clip is kept when it holds at least half a clip.
+
+A recording damaged mid-file (bytes cut off, a corrupt packet) keeps the clips
+that every modality covered before the damage; :class:`CutResult` says how many
+were lost (from the container's duration when it states one, else 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from pipelines.render import add_video_stream, encode_audio
+
+RECORDING_VIDEO_EXTS = ("mp4", "mkv", "webm", "mov")
+# A clip is cut once every modality has passed its end, or once one modality is
+# this far past it (a badly interleaved or silent track must not hold everything).
+_SLACK_SECONDS = 10.0
+_EPS = 1e-6
+_INT_SCALE = {"s16": 2.0 ** -15, "s32": 2.0 ** -31, "s64": 2.0 ** -63}
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be decoded at all; ``kind`` is ``video_decode`` or
+    ``audio_decode``."""
+
+    def __init__(self, kind: str, path: Path, why: str) -> None:
+        super().__init__(why)
+        self.kind = kind
+        self.path = path
+
+
+@dataclass
+class CutResult:
+    """What :func:`cut_recording` found, filled in while it runs.
+
+    Attributes:
+        clips: clips yielded.
+        lost: clips lost to damage (0 when the recording decoded to its end).
+        damage: what stopped the decoding early, or None.
+        errors: ``(kind, path, why)`` of an input that could not be read while
+            another one could (a broken wav beside a good video, say).
+    """
+
+    clips: int = 0
+    lost: int = 0
+    damage: str | None = None
+    errors: list[tuple[str, Path, str]] = field(default_factory=list)
+
+
+def clip_count(seconds: float, clip_seconds: float) -> int:
+    """Clips in ``seconds``: the full ones, plus a partial one of at least half a clip."""
+    full = int(math.floor(seconds / clip_seconds + _EPS))
+    rest = seconds - full * clip_seconds
+    return full + (1 if rest >= clip_seconds / 2 - _EPS else 0)
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Even frame size with the long side at most ``max_side``, keeping the aspect."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    """An audio frame as mono float32 in [-1, 1] (channels averaged)."""
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:
+        data = data.reshape(-1, len(frame.layout.channels)).T
+    name = frame.format.name.rstrip("p")
+    wave = data.astype(np.float32)
+    if name == "u8":
+        wave = (wave - 128.0) / 128.0
+    elif name in _INT_SCALE:
+        wave *= _INT_SCALE[name]
+    return wave.mean(axis=0)
+
+
+@dataclass
+class _Input:
+    """One opened file and the streams used from it."""
+
+    path: Path
+    container: Any
+    streams: list[Any]
+    origin: float
+    duration: float | None
+    reached: float = 0.0
+
+
+def _open(path: Path, video: bool, audio: bool) -> _Input:
+    """Open ``path`` and pick its first video and/or audio stream.
+
+    Raises:
+        ValueError: the file cannot be opened or lacks the streams asked for.
+    """
+    container = av.open(str(path))
+    try:
+        picked = ([container.streams.video[0]] if video and container.streams.video else []) \
+            + ([container.streams.audio[0]] if audio and container.streams.audio else [])
+        if not picked:
+            raise ValueError(f"no {'video' if video else 'audio'} stream")
+        for stream in picked:
+            stream.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
+        starts = [float(s.start_time * s.time_base) for s in picked if s.start_time is not None]
+        if starts:
+            origin = min(starts)
+        else:
+            origin = float(container.start_time or 0) / 1e6
+        seconds = [float(s.duration * s.time_base) for s in picked if s.duration]
+        duration = float(container.duration) / 1e6 if container.duration else \
+            (max(seconds) if seconds else None)
+        return _Input(path, container, picked, origin, duration)
+    except Exception:
+        container.close()
+        raise
+
+
+def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
+    """``(seconds, "video" | "audio", payload)`` of every decoded frame, in file order.
+
+    Video payloads are yuv420p frames scaled to ``max_side``; audio payloads are mono
+    float32 arrays. Frames without a timestamp follow on from the previous one.
+    """
+    reformatter = VideoReformatter()
+    size: tuple[int, int] | None = None
+    last = {"video": 0.0, "audio": 0.0}
+    frame_seconds = {s.index: 1.0 / _fps(s) for s in inp.streams if s.type == "video"}
+    for packet in inp.container.demux(*inp.streams):
+        for frame in packet.decode():
+            kind = packet.stream.type
+            t = frame.time - inp.origin if frame.time is not None else last[kind]
+            if kind == "video":
+                size = size or scaled_size(frame.width, frame.height, max_side)
+                # Scaling in yuv420p, the encoder's format, costs a tenth of RGB.
+                payload: Any = reformatter.reformat(frame, width=size[0], height=size[1],
+                                                    format="yuv420p", interpolation="AREA",
+                                                    threads=1)
+                step = frame_seconds[packet.stream.index]
+            else:
+                payload = _mono(frame)
+                step = frame.samples / frame.sample_rate
+            last[kind] = t + step
+            inp.reached = max(inp.reached, t + step)
+            yield t, kind, payload
+
+
+def _fps(stream: Any) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return max(1.0, float(rate)) if rate else 30.0
+
+
+class _Cutter:
+    """Collects decoded frames and audio per clip and cuts finished clips."""
+
+    def __init__(self, clip_seconds: float, fps: float, rate: int | None,
+                 kinds: set[str]) -> None:
+        self.c, self.fps, self.rate = clip_seconds, fps, rate
+        self.frames: dict[int, list[av.VideoFrame]] = defaultdict(list)
+        self.chunks: list[np.ndarray] = []
+        self.audio_base: int | None = None  # sample index of the first buffered sample
+        self.audio_end = 0  # sample index one past the last buffered sample
+        # Modality → end of its data so far, seconds; a track yet to deliver is at 0.
+        self.reached: dict[str, float] = dict.fromkeys(kinds, 0.0)
+        self.seen: set[str] = set()  # modalities that delivered data
+        self.next = 0  # the next clip to cut
+
+    def add(self, t: float, kind: str, payload: Any) -> None:
+        """Add one decoded video frame or audio frame starting at ``t`` seconds."""
+        if kind == "video":
+            index = int(math.floor((t + _EPS) / self.c))
+            if t >= -_EPS and index >= self.next:
+                self.frames[index].append(payload)
+            end = t + 1.0 / self.fps
+        else:
+            assert self.rate is not None
+            start = int(round(t * self.rate))
+            if self.audio_base is None:
+                self.audio_base = self.audio_end = max(0, start)
+            gap = start - self.audio_end
+            if gap > max(2, self.rate // 1000):  # a hole in the track: silence
+                self.chunks.append(np.zeros(gap, np.float32))
+                self.audio_end += gap
+            elif gap < 0:  # overlaps what is there (or starts before 0): drop that part
+                payload = payload[-gap:]
+            self.chunks.append(payload)
+            self.audio_end += len(payload)
+            end = self.audio_end / self.rate
+        self.reached[kind] = max(self.reached.get(kind, 0.0), end)
+        self.seen.add(kind)
+
+    def ready(self) -> bool:
+        """Whether the next clip is complete (every modality past its end, or one far past)."""
+        edge = (self.next + 1) * self.c - _EPS
+        return min(self.reached.values()) >= edge or \
+            max(self.reached.values()) >= edge + _SLACK_SECONDS
+
+    def cut(self) -> tuple[int, dict[str, Any]]:
+        """The next clip's frames (a list) and samples (an array), whichever it has."""
+        index, self.next = self.next, self.next + 1
+        out: dict[str, Any] = {}
+        frames = self.frames.pop(index, [])
+        if frames:
+            out["video"] = frames
+        if self.rate is not None and self.audio_base is not None:
+            lo, hi = round(index * self.c * self.rate), round((index + 1) * self.c * self.rate)
+            buffered = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+            have = buffered[max(0, lo - self.audio_base): max(0, hi - self.audio_base)]
+            if len(have):
+                lead = max(0, self.audio_base - lo)  # the track starts inside this clip
+                out["audio"] = np.concatenate([np.zeros(lead, np.float32), have])
+            rest = buffered[max(0, hi - self.audio_base):]
+            self.chunks = [rest] if len(rest) else []
+            self.audio_base = max(self.audio_base, hi)
+        return index, out
+
+
+def _encode_frames(frames: list[av.VideoFrame], fps: float) -> bytes:
+    """yuv420p frames of one size as an mp4 at ``fps`` (one thread, fixed settings)."""
+    rate = int(round(fps))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = add_video_stream(container, rate, frames[0].width, frames[0].height)
+        for i, frame in enumerate(frames):
+            frame.pts, frame.time_base = i, Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _encode(clip: dict[str, Any], fps: float, rate: int | None) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    if "video" in clip:
+        members["mp4"] = _encode_frames(clip["video"], fps)
+    if "audio" in clip and rate is not None:
+        members["flac"] = encode_audio(np.clip(clip["audio"], -1.0, 1.0), "flac", rate)
+    return members
+
+
+def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float = 1.0,
+                  max_side: int = 256, result: CutResult | None = None,
+                  ) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """Decode a recording once and yield its clips as ``(index, {"mp4"?, "flac"?: bytes})``.
+
+    Args:
+        video: the video file (its own audio track is used when ``audio`` is None).
+        audio: a separate wav/flac (or the recording itself when ``video`` is None).
+        clip_seconds: length of a clip.
+        max_side: frames are scaled so that their long side is at most this.
+        result: filled with the clip count, damage and clips lost.
+
+    Raises:
+        ValueError: bad arguments.
+        RecordingError: nothing of the recording can be decoded (raised on the
+            first ``next()``).
+    """
+    if clip_seconds <= 0 or max_side < 2 or (video is None and audio is None):
+        raise ValueError("need a video or audio file, clip_seconds > 0 and max_side >= 2")
+    result = result if result is not None else CutResult()
+    inputs: list[_Input] = []
+    wanted = [(video, True, audio is None, "video_decode")] if video else []
+    wanted += [(audio, False, True, "audio_decode")] if audio else []
+    try:
+        for path, want_video, want_audio, kind in wanted:
+            try:
+                inputs.append(_open(path, want_video, want_audio))
+            except Exception as exc:  # noqa: BLE001 - FFmpeg reports bad files many ways
+                result.errors.append((kind, path, f"cannot open: {exc}"))
+        if not inputs:
+            kind, path, why = result.errors[0]
+            raise RecordingError(kind, path, why)
+        streams = [s for inp in inputs for s in inp.streams]
+        vstream = next((s for s in streams if s.type == "video"), None)
+        astream = next((s for s in streams if s.type == "audio"), None)
+        fps = _fps(vstream) if vstream is not None else 30.0
+        rate = int(astream.sample_rate) if astream is not None else None
+        cutter = _Cutter(clip_seconds, fps, rate, {s.type for s in streams})
+        events = heapq.merge(*(_events(inp, max_side) for inp in inputs), key=lambda e: e[0])
+        while True:
+            try:
+                t, kind, payload = next(events)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - damage mid-file: keep what came before
+                at = max(cutter.reached.values(), default=0.0)
+                result.damage = f"decoding stopped at {at:.2f} s: {exc}"
+                break
+            cutter.add(t, kind, payload)
+            while cutter.ready():
+                index, clip = cutter.cut()
+                if clip:
+                    result.clips += 1
+                    yield index, _encode(clip, fps, rate)
+        if not cutter.seen:
+            what = "video_decode" if vstream is not None else "audio_decode"
+            raise RecordingError(what, inputs[0].path, result.damage or "no decodable frame")
+        short = [inp for inp in inputs
+                 if inp.duration and inp.reached < inp.duration - clip_seconds / 2]
+        if result.damage is None and short:
+            result.damage = f"{short[0].path.name} ends at {short[0].reached:.2f} s of the " \
+                            f"{short[0].duration:.2f} s its container states"
+        ends = [cutter.reached[kind] for kind in cutter.seen]
+        if result.damage is None:
+            last = clip_count(max(ends), clip_seconds)
+        else:  # only clips that every modality covered before the damage
+            last = int(math.floor(min(ends) / clip_seconds + _EPS))
+        while cutter.next < last:
+            index, clip = cutter.cut()
+            if clip:
+                result.clips += 1
+                yield index, _encode(clip, fps, rate)
+        if result.damage is not None:
+            durations = [inp.duration for inp in inputs if inp.duration]
+            expected = clip_count(max(durations), clip_seconds) if durations else None
+            result.lost = max(1, expected - cutter.next) if expected is not None else 1
+    finally:
+        for inp in inputs:
+            inp.container.close()
+
+
+def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int = 320,
+                         height: int = 240, fps: int = 30, rate: int = 16000,
+                         tone_at: float = 10.0, white_at: float = 20.0,
+                         audio_start: float = 0.0, container_format: str | None = None) -> Path:
+    """Write a recording to test and time the cutter with: video and AAC audio in one file.
+
+    The picture is a dark, noisy background with a grey square moving across
+    it, and one white frame at ``white_at``; the audio is silent until
+    ``tone_at``, then a 1 kHz tone; the audio track starts ``audio_start``
+    seconds after the video (its first pts). An mp4 is written with its moov atom first
+    (``movflags=faststart``), so that a truncated copy keeps a readable prefix.
+
+    Raises:
+        ValueError: a size, rate or duration that is not positive.
+    """
+    if min(seconds, width, height, fps, rate) <= 0 or not 0 <= audio_start < seconds:
+        raise ValueError("seconds, width, height, fps and rate must be > 0, and audio_start "
+                         "in [0, seconds)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = container_format or ("matroska" if path.suffix == ".mkv" else path.suffix[1:])
+    options = {"movflags": "faststart"} if fmt in ("mp4", "mov") else {}
+    rng = np.random.default_rng(0)
+    first = int(round(audio_start * rate))
+    n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * rate)) - first
+    t = (first + np.arange(n_samples)) / rate
+    wave = np.where(t >= tone_at, 0.5 * np.sin(2 * np.pi * 1000.0 * t), 0.0).astype(np.float32)
+    side = max(2, min(width, height) // 4)
+    with av.open(str(path), "w", format=fmt, options=options) as out:
+        video = add_video_stream(out, fps, width, height, keyframe_seconds=2.0)
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        frame_i = sample_i = 0
+        while frame_i < n_frames or sample_i < n_samples:
+            if sample_i < n_samples and (t[sample_i] <= frame_i / fps or frame_i >= n_frames):
+                chunk = av.AudioFrame.from_ndarray(wave[None, sample_i: sample_i + 1024],
+                                                   format="flt", layout="mono")
+                chunk.sample_rate, chunk.pts = rate, first + sample_i
+                packets = audio.encode(chunk)
+                sample_i += 1024
+            else:
+                image = (20 + rng.integers(0, 16, (height, width, 3))).astype(np.uint8)
+                x = int(frame_i * 4) % max(1, width - side)
+                image[height // 3: height // 3 + side, x: x + side] = 90
+                if frame_i == int(round(white_at * fps)):
+                    image[:] = 255
+                picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                picture.pts = frame_i
+                packets = video.encode(picture)
+                frame_i += 1
+            for packet in packets:
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+    return path
