@@ -7,6 +7,7 @@ Examples::
     obs make-shards --synthetic --out data/episodes --names stream --layout episodes \
         --episode-objects 16 --episode-delays 32 --classes 48
     obs make-shards --from ~/videos --out data/mine --shard-size 256MB --kind continuous
+    obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from pipelines.pack import pack_folder
+from pipelines.pack import CUT_MODES, pack_folder
 from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -56,7 +57,8 @@ def register(subparsers: Any) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--synthetic", action="store_true", help="generate synthetic AV streams")
     what.add_argument("--from", dest="from_dir", metavar="DIR",
-                      help="pack a folder of mp4/wav/flac (+ json sidecars)")
+                      help="pack a folder of clips (mp4/wav/flac + json sidecars) and/or "
+                      "long recordings (mp4/mkv/webm/mov, wav/flac)")
     p.add_argument("--out", required=True, help="output directory, file:// or s3://bucket/prefix")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (else OBS_S3_ENDPOINT_URL "
                    "/ AWS_ENDPOINT_URL)")
@@ -89,8 +91,17 @@ def register(subparsers: Any) -> None:
                    help="distractor clips before the queries, e.g. 32 or 0,16,32")
     g.add_argument("--seed", type=int, default=d.seed)
     f = p.add_argument_group("--from")
-    f.add_argument("--kind", choices=("continuous", "discrete"), default="discrete",
-                   help="kind of clips whose sidecar does not say")
+    f.add_argument("--kind", choices=("continuous", "discrete"), default=None,
+                   help="kind of clips whose sidecar does not say (default discrete) and of "
+                   "the clips cut from recordings (default continuous)")
+    f.add_argument("--cut", choices=CUT_MODES, default="auto",
+                   help="which media files are recordings to cut into clips: auto (no clip "
+                   "sidecar <stem>.json and longer than 1.5 clips, or mkv/webm/mov), always, "
+                   "never")
+    f.add_argument("--clip-seconds", type=float, default=1.0,
+                   help="length of the clips a recording is cut into")
+    f.add_argument("--max-side", type=int, default=256,
+                   help="scale recordings' frames so the long side is at most this (pixels)")
     p.set_defaults(func=run)
 
 
@@ -113,18 +124,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         size = parse_size(args.shard_size) if args.shard_size else 256 * 1000**2
         summary = pack_folder(args.from_dir, args.out, target_bytes=size, kind=args.kind,
-                              endpoint_url=args.endpoint_url, overwrite=args.overwrite)
+                              clip_seconds=args.clip_seconds, max_side=args.max_side,
+                              cut=args.cut, endpoint_url=args.endpoint_url,
+                              overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     shards = summary["shards"]
     total = sum(int(s["bytes"]) for s in shards)
     out = {"out": args.out, "samples": summary["samples"], "streams": summary["streams"],
            "shards": len(shards), "bytes": total, "seconds": round(seconds, 2),
            "skipped": summary.get("skipped", {})}
+    if "recordings" in summary:
+        out["recordings"] = summary["recordings"]
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"wrote {out['samples']} clips of {out['streams']} streams in {out['shards']} "
-              f"shards ({total / 1e6:.1f} MB) to {args.out} in {seconds:.1f} s", file=sys.stderr)
+        cut = f", {out['recordings']} of them recordings," if out.get("recordings") else ""
+        print(f"wrote {out['samples']} clips of {out['streams']} streams{cut} in "
+              f"{out['shards']} shards ({total / 1e6:.1f} MB) to {args.out} in {seconds:.1f} s",
+              file=sys.stderr)
         if out["skipped"]:
             print(f"skipped: {out['skipped']}", file=sys.stderr)
     return 0

@@ -1,15 +1,28 @@
-"""``obs make-shards --from DIR``: pack a folder of mp4/wav/flac (+ json sidecars) into shards.
+"""``obs make-shards --from DIR``: pack a folder of media into shards.
 
-Files are grouped into samples by path without extension (``a/clip7.mp4`` and
-``a/clip7.wav`` are one clip; ``a/clip7.json`` is its optional sidecar). The
-stream of a clip is its folder (relative to DIR; the folder's own name for
-top-level files) unless the sidecar says otherwise; clips of a stream are
-ordered by the sidecar's ``index`` when given, else by file name. Missing
-``t0``/``duration`` are filled from the media (durations probed with
-soundfile/PyAV); missing ``kind`` comes from ``--kind``. Each sample is
-re-keyed ``<stream>/<index:06d>``. A file that cannot be used (unreadable
-media, malformed sidecar, sidecar without media) is skipped, counted by kind
-and logged with its path; the rest is packed.
+The folder may hold pre-cut clips, long recordings, or both.
+
+*Pre-cut clips.* Files are grouped into samples by path without extension
+(``a/clip7.mp4`` and ``a/clip7.wav`` are one clip; ``a/clip7.json`` is its
+optional sidecar). The stream of a clip is its folder (relative to DIR; the
+folder's own name for top-level files) unless the sidecar says otherwise;
+clips of a stream are ordered by the sidecar's ``index`` when given, else by
+file name. Missing ``t0``/``duration`` are filled from the media (durations
+probed with soundfile/PyAV); missing ``kind`` comes from ``--kind`` (default
+``discrete``). Each sample is re-keyed ``<stream>/<index:06d>``.
+
+*Recordings* (``--cut``): with ``auto`` (the default) a media file is a
+recording when it has no sidecar ``<stem>.json`` and it is longer than 1.5
+clips, or when it is an mkv/webm/mov (only mp4 clips are stored as they are);
+``always`` cuts every media file, ``never`` none. A recording is one stream
+named by its path without extension, cut by :mod:`pipelines.recordings` into
+``--clip-seconds`` clips of kind ``--kind`` (default ``continuous``), labelled
+from the timed-label files beside it (:mod:`pipelines.transcripts`).
+
+A file that cannot be used (unreadable media, malformed sidecar or label file,
+sidecar without media, a recording cut short) is skipped, counted by kind and
+logged with its path; the rest is packed. ``classes.json`` lists the object
+names that occur in the packed clips' ``labels.object``, sorted.
 """
 
 from __future__ import annotations
@@ -18,20 +31,36 @@ import json
 import logging
 import os
 import re
+import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
 import soundfile
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from pipelines.recordings import RECORDING_VIDEO_EXTS, CutResult, RecordingError, cut_recording
 from pipelines.schema import AUDIO_EXTS, VIDEO_EXTS, SampleMeta, check_stream_name
 from pipelines.shards import Sample, ShardWriter
+from pipelines.transcripts import (
+    LABEL_JSON_STEMS,
+    OBJECTS_SUFFIX,
+    TRANSCRIPT_SUFFIXES,
+    clip_labels,
+    read_cues,
+)
 
 log = logging.getLogger(__name__)
 
-_MEDIA = VIDEO_EXTS + AUDIO_EXTS
+_MEDIA = RECORDING_VIDEO_EXTS + AUDIO_EXTS
+# Keys of the timed-label files in a group: the suffix after the stem, no leading dot.
+_TRANSCRIPTS = tuple(s[1:] for s in TRANSCRIPT_SUFFIXES)
+_LABEL_FILES = (*_TRANSCRIPTS, OBJECTS_SUFFIX[1:])
+CUT_MODES = ("auto", "always", "never")
 
 
 def _stream_for(rel_dir: str, root_name: str) -> str:
@@ -44,7 +73,7 @@ class _BadMedia(ValueError):
     def __init__(self, path: Path, ext: str, why: str) -> None:
         super().__init__(why)
         self.path = path
-        self.kind = "video_decode" if ext in VIDEO_EXTS else "audio_decode"
+        self.kind = "video_decode" if ext in RECORDING_VIDEO_EXTS else "audio_decode"
 
 
 def _probe_seconds(path: Path, ext: str) -> float:
@@ -69,6 +98,8 @@ def _probe_seconds(path: Path, ext: str) -> float:
 
 
 def _collect(src: Path) -> dict[tuple[str, str], dict[str, Path]]:
+    """Files grouped by (folder, stem); ``rec.objects.json`` joins ``rec`` as ``objects.json``
+    (and likewise the transcripts) unless media of its own stem make it a sidecar."""
     groups: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
     for dirpath, dirs, files in os.walk(src):
         dirs.sort()
@@ -76,40 +107,138 @@ def _collect(src: Path) -> dict[tuple[str, str], dict[str, Path]]:
         for name in sorted(files):
             stem, dot_ext = os.path.splitext(name)
             ext = dot_ext[1:].lower()
-            if ext in _MEDIA or ext == "json":
+            if ext in _MEDIA or ext in ("json", "srt", "vtt"):
                 groups[(rel, stem)][ext] = Path(dirpath) / name
+    for (rel, stem), files in list(groups.items()):
+        base, dot_kind = os.path.splitext(stem)
+        if dot_kind.lower() in LABEL_JSON_STEMS and set(files) == {"json"} and base:
+            groups[(rel, base)][dot_kind[1:].lower() + ".json"] = files["json"]
+            del groups[(rel, stem)]
     return groups
 
 
+@dataclass
+class _Recording:
+    stream: str
+    video: Path | None
+    audio: Path | None
+    labels: dict[str, Path] = field(default_factory=dict)
+
+
+class _Skips:
+    """Skipped inputs counted by kind, each logged with its path."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __call__(self, what: str, path: Path | None, why: str, count: int = 1) -> None:
+        self.counts[what] += count
+        log.warning("skipped %s (%s): %s", path, what, why)
+
+
 def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
-                kind: str = "discrete", endpoint_url: str | None = None,
-                overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Pack the media under ``src`` into shards at ``out``.
+                kind: str | None = None, clip_seconds: float = 1.0, max_side: int = 256,
+                cut: str = "auto", endpoint_url: str | None = None, overwrite: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Pack the clips and recordings under ``src`` into shards at ``out``.
+
+    Args:
+        src: the folder.
+        out: destination (path, ``file://`` or ``s3://bucket/prefix``).
+        target_bytes: target shard size.
+        kind: ``kind`` of clips whose sidecar does not say, and of recordings'
+            clips (default ``discrete`` for clips, ``continuous`` for recordings).
+        clip_seconds: length of the clips a recording is cut into.
+        max_side: recordings' frames are scaled so the long side is at most this.
+        cut: ``auto``, ``always`` or ``never`` (see the module docstring).
+        endpoint_url: S3 endpoint.
+        overwrite: replace shards already at ``out``.
+        progress: show progress bars.
 
     Returns:
-        A summary: samples, streams, shards written and ``skipped`` counts by kind.
+        A summary: samples, streams, recordings, shards written and ``skipped``
+        counts by kind.
 
     Raises:
-        ValueError: ``src`` is not a directory or holds no usable media.
+        ValueError: bad arguments, or ``src`` is not a directory or holds no usable media.
     """
     root = Path(src)
     if not root.is_dir():
         raise ValueError(f"--from {src}: not a directory")
-    if kind not in ("continuous", "discrete"):
+    if kind not in (None, "continuous", "discrete"):
         raise ValueError(f"kind must be continuous or discrete, got {kind!r}")
-    skipped: dict[str, int] = defaultdict(int)
+    if cut not in CUT_MODES:
+        raise ValueError(f"cut must be one of {list(CUT_MODES)}, got {cut!r}")
+    if not clip_seconds > 0 or max_side < 2:
+        raise ValueError(f"need clip_seconds > 0 and max_side >= 2, got {clip_seconds}, "
+                         f"{max_side}")
+    with logging_redirect_tqdm():  # warnings print above the bars, not through them
+        return _pack(root, out, target_bytes, kind, clip_seconds, max_side, cut, endpoint_url,
+                     overwrite, progress)
 
-    def skip(what: str, path: Path, why: str) -> None:
-        skipped[what] += 1
-        log.warning("skipped %s (%s): %s", path, what, why)
 
-    streams: dict[str, list[tuple[int | None, str, dict[str, Any], dict[str, Path]]]] = \
-        defaultdict(list)
+def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_seconds: float,
+          max_side: int, cut: str, endpoint_url: str | None, overwrite: bool,
+          progress: bool) -> dict[str, Any]:
+    skip = _Skips()
+    streams, recordings = _scan(root, cut, clip_seconds, skip, progress)
+    if not streams and not recordings:
+        raise ValueError(f"--from {root}: no usable media found "
+                         f"(skipped: {dict(skip.counts) or 'none'})")
+    objects: set[str] = set()
+    packed = 0
+    with ShardWriter(out, target_bytes=target_bytes, endpoint_url=endpoint_url,
+                     overwrite=overwrite) as writer:
+        for stream in tqdm(sorted(streams), desc="packing", unit="stream",
+                           disable=not progress or not streams):
+            samples = _clip_samples(stream, streams[stream], kind or "discrete", skip)
+            objects.update(s.meta.labels["object"] or "" for s in samples)
+            writer.write_stream(samples)
+        bar = tqdm(recordings, desc="recordings", unit="rec",
+                   disable=not progress or not recordings)
+        clips, start = 0, time.perf_counter()
+
+        def counted(samples: Iterable[Sample]) -> Iterator[Sample]:
+            nonlocal clips
+            for sample in samples:
+                objects.add(sample.meta.labels["object"] or "")
+                clips += 1
+                if clips % 25 == 0:
+                    bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.1f}")
+                yield sample
+
+        for rec in bar:
+            before = writer.samples
+            _write_unbounded(writer, counted(_recording_samples(
+                rec, clip_seconds, max_side, kind or "continuous", skip)))
+            packed += writer.samples > before
+        objects.discard("")
+        writer.classes = tuple(sorted(objects))  # classes.json, written on close
+    return {"samples": writer.samples, "streams": len(writer.streams), "recordings": packed,
+            "shards": list(writer.shards), "skipped": dict(skip.counts)}
+
+
+_Clip = tuple[int | None, str, dict[str, Any], dict[str, Path]]
+
+
+def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: bool,
+          ) -> tuple[dict[str, list[_Clip]], list[_Recording]]:
+    """Sort the groups of files under ``root`` into pre-cut clips (by stream) and recordings."""
+    streams: dict[str, list[_Clip]] = defaultdict(list)
+    recordings: list[_Recording] = []
+    root_name = root.resolve().name
     for (rel, stem), files in tqdm(sorted(_collect(root).items()), desc="scanning",
-                                   unit="clip", disable=not progress):
+                                   unit="file", disable=not progress):
         media = {e: p for e, p in files.items() if e in _MEDIA}
-        sidecar: dict[str, Any] = {}
-        if "json" in files:
+        labels = {e: p for e, p in files.items() if e in _LABEL_FILES}
+        if not media:
+            skip("no_modality", files.get("json") or next(iter(labels.values())),
+                 "sidecar or label file without mp4/mkv/webm/mov/wav/flac")
+            continue
+        video = next((e for e in RECORDING_VIDEO_EXTS if e in media), None)
+        audio = next((e for e in AUDIO_EXTS if e in media), None)
+        sidecar: dict[str, Any] | None = None
+        if "json" in files and cut != "always":
             try:
                 sidecar = json.loads(files["json"].read_text("utf-8"))
                 if not isinstance(sidecar, dict):
@@ -117,48 +246,132 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
             except (ValueError, UnicodeDecodeError) as exc:
                 skip("json_malformed", files["json"], str(exc))
                 continue
-        if not media:
-            skip("no_modality", files["json"], "sidecar without mp4/wav/flac")
-            continue
-        video = next((e for e in VIDEO_EXTS if e in media), None)
-        audio = next((e for e in AUDIO_EXTS if e in media), None)
         chosen = {e: media[e] for e in (video, audio) if e is not None}
+        seconds: float | None = None
+        recording = cut == "always" or (cut == "auto" and sidecar is None and (
+            video is not None and video not in VIDEO_EXTS))
+        if cut == "auto" and sidecar is None and not recording:
+            try:
+                seconds = max(_probe_seconds(p, e) for e, p in chosen.items())
+            except _BadMedia as exc:
+                skip(exc.kind, exc.path, str(exc))
+                continue
+            recording = seconds > 1.5 * clip_seconds
+        if recording:
+            if "json" in files:
+                log.warning("%s: not a clip sidecar with --cut always; ignored", files["json"])
+            name = _stream_for(stem if rel == "." else f"{rel}/{stem}", root_name)
+            recordings.append(_Recording(name, media.get(video) if video else None,
+                                         media.get(audio) if audio else None, labels))
+            continue
+        if labels:
+            log.warning("%s: timed labels apply to recordings only; ignored",
+                        ", ".join(str(p) for p in labels.values()))
+        if video is not None and video not in VIDEO_EXTS:
+            log.warning("%s: only mp4 is stored as a clip (cut it with --cut auto/always); "
+                        "ignored", media[video])
+            del chosen[video]
+            if not chosen:
+                continue
+        sidecar = sidecar or {}
         try:
-            seconds = max(_probe_seconds(p, e) for e, p in chosen.items())
+            if seconds is None:
+                seconds = max(_probe_seconds(p, e) for e, p in chosen.items())
         except _BadMedia as exc:
             skip(exc.kind, exc.path, str(exc))
             continue
-        stream = sidecar.get("stream") or _stream_for(rel, root.resolve().name)
+        stream = sidecar.get("stream") or _stream_for(rel, root_name)
         sidecar.setdefault("duration", seconds)
         index = sidecar.get("index")
         streams[str(stream)].append((index if isinstance(index, int) else None, stem, sidecar,
                                      chosen))
-    if not streams:
-        raise ValueError(f"--from {src}: no usable mp4/wav/flac found "
-                         f"(skipped: {dict(skipped) or 'none'})")
-    with ShardWriter(out, target_bytes=target_bytes, endpoint_url=endpoint_url,
-                     overwrite=overwrite) as writer:
-        for stream in tqdm(sorted(streams), desc="packing", unit="stream",
-                           disable=not progress):
-            clips = sorted(streams[stream], key=lambda c: (c[0] is None, c[0] or 0, c[1]))
-            samples, t0, used = [], 0.0, set()
-            for position, (index, _stem, sidecar, chosen) in enumerate(clips):
-                fields = dict(sidecar)
-                fields["stream"] = stream
-                fields["index"] = index if index is not None else position
-                fields.setdefault("t0", t0)
-                fields.setdefault("kind", kind)
-                try:
-                    meta = SampleMeta.from_dict(fields)
-                    if meta.index in used:
-                        raise ValueError(f"index {meta.index} used twice in stream {stream}")
-                except ValueError as exc:
-                    skip("json_malformed", next(iter(chosen.values())), str(exc))
-                    continue
-                used.add(meta.index)
-                t0 = meta.t0 + meta.duration
-                samples.append(Sample(meta, dict(chosen.items())))
-            samples.sort(key=lambda s: s.meta.index)
-            writer.write_stream(samples)
-    return {"samples": writer.samples, "streams": len(writer.streams),
-            "shards": list(writer.shards), "skipped": dict(skipped)}
+    kept: list[_Recording] = []
+    for rec in recordings:
+        if rec.stream in streams or any(k.stream == rec.stream for k in kept):
+            skip("stream_clash", rec.video or rec.audio,
+                 f"stream {rec.stream!r} is already taken by other clips")
+        else:
+            kept.append(rec)
+    return streams, kept
+
+
+def _clip_samples(stream: str, clips: list[_Clip], kind: str, skip: _Skips) -> list[Sample]:
+    """The samples of a stream of pre-cut clips, in index order (t0 filled in)."""
+    clips = sorted(clips, key=lambda c: (c[0] is None, c[0] or 0, c[1]))
+    samples, t0, used = [], 0.0, set()
+    for position, (index, _stem, sidecar, chosen) in enumerate(clips):
+        fields = dict(sidecar)
+        fields["stream"] = stream
+        fields["index"] = index if index is not None else position
+        fields.setdefault("t0", t0)
+        fields.setdefault("kind", kind)
+        try:
+            meta = SampleMeta.from_dict(fields)
+            if meta.index in used:
+                raise ValueError(f"index {meta.index} used twice in stream {stream}")
+        except ValueError as exc:
+            skip("json_malformed", next(iter(chosen.values())), str(exc))
+            continue
+        used.add(meta.index)
+        t0 = meta.t0 + meta.duration
+        samples.append(Sample(meta, dict(chosen.items())))
+    samples.sort(key=lambda s: s.meta.index)
+    return samples
+
+
+def _timed_labels(rec: _Recording, clip_seconds: float, skip: _Skips,
+                  ) -> tuple[dict[int, str], dict[int, str]]:
+    """(words, objects) by clip index from the recording's label files."""
+    words: dict[int, str] = {}
+    objects: dict[int, str] = {}
+    transcripts = [rec.labels[k] for k in _TRANSCRIPTS if k in rec.labels]
+    for extra in transcripts[1:]:
+        log.warning("%s: %s is the transcript used; ignored", extra, transcripts[0])
+    wanted = [(transcripts[0], words)] if transcripts else []
+    if OBJECTS_SUFFIX[1:] in rec.labels:
+        wanted.append((rec.labels[OBJECTS_SUFFIX[1:]], objects))
+    for path, into in wanted:
+        try:
+            into.update(clip_labels(read_cues(path), clip_seconds))
+        except (ValueError, OSError) as exc:
+            skip("labels_malformed", path, f"{exc}; the recording is packed without it")
+    return words, objects
+
+
+def _recording_samples(rec: _Recording, clip_seconds: float, max_side: int, kind: str,
+                       skip: _Skips) -> Iterator[Sample]:
+    """The clips of one recording as samples; its problems counted in ``skip``."""
+    words, objects = _timed_labels(rec, clip_seconds, skip)
+    result = CutResult()
+    try:
+        for index, members in cut_recording(rec.video, rec.audio, clip_seconds=clip_seconds,
+                                            max_side=max_side, result=result):
+            labels = {"object": objects.get(index), "word": words.get(index) or None}
+            meta = SampleMeta(rec.stream, index, index * clip_seconds, clip_seconds, kind,
+                              labels)
+            yield Sample(meta, members)
+    except RecordingError as exc:  # nothing decodable: every unreadable input counted
+        for what, path, why in result.errors or [(exc.kind, exc.path, str(exc))]:
+            skip(what, path, why)
+        return
+    for what, path, why in result.errors:
+        skip(what, path, f"{why}; the recording is packed without it")
+    if result.damage is not None:
+        skip("recording_truncated", rec.video or rec.audio,
+             f"{result.damage}; {result.clips} clips packed, {result.lost} lost", result.lost)
+
+
+def _write_unbounded(writer: ShardWriter, samples: Iterable[Sample]) -> None:
+    """Write a stream of unknown length as :meth:`ShardWriter.write_stream` would,
+    holding at most one shard's worth of it in memory."""
+    buffer: list[Sample] = []
+    size = 0
+    stream = iter(samples)
+    for sample in stream:
+        buffer.append(sample)
+        size += sample.tar_size
+        if size > writer.target_bytes:  # bigger than a shard alone: it will be split
+            break
+    writer.write_stream(buffer)
+    for sample in stream:
+        writer.write(sample)

@@ -1,0 +1,217 @@
+"""Long recordings in ``obs make-shards --from``: cutting, alignment, damage, timed labels.
+
+The recordings are real files encoded here with PyAV (H.264 + AAC in one
+container) by :func:`pipelines.recordings.write_test_recording`: dark noisy
+frames with one white frame at 20.0 s, silence and then a 1 kHz tone from
+10.0 s. They are small (64×48 at 10 fps) so that each test runs in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from launch.cli import main as obs_main
+from pipelines.decode import audio_frames, decode_sample, decode_video, read_audio
+from pipelines.pack import pack_folder
+from pipelines.recordings import clip_count, scaled_size, write_test_recording
+from pipelines.schema import SampleMeta
+from pipelines.sources import resolve_shards
+from pipelines.tario import iter_samples
+from pipelines.transcripts import clip_labels, normalise_word, parse_json_cues, parse_subtitles
+
+SMALL = {"width": 64, "height": 48, "fps": 10}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60 s mp4, moov atom first (faststart), with an embedded AAC track."""
+    return write_test_recording(tmp_path_factory.mktemp("rec") / "session1.mp4", 60.0, **SMALL)
+
+
+def _samples(out: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with shard.open("rb") as fh:
+            samples.update((s.key, s.members) for s in iter_samples(fh))
+    return samples
+
+
+def _rms(flac: bytes, start: int = 0, stop: int | None = None) -> float:
+    wave, _rate = read_audio(flac)
+    return float(np.sqrt(np.mean(wave[start:stop] ** 2)))
+
+
+def _pack(src: Path, out: Path, **kwargs: object) -> dict[str, object]:
+    return pack_folder(src, str(out), target_bytes=1 << 20, progress=False, **kwargs)
+
+
+def test_a_recording_is_cut_into_aligned_clips(recording: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "child_a"
+    src.mkdir(parents=True)
+    shutil.copy(recording, src / "session1.mp4")
+    summary = _pack(tmp_path / "src", tmp_path / "out")
+    assert summary["samples"] == 60 and summary["streams"] == 1
+    assert summary["recordings"] == 1 and summary["skipped"] == {}
+    samples = _samples(tmp_path / "out")
+    assert list(samples) == [f"child_a/session1/{i:06d}" for i in range(60)]
+    for key, members in samples.items():
+        meta = SampleMeta.from_json(members["json"])
+        assert meta.key == key and meta.kind == "continuous" and meta.role is None
+        assert meta.t0 == pytest.approx(meta.index) and meta.duration == pytest.approx(1.0)
+        assert set(members) == {"json", "mp4", "flac"}
+        wave, rate = read_audio(members["flac"])
+        assert rate == 16000 and len(wave) == 16000  # exactly the clip's samples
+    clips = [samples[f"child_a/session1/{i:06d}"] for i in range(60)]
+    # The tone starts at 10.0 s: clip 9 is silent, clip 10 holds the tone from its start.
+    assert max(_rms(c["flac"]) for c in clips[:10]) < 0.01
+    assert min(_rms(c["flac"]) for c in clips[10:]) > 0.3
+    assert _rms(clips[10]["flac"], 0, 160) > 0.3  # its first 10 ms
+    # The white frame (20.0 s) is in clip 20, and is that clip's first frame.
+    video = [decode_video(c["mp4"], frames=10, size=32) for c in clips]
+    brightness = np.array([v.reshape(10, -1).mean(axis=1) for v in video])  # [clip, frame]
+    assert brightness.max(axis=1).argmax() == 20
+    assert brightness[20, 0] > 200 and brightness[20, 1:].max() < 60
+    assert video[0].shape == (10, 3, 32, 32)
+
+
+def test_audio_that_starts_after_the_video_stays_on_the_container_clock(
+        tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    # The audio track's first pts is 0.5 s; the tone is still at 10.0 s of the clock.
+    write_test_recording(src / "late.mkv", 12.0, audio_start=0.5, **SMALL)
+    _pack(src, tmp_path / "out")
+    clips = [m for _k, m in sorted(_samples(tmp_path / "out").items())]
+    assert len(clips) == 12
+    assert _rms(clips[9]["flac"]) < 0.01 and _rms(clips[10]["flac"], 0, 160) > 0.3
+    wave, _rate = read_audio(clips[0]["flac"])
+    assert len(wave) == 16000  # silence before the track begins, then the track
+
+
+@pytest.mark.parametrize("name", ["cut.mp4", "cut.mkv"])
+def test_a_truncated_recording_keeps_the_clips_before_the_damage(
+        name: str, recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    # mp4: the fixture's moov atom is first (faststart), so a prefix stays readable and the
+    # demuxer fails at the first missing packet. mkv: its clusters end cleanly at the cut
+    # and the header's duration tells what is missing.
+    whole = recording if name.endswith(".mp4") else \
+        write_test_recording(tmp_path / "whole.mkv", 60.0, **SMALL)
+    data = whole.read_bytes()
+    (src / name).write_bytes(data[: len(data) * 6 // 10])
+    code = obs_main(["make-shards", "--from", str(src), "--out", str(tmp_path / "out"),
+                     "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lost = summary["skipped"]["recording_truncated"]
+    assert 20 <= summary["samples"] < 60 and summary["samples"] + lost == 60
+    assert summary["recordings"] == 1
+    samples = _samples(tmp_path / "out")
+    assert list(samples) == [f"cut/{i:06d}" for i in range(summary["samples"])]
+    last = samples[f"cut/{summary['samples'] - 1:06d}"]
+    assert decode_video(last["mp4"], frames=10, size=32).shape == (10, 3, 32, 32)
+    assert len(read_audio(last["flac"])[0]) == 16000  # the last clip kept is whole
+
+
+def test_transcript_and_objects_label_the_clips(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "rec.mp4", 12.0, **SMALL)
+    (src / "rec.srt").write_text(
+        "1\n00:00:02,000 --> 00:00:03,500\nLook, a <i>BALL</i>!\n\n"
+        "2\n00:00:03,800 --> 00:00:04,200\nDoggy.\n", "utf-8")
+    (src / "rec.objects.json").write_text(json.dumps(
+        [{"start": 5.0, "end": 7.0, "object": "ball"},
+         {"start": 6.5, "end": 9.0, "object": "dog"}]))
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 12 and summary["skipped"] == {}
+    samples = _samples(tmp_path / "out")
+    metas = [SampleMeta.from_json(samples[f"rec/{i:06d}"]["json"]) for i in range(12)]
+    words = [m.labels["word"] for m in metas]
+    objects = [m.labels["object"] for m in metas]
+    # Clip 3 overlaps "look a ball" by 0.5 s and "doggy" by 0.2 s: the larger wins.
+    assert words == [None, None, "look a ball", "look a ball", "doggy"] + [None] * 7
+    assert objects == [None] * 5 + ["ball", "ball", "dog", "dog"] + [None] * 3
+    classes = json.loads((tmp_path / "out" / "classes.json").read_text())["classes"]
+    assert classes == ["ball", "dog"]
+    # The loader's class ids come from that classes.json.
+    shards = resolve_shards(str(tmp_path / "out"))
+    assert shards.class_ids == {"ball": 0, "dog": 1}
+    clip = decode_sample("rec/000007", samples["rec/000007"], frames=2, image_size=16,
+                         n_mels=8, audio_frames=audio_frames(1.0), classes=shards.class_ids)
+    assert clip.object == 1
+
+
+def test_malformed_label_files_are_counted_and_the_recording_packs(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "rec.mp4", 6.0, **SMALL)
+    (src / "rec.srt").write_text("1\n00:00:01,000 -> soon\nhello\n", "utf-8")
+    (src / "rec.objects.json").write_text('{"start": 1}')
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 6 and summary["skipped"] == {"labels_malformed": 2}
+    metas = [SampleMeta.from_json(m["json"]) for m in _samples(tmp_path / "out").values()]
+    assert all(m.labels == {"object": None, "word": None} for m in metas)
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == {"classes": []}
+
+
+def test_clips_and_recordings_together_and_the_cut_modes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "clips").mkdir(parents=True)
+    write_test_recording(src / "clips" / "a.mp4", 1.0, **SMALL)  # short: a clip
+    write_test_recording(src / "clips" / "b.mp4", 3.0, **SMALL)  # has a sidecar: a clip
+    (src / "clips" / "b.json").write_text(json.dumps({"labels": {"object": "cup"}}))
+    write_test_recording(src / "long.mp4", 4.6, **SMALL)  # a recording: 4 clips + 0.6
+    (src / "broken.mkv").write_bytes(np.random.default_rng(0).bytes(3000))
+    (src / "lonely.transcript.json").write_text("[]")
+    summary = _pack(src, tmp_path / "auto")
+    assert summary["skipped"] == {"video_decode": 1, "no_modality": 1}
+    keys = sorted(_samples(tmp_path / "auto"))
+    assert keys == ["clips/000000", "clips/000001"] + [f"long/{i:06d}" for i in range(5)]
+    assert json.loads((tmp_path / "auto" / "classes.json").read_text())["classes"] == ["cup"]
+    (src / "broken.mkv").unlink()
+    never = _pack(src, tmp_path / "never", cut="never")
+    assert never["samples"] == 3 and never["recordings"] == 0
+    always = _pack(src, tmp_path / "always", cut="always", kind="discrete", clip_seconds=2.0)
+    assert always["recordings"] == 3 and always["samples"] == 1 + 2 + 2
+    meta = SampleMeta.from_json(_samples(tmp_path / "always")["long/000001"]["json"])
+    assert meta.kind == "discrete" and meta.t0 == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="cut must be"):
+        _pack(src, tmp_path / "bad", cut="sometimes")
+
+
+def test_max_side_downscales_keeping_the_aspect(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "wide.mp4", 3.0, width=160, height=90, fps=10)
+    _pack(src, tmp_path / "out", max_side=64)
+    mp4 = _samples(tmp_path / "out")["wide/000000"]["mp4"]
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (64, 36)
+    assert scaled_size(160, 90, 64) == (64, 36) and scaled_size(64, 48, 256) == (64, 48)
+
+
+def test_subtitle_and_json_cue_parsing() -> None:
+    vtt = ("WEBVTT\nKind: captions\n\nNOTE a comment\n\n"
+           "intro\n00:01.500 --> 00:02.000 align:start\n<v Mum>Hello, there!</v>\n")
+    assert parse_subtitles(vtt) == [(1.5, 2.0, "Hello, there!")]
+    assert normalise_word("  Hello, THERE! it's  ") == "hello there it s"
+    assert parse_json_cues('[{"start": 0, "end": 1.5, "text": "hi"}]', "text") == \
+        [(0.0, 1.5, "hi")]
+    for bad in ('[{"start": 2, "end": 1, "text": "x"}]', '[{"start": 0, "end": 1}]', "{}"):
+        with pytest.raises(ValueError):
+            parse_json_cues(bad, "text")
+    with pytest.raises(ValueError):
+        parse_subtitles("1\nnot a time line\nhello\n")
+    labels = clip_labels([(0.1, 0.7, "a"), (0.5, 1.9, "b"), (3.0, 3.0, "empty")], 1.0)
+    assert labels == {0: "a", 1: "b"}  # clip 0: "a" overlaps it 0.6 s, "b" 0.5 s
+    assert clip_count(4.6, 1.0) == 5 and clip_count(4.4, 1.0) == 4 and clip_count(60, 1) == 60
