@@ -21,6 +21,7 @@ from launch.cli import main as obs_main
 from pipelines.decode import audio_frames, decode_sample, decode_video, read_audio
 from pipelines.pack import pack_folder
 from pipelines.recordings import clip_count, scaled_size, write_test_recording
+from pipelines.render import encode_audio, encode_mp4
 from pipelines.schema import SampleMeta
 from pipelines.sources import resolve_shards
 from pipelines.tario import iter_samples
@@ -186,6 +187,27 @@ def test_clips_and_recordings_together_and_the_cut_modes(tmp_path: Path) -> None
     assert meta.kind == "discrete" and meta.t0 == pytest.approx(2.0)
     with pytest.raises(ValueError, match="cut must be"):
         _pack(src, tmp_path / "bad", cut="sometimes")
+
+
+def test_a_video_with_its_audio_beside_it_and_single_modalities(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = np.zeros((30, 48, 64, 3), np.uint8)  # 3 s at 10 fps, no audio track
+    (src / "v.mp4").write_bytes(encode_mp4(frames, 10.0))
+    t = np.arange(3 * 22050) / 22050
+    (src / "v.wav").write_bytes(encode_audio((0.3 * np.sin(2 * np.pi * 440 * t)).astype(
+        np.float32), "wav", 22050))
+    (src / "silent.mp4").write_bytes(encode_mp4(frames, 10.0))
+    (src / "talk.flac").write_bytes(encode_audio(np.zeros(3 * 16000, np.float32)))
+    summary = _pack(src, tmp_path / "out")
+    assert summary["recordings"] == 3 and summary["samples"] == 9
+    samples = _samples(tmp_path / "out")
+    for i in range(3):
+        assert set(samples[f"v/{i:06d}"]) == {"json", "mp4", "flac"}
+        assert set(samples[f"silent/{i:06d}"]) == {"json", "mp4"}
+        assert set(samples[f"talk/{i:06d}"]) == {"json", "flac"}
+        wave, rate = read_audio(samples[f"v/{i:06d}"]["flac"])
+        assert rate == 22050 and len(wave) == 22050  # the wav's own rate
 
 
 def test_max_side_downscales_keeping_the_aspect(tmp_path: Path) -> None:
