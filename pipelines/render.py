@@ -156,14 +156,18 @@ def video_codec() -> str:
 
 
 def add_video_stream(container: av.container.OutputContainer, fps: float, width: int,
-                     height: int, keyframe_seconds: float | None = None) -> av.VideoStream:
-    """Add a deterministic yuv420p video stream (:func:`video_codec`) to an output container.
+                     height: int, keyframe_seconds: float | None = None,
+                     reproducible: bool = False) -> av.VideoStream:
+    """Add a single-threaded yuv420p video stream (:func:`video_codec`) to an output container.
 
     Args:
         container: an mp4 container opened for writing.
         fps: frames per second (rounded to an integer rate).
         width, height: frame size in pixels (even).
         keyframe_seconds: a keyframe at least this often; None keeps the encoder's default.
+        reproducible: also turn off x264's macroblock-tree rate control, which
+            otherwise now and then (a few runs in 25 here) encodes the same frames
+            to other bytes. Frames must then carry their own ``pts`` and ``time_base``.
     """
     codec = video_codec()
     stream = container.add_stream(codec, rate=int(round(fps)))
@@ -175,6 +179,8 @@ def add_video_stream(container: av.container.OutputContainer, fps: float, width:
         options = {"preset": "veryfast", "crf": "20", "threads": "1"}
     if keyframe_seconds is not None:
         options["g"] = str(max(1, int(round(keyframe_seconds * fps))))
+    if reproducible and codec == "libx264":
+        options["x264-params"] = "mbtree=0"
     if options:
         stream.options = options
     stream.codec_context.thread_count = 1
