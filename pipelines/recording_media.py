@@ -341,7 +341,7 @@ def sound_event(kind: str, rng: np.random.Generator, rate: int) -> np.ndarray:
         f0 = rng.uniform(110, 320) * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 6) * t))
         phase = 2 * np.pi * np.cumsum(f0) / rate
         wave = sum(np.sin(h * phase) * rng.uniform(0.2, 1.0) / h for h in range(1, 6))
-        wave = wave * np.sin(np.pi * t / t[-1]) ** 0.5
+        wave = wave * np.clip(np.sin(np.pi * t / t[-1]), 0, 1) ** 0.5
     elif kind == "click":
         wave = np.zeros(int(0.5 * rate))
         for _ in range(int(rng.integers(1, 4))):
@@ -428,7 +428,12 @@ def write_av(path: str, frames: np.ndarray, fps: int, audio: np.ndarray, rate: i
         fps: frames per second.
         audio: float mono samples in [-1, 1].
         rate: audio sample rate.
+
+    Raises:
+        ValueError: ``audio`` has NaN or infinite samples (the AAC encoder refuses them).
     """
+    if not np.isfinite(audio).all():
+        raise ValueError("audio has NaN or infinite samples")
     with av.open(path, "w", format="mp4") as container:
         video = add_video_stream(container, fps, int(frames.shape[2]), int(frames.shape[1]),
                                  keyframe_seconds=2.0, reproducible=True)

@@ -22,6 +22,7 @@ from pipelines.recording_gen import (
     recording_words,
     write_recordings,
 )
+from pipelines.recording_media import SOUND_KINDS, sound_event
 from pipelines.render import speak
 from pipelines.schema import CLASSES
 
@@ -194,3 +195,13 @@ def test_pseudo_word_pool() -> None:
     assert PSEUDO_WORDS[:3] == ("dax", "blicket", "toma")
     vocabulary = {w for name in CLASSES for w in name.split()}
     assert not vocabulary & set(PSEUDO_WORDS)
+
+
+def test_sounds_are_finite_and_bounded() -> None:
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        for kind in SOUND_KINDS:
+            wave = sound_event(kind, rng, 16000)
+            assert len(wave) and np.isfinite(wave).all() and np.abs(wave).max() <= 0.31, kind
+    with pytest.raises(ValueError, match="sound kind"):
+        sound_event("bark", np.random.default_rng(0), 16000)
