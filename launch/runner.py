@@ -10,18 +10,19 @@ in SLURM tasks: the torch.distributed environment (``RANK``, ``WORLD_SIZE``,
 
 Seams for the other components: :func:`build_data` (synthetic streams or the
 shard loader of ``task.name = "av"``), the ``sinks`` list of :func:`run_training` (metrics
-exporters), and :func:`build_trainer`'s result, to which checkpointing attaches
-its ``on_step`` hook.
+exporters), and :func:`build_trainer`'s result, whose named hooks
+(:mod:`obs_dist.hooks`) the run fills: replica checks (stage ``state``), the
+checkpoint (``checkpoint``; and on ``on_end`` the final save), preemption
+(``control``), data and writer metrics (``report``).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ from monitoring.exporter import PrometheusSink, start_sink_for_current_process
 from obs_dist.checkpoint.manager import Checkpointer, attach_checkpointing
 from obs_dist.config import load_config, to_dict
 from obs_dist.engine.collectives import make_block_exchange
-from obs_dist.engine.dist import destroy, get_local_rank, get_rank, get_world_size, is_rank_zero
+from obs_dist.engine.dist import get_local_rank, get_rank, get_world_size, is_rank_zero
 from obs_dist.engine.replica import ReplicaChecker
 from obs_dist.engine.scheduler import PhaseScheduler
-from obs_dist.engine.slow_weights import build_slow_weights, init_distributed
+from obs_dist.engine.slow_weights import build_slow_weights, joined_world, release
 from obs_dist.engine.sync import DeltaSync
+from obs_dist.hooks import NamedHook
 from obs_dist.model.model import OBSModel
 from obs_dist.model.state import BigState
 from obs_dist.tasks import ResumableTaskStream, task_batches
@@ -160,9 +162,9 @@ def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState, slow: SlowWe
                       exchange=make_block_exchange(sync.meter) if world > 1 else None,
                       parallel_every=cfg.sync.parallel_every)
     if world > 1 and cfg.sync.check_every:
-        trainer.on_step.append(ReplicaChecker(
+        trainer.hooks.add("replica_check", ReplicaChecker(
             state, cfg.sync.check_every, model if cfg.sync.check_slow_weights else None,
-            before_check=trainer.flush))
+            before_check=trainer.flush), stage="state")
     return trainer
 
 
@@ -186,8 +188,7 @@ def load_weights(model: OBSModel, path: Path) -> None:
 
 def run_training(config_path: str | None, overrides: list[str], resume: str = "auto",
                  sinks: list[MetricsSink] | None = None,
-                 step_hooks: list[Callable[[Trainer, dict[str, float]], None]] | None = None
-                 ) -> dict[str, float]:
+                 hooks: Sequence[NamedHook] = ()) -> dict[str, float]:
     """Resolve the config, join the world, train, save, and return the final metrics.
 
     Args:
@@ -197,7 +198,7 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
             any), ``never``, or a checkpoint (step, manifest or store URL).
         sinks: metrics sinks, all called (the Prometheus exporter of
             ``metrics.enabled`` is added by the runner).
-        step_hooks: extra ``on_step`` hooks, run after checkpointing's.
+        hooks: extra named hooks for the trainer (each in its event and stage).
 
     Returns:
         This rank's final metrics (step, loss, accuracy, eval accuracy, …).
@@ -205,22 +206,12 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
     cfg = resolve_config(config_path, overrides)
     set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     device = resolve_device(cfg)
-    started = init_distributed(cfg.dist, device)
-    try:
-        return _train(cfg, device, resume, sinks, step_hooks)
-    finally:
-        if started:
-            # _train's objects are gone now; collecting their reference cycles (the
-            # DeepSpeed engine's hooks) drops the last references to the process
-            # groups, so destroy() ends their threads before interpreter shutdown.
-            gc.collect()
-            destroy()
+    with joined_world(cfg.dist, device):
+        return _train(cfg, device, resume, sinks, hooks)
 
 
 def _train(cfg: RunConfig, device: torch.device, resume: str,
-           sinks: list[MetricsSink] | None,
-           step_hooks: list[Callable[[Trainer, dict[str, float]], None]] | None
-           ) -> dict[str, float]:
+           sinks: list[MetricsSink] | None, hooks: Sequence[NamedHook]) -> dict[str, float]:
     """:func:`run_training` inside the joined world: build, resume, train, save."""
     exporter: PrometheusSink | None = None
     ckpt: Checkpointer | None = None
@@ -242,16 +233,20 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             exporter = start_sink_for_current_process(cfg.metrics)
             all_sinks.append(exporter)
         trainer = build_trainer(cfg, model, state, slow, all_sinks)
-        trainer.on_step.append(_nodes_written)
+        trainer.hooks.add("nodes_written", _nodes_written, stage="report")
         if data.loader is not None:
-            trainer.on_step.append(_data_metrics(data.loader))
+            trainer.hooks.add("data_metrics", _data_metrics(data.loader), stage="report")
         ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position},
                                     rank=rank, world=world, config=to_dict(cfg))
         resumed = ckpt.resume(resume)
         if resumed is not None and is_rank_zero():
             log.info("resumed from the checkpoint of step %d", resumed)
-        trainer.on_step.append(preemption_hook())
-        trainer.on_step.extend(step_hooks or [])
+        trainer.hooks.add("preemption", preemption_hook(), stage="control")
+        # The end of a run (or a preempted one) is always resumable.
+        trainer.hooks.add("final_checkpoint", ckpt.save_unsaved, stage="checkpoint",
+                          event="on_end")
+        for hook in hooks:
+            trainer.hooks.register(hook)
         metrics = trainer.fit(data.train, data.evals)
         if "step" not in metrics:  # resumed from a run that had already finished
             log.info("the checkpoint is at step %d of %d: nothing left to train",
@@ -260,8 +255,6 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             if data.evals is not None:
                 trainer.flush()
                 metrics.update(trainer.evaluate(data.evals(), cfg.train.eval_batches))
-        if ckpt.enabled and ckpt.last_step != trainer.step:
-            ckpt.save()  # the end of a run (or a preempted one) is always resumable
         metrics.update({"world_size": float(world), "rank": float(rank),
                         "resumed_from": float(-1 if resumed is None else resumed)})
         if is_rank_zero():
@@ -273,9 +266,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             ckpt.close()
         if exporter is not None:
             exporter.close()
-        release = getattr(slow, "close", None)  # DeepSpeed's engine holds process groups
-        if release is not None:
-            release()
+        release(slow)  # DeepSpeed's engine holds process groups
 
 
 def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:

@@ -12,8 +12,9 @@ window recorded — plus the window's inputs.
   window, copies a few streams' firing sequences into a :class:`ReplayBuffer`
   (reservoir sampling: a uniform sample of all history, of fixed size).
 * :class:`ReplayHook` is an ``on_step`` hook of the
-  :class:`~obs_dist.trainer.Trainer`. Every ``every`` optimizer steps it runs a
-  *consolidation window* that replays ``replays`` stored sequences:
+  :class:`~obs_dist.trainer.Trainer` (stage ``state``: it changes the state).
+  Every ``every`` optimizer steps it runs a *consolidation window* that replays
+  ``replays`` stored sequences:
 
   - ``writes``: their blocks are written again into the big state (scaled by
     ``gain``), through :meth:`Trainer.commit` so the sync across ranks and the
@@ -291,8 +292,8 @@ class ReplayHook:
                 if batch is not None:
                     saved = trainer.carry
                     trainer.carry = None  # the replay batch has its own streams
-                    result = trainer.run_batch(batch, train=True)
-                    trainer.slow.step()
+                    # An extra optimizer step, not one of the stream's: no step count.
+                    result = trainer.train_step(batch, advance=False)
                     trainer.carry = saved
                     self.replayed_steps += 1
                     out["train_loss"] = result["loss"]

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from obs_dist.engine.dist import get_world_size, is_rank_zero
 from obs_dist.engine.replica import DeferredCommits
 from obs_dist.engine.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
+from obs_dist.hooks import Hooks
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.model import Carry, OBSModel
 from obs_dist.model.state import BigState
@@ -191,9 +192,11 @@ class Trainer:
         parallel_every: K, windows between syncs in the parallel phase when
             there is more than one rank.
 
-    ``on_step`` is a list of hooks ``hook(trainer, metrics)`` run after every
-    optimizer step, before metrics are reported (replica checks, checkpoints, …);
-    a hook may add entries to ``metrics``.
+    ``hooks`` (:class:`~obs_dist.hooks.Hooks`) holds the named hooks
+    ``hook(trainer, metrics)``: ``on_step`` ones run after every optimizer step of
+    :meth:`fit`, before metrics are reported (replica checks, checkpoints,
+    preemption, …), in their declared stage order; ``on_end`` ones once when
+    :meth:`fit` returns. A hook may add entries to ``metrics``.
     """
 
     def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
@@ -225,7 +228,7 @@ class Trainer:
                                            "committed_entries_total": 0.0}
         self.carry: Carry | None = None
         self.last_delta_nnz = 0
-        self.on_step: list[Callable[[Trainer, dict[str, float]], None]] = []
+        self.hooks = Hooks()
         # An on_step hook sets this to end fit() after the current step (preemption).
         self.stop_requested = False
 
@@ -324,7 +327,8 @@ class Trainer:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
-    def _windows(self, length: int) -> list[tuple[int, int]]:
+    def windows(self, length: int) -> list[tuple[int, int]]:
+        """The ``(start, end)`` steps of each window of a batch ``length`` steps long."""
         w = self.cfg.window or length
         return [(s, min(s + w, length)) for s in range(0, length, w)]
 
@@ -350,7 +354,7 @@ class Trainer:
         loss_sum = 0.0
         correct = scored = 0
         stats: dict[str, float] = {}
-        for s, e in self._windows(length):
+        for s, e in self.windows(length):
             t_window = time.perf_counter()
             part = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.dim() >= 2
                         and v.shape[:2] == (bsz, length) else v) for k, v in batch.items()}
@@ -386,6 +390,27 @@ class Trainer:
         out = {"loss": loss_sum / max(scored, 1), "accuracy": correct / max(scored, 1),
                "scored": float(scored)}
         out.update({f"mean_{k}": v for k, v in stats.items()})
+        return out
+
+    def train_step(self, batch: dict[str, Any], advance: bool = True) -> dict[str, float]:
+        """One optimizer step on one batch: its windows (:meth:`run_batch`), then θ's step.
+
+        Args:
+            batch: ``targets [B, T]`` and the model's inputs.
+            advance: count the step: ``step += 1`` and the samples and tokens
+                counters. False for an extra step that is not one of the
+                stream's (a replayed batch during consolidation).
+
+        Returns:
+            The batch's ``loss``, ``accuracy``, ``scored`` and writer statistics.
+        """
+        out = self.run_batch(batch, train=True)
+        self.slow.step()
+        if advance:
+            self.step += 1
+            bsz, length = batch["targets"].shape
+            self.counters["samples_total"] += bsz
+            self.counters["tokens_total"] += bsz * length
         return out
 
     def evaluate(self, batches: Iterable[dict[str, Any]], count: int) -> dict[str, float]:
@@ -428,13 +453,7 @@ class Trainer:
         self.stop_requested = False
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            batch = next(batches)
-            out = self.run_batch(batch, train=True)
-            self.slow.step()
-            self.step += 1
-            bsz, length = batch["targets"].shape
-            self.counters["samples_total"] += bsz
-            self.counters["tokens_total"] += bsz * length
+            out = self.train_step(next(batches))
             metrics = {**out, **self.counters, **self._engine_metrics(), "step": float(self.step),
                        "step_seconds": time.perf_counter() - t0,
                        "last_step_timestamp": time.time(),
@@ -456,8 +475,7 @@ class Trainer:
                     done = True
             if self.step % cfg.moments_every == 0 or done:
                 metrics.update({f"state_{k}": v for k, v in self.state.moments().items()})
-            for hook in self.on_step:
-                hook(self, metrics)
+            self.hooks.run("on_step", self, metrics)
             done = done or self.stop_requested
             if self.step % cfg.log_every == 0 or done:
                 now = time.perf_counter()
@@ -473,4 +491,5 @@ class Trainer:
         self.flush()  # the run ends at a sync point
         bar.close()
         metrics["wall_seconds"] = time.perf_counter() - start
+        self.hooks.run("on_end", self, metrics)
         return metrics

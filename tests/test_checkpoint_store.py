@@ -49,7 +49,7 @@ def _train(store: ObjectStore, steps: int = 8, every: int = 2, fraction: float =
     """Train with checkpoints; snapshots of the state and weights after every checkpoint."""
     trainer, stream = _trainer(steps)
     if before_save is not None:
-        trainer.on_step.append(before_save)
+        trainer.hooks.add("before_save", before_save, stage="state")
     ckpt = attach_checkpointing(
         trainer, CheckpointConfig(every=every, base_every_fraction=fraction, keep_bases=keep),
         extra_state={"data": stream}, rank=0, world=1, store=store,
@@ -62,7 +62,7 @@ def _train(store: ObjectStore, steps: int = 8, every: int = 2, fraction: float =
             assert (metrics["ckpt_age_s"] < 60 and metrics["ckpt_seconds"] > 0
                     and metrics["ckpt_bytes"] > 0) or ckpt.failures
 
-    trainer.on_step.append(record)
+    trainer.hooks.add("record", record, stage="report")
     trainer.fit(stream)
     return trainer, ckpt, snaps
 

@@ -76,7 +76,7 @@ def test_hook_consolidates_by_writes_and_by_training() -> None:
     trainer = _trainer()
     hook = ReplayHook(ReplayConfig(capacity=32, streams_per_window=2, every=3, replays=4,
                                    mode="both"), trainer)
-    trainer.on_step.append(hook)
+    trainer.hooks.add("replay", hook, stage="state")
     batches = study_batches(TASK, make_world(TASK), 0)
     trainer.cfg.steps = 2
     trainer.fit(batches)
@@ -101,7 +101,7 @@ def test_replay_writes_reinforce_what_was_recorded() -> None:
     trainer = _trainer()
     hook = ReplayHook(ReplayConfig(capacity=8, streams_per_window=1, every=0, replays=8,
                                    gain=1.0, mode="writes"), trainer)
-    trainer.on_step.append(hook)
+    trainer.hooks.add("replay", hook, stage="state")
     trainer.cfg.steps = 1
     trainer.fit(study_batches(TASK, make_world(TASK), 0))
     expected = firing_delta(hook.buffer.items, 64, 1.0)

@@ -23,18 +23,20 @@ The goal of the adaptive policy: near-parallel speed at near-sequential accuracy
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from launch.output import emit
+
+if TYPE_CHECKING:
+    from obs_dist.engine.slow_weights import DistConfig
 
 POLICIES = ["always-sequential", "always-parallel", "adaptive"]
 
@@ -86,28 +88,31 @@ def relay_stream(streams: int, pairs: int, vocab: int, segment: int, seed: int,
 
 
 def _child() -> None:
-    """One rank: train with one policy, time it, evaluate it; rank 0 writes the row."""
+    """One rank: join the world, run :func:`_rank` in it, leave it as ``obs train`` does."""
     p = json.loads(sys.argv[1])
+    import torch
+
+    from obs_dist.engine.slow_weights import DistConfig, joined_world
+
+    dist_cfg = DistConfig(engine=p["engine"])
+    with joined_world(dist_cfg, torch.device("cpu")):
+        _rank(p, dist_cfg)
+
+
+def _rank(p: dict[str, Any], dist_cfg: DistConfig) -> None:
+    """Train with one policy, time it, evaluate it; rank 0 writes the row."""
     import torch
 
     from launch.run_config import RunConfig
     from obs_dist.config import from_dict
     from obs_dist.engine.collectives import make_block_exchange
-    from obs_dist.engine.dist import barrier, destroy, get_rank, get_world_size
+    from obs_dist.engine.dist import barrier, get_rank, get_world_size
     from obs_dist.engine.scheduler import PhaseScheduler, SchedulerConfig
-    from obs_dist.engine.slow_weights import (
-        DeepSpeedConfig,
-        DistConfig,
-        build_slow_weights,
-        init_distributed,
-    )
+    from obs_dist.engine.slow_weights import DeepSpeedConfig, build_slow_weights, release
     from obs_dist.model.model import OBSModel
     from obs_dist.model.state import BigState
     from obs_dist.trainer import Trainer
 
-    device = torch.device("cpu")
-    dist_cfg = DistConfig(engine=p["engine"])
-    init_distributed(dist_cfg, device)
     torch.set_num_threads(1)
     rank, world = get_rank(), get_world_size()
     cfg = from_dict(RunConfig, {
@@ -134,9 +139,7 @@ def _child() -> None:
         if i == warm:
             barrier()
             start = time.perf_counter()
-        trainer.run_batch(next(train))
-        trainer.slow.step()
-        trainer.step += 1
+        trainer.train_step(next(train))
     barrier()
     seconds = time.perf_counter() - start
     seq_share = sched.decisions["sequential"] / max(sum(sched.decisions.values()), 1)
@@ -161,15 +164,9 @@ def _child() -> None:
            "accuracy_continuous": cont, "accuracy_discrete": disc}
     if rank == 0:
         Path(p["out"]).write_text(json.dumps(row))
-    # As in launch.runner.run_training: DeepSpeed's engine and its hooks hold the
-    # process groups in a reference cycle, and gloo threads left alive at exit abort
-    # the rank. Release the engine, collect the cycle, then destroy the groups.
-    release = getattr(slow, "close", None)
-    if release is not None:
-        release()
-    del trainer, slow, model
-    gc.collect()
-    destroy()
+    # DeepSpeed's engine and its hooks hold the process groups in a reference cycle;
+    # released here, the cycle is collected when joined_world leaves the world.
+    release(slow)
 
 
 def run(args: argparse.Namespace) -> int:

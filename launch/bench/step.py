@@ -41,16 +41,14 @@ def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, windo
     model, state = build_model(cfg, torch.device(device))
     trainer = Trainer(cfg.train, model, state, commit=True)
     batches = task_batches(cfg.task)
-    trainer.run_batch(next(batches))  # warm-up: allocator, first-call overheads
-    trainer.slow.step()
+    trainer.train_step(next(batches))  # warm-up: allocator, first-call overheads
     times = []
     for _ in range(windows):
         b = next(batches)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        trainer.run_batch(b)
-        trainer.slow.step()
+        trainer.train_step(b)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

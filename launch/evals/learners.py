@@ -62,7 +62,8 @@ class OBSLearner:
         model_cfg: slow weights (``vocab``/``classes`` must be resolved).
         train_cfg: loop settings (steps set the learning-rate schedule).
         commit: commit window deltas (continual tasks) or keep memory per sequence.
-        replay: if given, a :class:`ReplayHook` is attached as an ``on_step`` hook.
+        replay: if given, a :class:`ReplayHook` is attached as the ``replay`` hook
+            (``on_step``, stage ``state``).
         prepare: called on the model before its optimizer is built (e.g. to fit a
             front end in it).
     """
@@ -83,17 +84,13 @@ class OBSLearner:
         self.replay: ReplayHook | None = None
         if replay is not None:
             self.replay = ReplayHook(replay, self.trainer)
-            self.trainer.on_step.append(self.replay)
+            self.trainer.hooks.add("replay", self.replay, stage="state")
         self.parameters = count_parameters(self.model)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One batch through :meth:`Trainer.run_batch`, the optimiser step and the hooks."""
-        trainer = self.trainer
-        out = trainer.run_batch(model_inputs(batch), train=True)
-        trainer.slow.step()
-        trainer.step += 1
-        for hook in trainer.on_step:
-            hook(trainer, out)
+        """One :meth:`Trainer.train_step`, then the trainer's ``on_step`` hooks."""
+        out = self.trainer.train_step(model_inputs(batch))
+        self.trainer.hooks.run("on_step", self.trainer, out)
         return out
 
     @torch.no_grad()
@@ -112,7 +109,7 @@ class OBSLearner:
             carry: Carry = self.model.initial_carry(bsz, self.device)
             memory = WindowMemory(self.state.matrix(), bsz, shared=self.trainer.shared)
             outs = []
-            for s, e in self.trainer._windows(length):
+            for s, e in self.trainer.windows(length):
                 part = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.dim() >= 2
                             and v.shape[:2] == (bsz, length) else v) for k, v in inputs.items()}
                 if s > 0:

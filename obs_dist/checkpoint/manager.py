@@ -9,9 +9,10 @@ The runner needs two lines (after building the trainer, before ``fit``)::
 (with ``train`` a :class:`obs_dist.tasks.ResumableTaskStream`, what
 ``task_batches`` returns).
 
-``attach_checkpointing`` registers a hook in ``trainer.on_step`` that writes a
-checkpoint every ``every`` steps, and starts recording the state entries that
-committed deltas change (for incremental logs). ``resume`` loads the newest
+``attach_checkpointing`` registers the ``checkpoint`` hook (``on_step``, stage
+``checkpoint``) in ``trainer.hooks``, which writes a checkpoint every ``every``
+steps, and starts recording the state entries that committed deltas change (for
+incremental logs). ``resume`` loads the newest
 checkpoint whose objects all verify — falling back past damaged ones with a
 warning that names the bad object — into the trainer, the big state and every
 registered component. With several ranks, rank 0 proposes each candidate and
@@ -65,6 +66,8 @@ log = logging.getLogger("obs.checkpointing")
 # within ``base_every_fraction`` of the state.
 LOG_HEADER_BYTES = 512
 
+HOOK_NAME = "checkpoint"
+
 
 @dataclass
 class CheckpointConfig:
@@ -107,7 +110,7 @@ class Checkpointer:
     """Writes checkpoints of a trainer and restores them.
 
     Use :func:`attach_checkpointing` to build one. It is also the ``on_step``
-    hook (``hook(trainer, metrics)``) and adds ``checkpoint_*`` metrics.
+    hook named ``checkpoint`` (``hook(trainer, metrics)``) and adds ``checkpoint_*`` metrics.
     """
 
     def __init__(self, trainer: Trainer, cfg: CheckpointConfig, store: ObjectStore | None,
@@ -138,8 +141,7 @@ class Checkpointer:
     def close(self) -> None:
         """Stop recording commits and leave the trainer's hooks."""
         self._detach()
-        if self in self.trainer.on_step:
-            self.trainer.on_step.remove(self)
+        self.trainer.hooks.remove(HOOK_NAME)
 
     def __call__(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -152,6 +154,15 @@ class Checkpointer:
             metrics["ckpt_age_s"] = time.time() - self.last_time
             metrics["ckpt_seconds"] = self.last_seconds
             metrics["ckpt_bytes"] = float(self.last_bytes)
+
+    def save_unsaved(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Save the current step unless it is saved already (an ``on_end`` hook).
+
+        The end of a run, a stopped (preempted) one included, is then always
+        resumable.
+        """
+        if self.enabled and self.last_step != trainer.step:
+            self.save()
 
     # ---------------------------------------------------------------- saving
     def save(self, force_base: bool = False) -> Manifest | None:
@@ -381,7 +392,7 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
         store: an already opened store (overrides ``cfg.url``; tests, benchmarks).
 
     Returns:
-        The :class:`Checkpointer`, registered in ``trainer.on_step``.
+        The :class:`Checkpointer`, registered in ``trainer.hooks`` as ``checkpoint``.
 
     Raises:
         StorageError: the configured bucket is missing or refuses access.
@@ -392,5 +403,5 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
     ckpt = Checkpointer(trainer, cfg, store, extra_state or {},
                         get_rank() if rank is None else rank,
                         get_world_size() if world is None else world, config)
-    trainer.on_step.append(ckpt)
+    trainer.hooks.add(HOOK_NAME, ckpt, stage="checkpoint")
     return ckpt

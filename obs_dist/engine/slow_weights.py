@@ -25,9 +25,12 @@ by its inference all-reduce).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +39,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from obs_dist.engine.collectives import mean_in_rank_order
-from obs_dist.engine.dist import get_world_size, init_from_env, is_initialized
+from obs_dist.engine.dist import destroy, get_world_size, init_from_env, is_initialized
 from obs_dist.trainer import SlowWeights, TorchSlowWeights, TrainConfig
 
 log = logging.getLogger("obs.engine")
@@ -265,6 +268,40 @@ def build_slow_weights(cfg: DistConfig, ds: DeepSpeedConfig, model: nn.Module,
     if engine == "torch":
         return AllReduceSlowWeights(model, train), engine
     return TorchSlowWeights(model, train), engine
+
+
+def release(slow: SlowWeights | None) -> None:
+    """Let go of what a slow-weight engine holds of the process groups (DeepSpeed's engine).
+
+    Call it before the world is left (:func:`joined_world`); plain engines hold
+    nothing and need no call, but taking one is harmless.
+    """
+    close = getattr(slow, "close", None)
+    if close is not None:
+        close()
+
+
+@contextlib.contextmanager
+def joined_world(cfg: DistConfig, device: torch.device) -> Iterator[bool]:
+    """Join the world (:func:`init_distributed`) for the ``with`` block, then leave it.
+
+    On the way out the reference cycles of what the block built (a DeepSpeed
+    engine and its gradient hooks, released with :func:`release`) are collected
+    first, which drops the last references to the process groups, so
+    :func:`~obs_dist.engine.dist.destroy` ends their threads before interpreter
+    shutdown. Build the run's objects inside a function called in the block, so
+    they are gone when it ends.
+
+    Yields:
+        True when a process group was started here.
+    """
+    started = init_distributed(cfg, device)
+    try:
+        yield started
+    finally:
+        if started:
+            gc.collect()
+            destroy()
 
 
 def init_distributed(cfg: DistConfig, device: torch.device) -> bool:

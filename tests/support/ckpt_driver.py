@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 time.sleep(1)
 
-    trainer.on_step.append(pause)
+    trainer.hooks.add("pause", pause, stage="control")
     trainer.fit(stream)
     write_final(out, rank, trainer, {"resumed_from": resumed, "step": trainer.step,
                                      "checksums": state.checksums(),

@@ -115,7 +115,7 @@ def replicas(phase: str, out: Path, device: torch.device) -> dict[str, Any]:
     sync = RecordingSync(state.bounds, state.num_nodes, SyncConfig(dense_above=DENSE_ABOVE))
     trainer = _trainer(cfg, model, state, sync, phase, AllReduceSlowWeights(model, cfg.train))
     checker = ReplicaChecker(state, CHECK_EVERY, model, before_check=trainer.flush)
-    trainer.on_step.append(checker)
+    trainer.hooks.add("replica_check", checker, stage="state")
     start = time.perf_counter()
     metrics = trainer.fit(task_batches(cfg.task, seed_offset=get_rank()))
     deltas = {f"{i}.{k}": getattr(d, k) for i, d in enumerate(sync.inputs)
@@ -241,8 +241,9 @@ def corruption(device: torch.device) -> dict[str, Any]:
         if tr.step == 7 and get_rank() == world - 1:
             state.parts[1][3, 4] += 1.0
 
-    trainer.on_step.append(corrupt)
-    trainer.on_step.append(ReplicaChecker(state, 5, model, before_check=trainer.flush))
+    trainer.hooks.add("corrupt", corrupt, stage="state")  # registered first: runs first
+    trainer.hooks.add("replica_check", ReplicaChecker(state, 5, model,
+                                                      before_check=trainer.flush), stage="state")
     try:
         trainer.fit(task_batches(cfg.task, seed_offset=get_rank()))
     except ReplicaDivergenceError as exc:
