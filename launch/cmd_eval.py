@@ -2,8 +2,8 @@
 
 * ``obs eval --config C [--set k=v] --batches N``: score the weights a training
   run saved in its ``out_dir`` on fresh task batches (unchanged behaviour).
-* ``obs eval --task {mqar-sweep,crossmodal,continual,memory,state-tracking}
-  [--config configs/eval_<task>.toml] [--set k=v] [--quick] [--json] [--out F]``:
+* ``obs eval --task SUITE`` (a name of :data:`launch.evals.SUITES`)
+  ``[--config configs/eval_<task>.toml] [--set k=v] [--quick] [--json] [--out F]``:
   train OBS and the baselines at the same parameter budget and wall time on the
   suite's task and score them; the result (rows, curves, config, command) is
   written as JSON to ``--out`` (default ``runs/eval/<task>[-quick].json``) for
@@ -16,9 +16,8 @@ import argparse
 import sys
 
 from launch.cmd_train import add_config_args
+from launch.evals import SUITES, run_suite, write_result
 from launch.output import emit
-
-TASKS = ("mqar-sweep", "crossmodal", "continual", "memory", "state-tracking")
 
 
 def _summary(result: dict) -> dict:
@@ -34,7 +33,6 @@ def _run(args: argparse.Namespace) -> int:
 
         emit(run_eval(args.config, args.overrides, args.batches), args.json)
         return 0
-    from launch.evals import run_suite, write_result
     from launch.runner import setup_logging
 
     setup_logging()
@@ -51,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model, or run an evaluation suite")
     add_config_args(p)
     p.add_argument("--batches", type=int, default=8, help="evaluation batches (trained run)")
-    p.add_argument("--task", choices=TASKS, default=None,
+    p.add_argument("--task", choices=list(SUITES), default=None,
                    help="run an evaluation suite instead of scoring a trained run")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds): checks the suite end to end, not a figure")

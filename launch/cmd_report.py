@@ -14,160 +14,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-SUITE_ORDER = ("mqar-sweep", "crossmodal", "continual", "memory", "state-tracking")
-TITLES = {"mqar-sweep": "MQAR sweep", "crossmodal": "Cross-modal association",
-          "continual": "Continual learning", "memory": "Memory function",
-          "state-tracking": "State tracking"}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    if value is None:
-        return "–"
-    return str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> str:
-    """Scalar columns of ``rows`` as a GitHub markdown table."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k, v in row.items() if k not in columns and k not in skip
-                       and not isinstance(v, (list, dict)))
-    if not rows or not columns:
-        return "_(no rows)_\n"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
-
-
-def targets(result: dict[str, Any]) -> list[str]:
-    """The issue's headline targets that this result can check, as markdown bullets."""
-    suite = result.get("suite")
-    rows = result.get("results", [])
-    out: list[str] = []
-    if suite == "mqar-sweep":
-        at = [r for r in rows if (r.get("pairs"), r.get("length")) == (32, 256)]
-        obs = [r for r in at if r["model"] == "obs"]
-        if obs:
-            others = ", ".join(f"{r['model']} {r['accuracy']:.3f}" for r in at
-                               if r["model"] != "obs")
-            ok = obs[0]["accuracy"] >= 0.99
-            out.append(f"MQAR 32 pairs, length 256: OBS >= 0.99 — {_verdict(ok)}"
-                       f" (OBS {obs[0]['accuracy']:.3f} in {obs[0]['steps']} steps / "
-                       f"{obs[0]['seconds']} s{'; ' + others if others else ''})")
-    elif suite == "crossmodal" and "grid" in result:
-        obs = result["grid"].get("obs", [])
-        hit = [r for r in obs if (r["objects"], r["delay"]) == (16, 32)]
-        if hit:
-            acc = hit[0]["accuracy"]
-            out.append(f"Cross-modal, 16 objects, 32 clips between study and query: top-1 >= 0.9"
-                       f" — {_verdict(acc >= 0.9)} (OBS {acc:.3f}; path: {result.get('path')})")
-    elif suite == "crossmodal" and "shards" in result:
-        head = result["shards"].get("obs", {}).get("headline")
-        if head and head["queries"] and (head["objects"], head["clips_between"]) == (16, 32):
-            acc = head["accuracy"]
-            out.append(f"Cross-modal on audio-visual shards, episodes of >= 16 objects, >= 32 "
-                       f"clips between study and query: top-1 >= 0.9 — {_verdict(acc >= 0.9)} "
-                       f"(OBS {acc:.3f} over {head['queries']} queries)")
-    elif suite == "continual":
-        base = [r for r in rows if not r["model"].startswith("obs")]
-        best = max((r["first_set_final"] for r in base), default=0.0)
-        for r in rows:
-            if r["model"].startswith("obs"):
-                ok = r["first_set_final"] >= 0.8 and r["first_set_final"] > best
-                out.append(f"Continual, {r['model']}: first-set accuracy after the last set >= 0.8"
-                           f" and above every baseline — {_verdict(ok)} ({r['first_set_final']:.3f}"
-                           f" vs best baseline {best:.3f})")
-    return out
-
-
-def figures(result: dict[str, Any], stem: str, folder: Path) -> list[Path]:
-    """Draw this result's plots; returns the files written."""
-    from launch.evals import plots
-
-    suite = result.get("suite")
-    made: list[Path | None] = []
-    if suite == "mqar-sweep":
-        made += [plots.mqar_pairs(result, folder / f"{stem}_pairs.png"),
-                 plots.mqar_state(result, folder / f"{stem}_state_size.png")]
-    elif suite == "crossmodal":
-        made += [plots.crossmodal(result, folder / f"{stem}_objects.png", "objects"),
-                 plots.crossmodal(result, folder / f"{stem}_delay.png", "delay"),
-                 plots.circuits(result, folder / f"{stem}_circuits.png")]
-    elif suite == "continual":
-        made.append(plots.continual_curves(result, folder / f"{stem}_forgetting.png"))
-    elif suite == "memory":
-        made.append(plots.memory_function(result, folder / f"{stem}_memory_function.png"))
-    elif suite == "state-tracking":
-        made.append(plots.state_tracking(result, folder / f"{stem}_positions.png"))
-    return [p for p in made if p is not None]
-
-
-def shard_tables(details: dict[str, Any]) -> str:
-    """Real-shard cross-modal scores by delay, objects studied and episode size, per model."""
-    by_delay = [{"model": m, **{f"delay {k}": v for k, v in d["by_delay"].items()}}
-                for m, d in details.items()]
-    by_seen = [{"model": m, **{f"seen {k}": v for k, v in d["by_objects_seen"].items()}}
-               for m, d in details.items()]
-    out = ("\nAccuracy by clips between the query and where its object was last seen:\n\n"
-           + markdown_table(by_delay)
-           + "\nAccuracy by distinct objects studied before the query:\n\n"
-           + markdown_table(by_seen))
-    by_episode = [{"model": m, **{f"{k} objects": v for k, v in d["by_episode_objects"].items()}}
-                  for m, d in details.items() if "by_episode_objects" in d]
-    if by_episode:
-        out += ("\nAccuracy by objects studied in the episode (window):\n\n"
-                + markdown_table(by_episode))
-    return out
-
-
-# (result key, sense, label count key, examples key, examples, accuracy key, config temperature)
-FRONT_ENDS = (
-    ("audio_words", "hears the words through one frozen keyword recognizer", "words",
-     "utterances", "utterances", "word_accuracy", "audio_words_temperature"),
-    ("video_objects", "sees the objects through one frozen object recognizer", "objects",
-     "clips", "video clips", "object_accuracy", "video_objects_temperature"),
-)
-
-
-def front_end_lines(result: dict[str, Any]) -> list[str]:
-    """One line per recognizer front end a cross-modal result was made with."""
-    lines = []
-    for key, sense, count, examples, what, acc, temp_key in FRONT_ENDS:
-        fit = result.get(key)
-        if fit:
-            temp = result.get("config", {}).get(temp_key, "?")
-            lines.append(f"\nEvery model {sense} ({int(fit[count])} {count}, "
-                         f"{int(fit[examples])} {what} of the training shards, "
-                         f"{int(fit['steps'])} steps; held-out {acc.replace('_', ' ')} "
-                         f"{fit[acc]:.3f}; posterior temperature {temp}).\n")
-    return lines
+from launch.evals import SUITES
+from launch.evals.suite import fmt, markdown_table
 
 
 def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> str:
     """One result's markdown: command, machine, targets, table, plots."""
-    suite = result.get("suite", "?")
+    name = result.get("suite", "?")
+    suite = SUITES.get(name)
     machine = result.get("machine", {})
-    parts = [f"### {TITLES.get(suite, suite)} — `{stem}`\n",
+    parts = [f"### {suite.title if suite else name} — `{stem}`\n",
              f"Command: `{result.get('command', '?')}`  \n"
              f"Finished {result.get('finished', '?')} after {result.get('wall_seconds', '?')} s; "
              f"{machine.get('cpus', '?')} CPUs, {machine.get('torch_threads', '?')} torch "
-             f"thread(s), load average {_fmt(machine.get('load_average_at_start'))} at start, "
+             f"thread(s), load average {fmt(machine.get('load_average_at_start'))} at start, "
              f"torch {machine.get('torch', '?')}, git {machine.get('git', '?')}"
              f"{', data path: ' + result['path'] if 'path' in result else ''}"
              f"{' (quick sizes: not a figure)' if result.get('quick') else ''}.\n"]
-    checks = targets(result)
+    checks = suite.targets(result) if suite else []
     if checks:
         parts.append("Targets:\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if result.get("results") or not result.get("state_sweep"):
@@ -175,18 +42,9 @@ def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> s
     if result.get("state_sweep"):
         parts.append("\nOBS alone, accuracy vs state size:\n\n" +
                      markdown_table(result["state_sweep"]))
-    if suite == "crossmodal" and result.get("grid"):
-        grid_rows = [{"model": m, **r} for m, rows in result["grid"].items() for r in rows]
-        parts.append("\nAccuracy over the (objects, delay) grid:\n\n" + markdown_table(grid_rows))
-        pic = result.get("circuits")
-        if pic:
-            parts.append(f"\nCircuits: {pic['committed_entries']} entries committed from "
-                         f"fixed-name episodes; share of words whose strongest object is the "
-                         f"one they name: {pic['match']:.3f}.\n")
-    parts += front_end_lines(result)
-    if result.get("shards"):
-        parts.append(shard_tables(result["shards"]))
-    for png in figures(result, stem, folder):
+    if suite is not None:
+        parts += suite.extras(result)
+    for png in suite.draw(result, stem, folder) if suite else []:
         rel = png.relative_to(doc_dir) if png.is_relative_to(doc_dir) else png
         parts.append(f"\n![{png.stem}]({rel.as_posix()})\n")
     return "\n".join(parts) + "\n"
@@ -210,7 +68,7 @@ def write_report(results_dir: Path, out: Path, folder: Path, notes: Path | None,
     if not loaded:
         raise ValueError(f"no evaluation results in {results_dir}; run `obs eval --task T --out "
                          f"{results_dir}/T.json` first")
-    order = {s: i for i, s in enumerate(SUITE_ORDER)}
+    order = {s: i for i, s in enumerate(SUITES)}
     loaded.sort(key=lambda item: (order.get(item[1]["suite"], 99), item[0]))
     doc = ["# OBS evaluation results\n",
            "Generated by `obs report` from the result files in "

@@ -96,6 +96,17 @@ def test_every_eval_config_file_loads() -> None:
         assert cfg.models
 
 
+def test_the_cli_offers_every_declared_suite_in_report_order() -> None:
+    from launch.cli import build_parser
+
+    assert list(SUITES) == ["mqar-sweep", "crossmodal", "continual", "memory", "state-tracking"]
+    assert all(name == suite.name and suite.title for name, suite in SUITES.items())
+    for name in SUITES:
+        assert build_parser().parse_args(["eval", "--task", name]).task == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--task", "nope"])
+
+
 def test_obs_parameter_count_matches_the_built_model() -> None:
     cfg = suite_config("memory", None, [], quick=True)
     learner = build_learner("obs", cfg, 12, 8, commit=False)

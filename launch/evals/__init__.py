@@ -1,14 +1,14 @@
 """Evaluation suites of ``obs eval --task``: one module per suite plus the shared harness.
 
-Each suite module exposes ``NAME``, a config dataclass (a
-:class:`~launch.evals.harness.SuiteConfig` with the suite's own fields),
-``QUICK`` (``--set`` overrides for a tiny ``--quick`` run) and
-``run(cfg) -> dict`` returning ``{"results": [rows…], …}``.
+Each suite module declares itself once as ``SUITE``, a :class:`~launch.evals.suite.Suite`:
+its name, report title, config dataclass (a :class:`~launch.evals.harness.SuiteConfig`
+with the suite's own fields), ``--quick`` overrides, ``run(cfg) -> {"results": [rows…],
+…}``, the targets its results check, its figures and extra report parts.
+:data:`SUITES` gathers them, in the order ``obs report`` writes them.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -22,16 +22,13 @@ from typing import Any
 
 import torch
 
+from launch.evals import continual, crossmodal, memory, mqar_sweep, state_tracking
+from launch.evals.suite import Suite
 from obs_dist.config import load_config, to_dict
 
-# Suite name -> (module, config class).
-SUITES: dict[str, tuple[str, str]] = {
-    "mqar-sweep": ("launch.evals.mqar_sweep", "MQARSweepConfig"),
-    "crossmodal": ("launch.evals.crossmodal", "CrossmodalSuiteConfig"),
-    "continual": ("launch.evals.continual", "ContinualSuiteConfig"),
-    "memory": ("launch.evals.memory", "MemorySuiteConfig"),
-    "state-tracking": ("launch.evals.state_tracking", "StateTrackingSuiteConfig"),
-}
+# Every suite by name, in report order.
+SUITES: dict[str, Suite] = {m.SUITE.name: m.SUITE for m in (
+    mqar_sweep, crossmodal, continual, memory, state_tracking)}
 
 
 def suite_config(name: str, config_path: str | None, overrides: list[str],
@@ -39,10 +36,9 @@ def suite_config(name: str, config_path: str | None, overrides: list[str],
     """Defaults < TOML file < ``--quick`` sizes < ``--set`` overrides, validated."""
     if name not in SUITES:
         raise ValueError(f"unknown eval task {name!r}; choose from {sorted(SUITES)}")
-    module_name, cls_name = SUITES[name]
-    module = importlib.import_module(module_name)
-    extra = list(module.QUICK) if quick else []
-    return load_config(getattr(module, cls_name), config_path, extra + list(overrides))
+    suite = SUITES[name]
+    extra = list(suite.quick) if quick else []
+    return load_config(suite.config, config_path, extra + list(overrides))
 
 
 def _git_commit() -> str:
@@ -58,11 +54,10 @@ def run_suite(name: str, config_path: str | None, overrides: list[str], quick: b
               command: list[str] | None = None) -> dict[str, Any]:
     """Run one suite; the result carries its config, command and machine facts."""
     cfg = suite_config(name, config_path, overrides, quick)
-    module = importlib.import_module(SUITES[name][0])
     torch.set_num_threads(cfg.threads)
     start = time.time()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    result = module.run(cfg)
+    result = SUITES[name].run(cfg)
     result.update({
         "suite": name, "quick": quick, "config": to_dict(cfg),
         "command": shlex.join(["obs", *(command if command is not None else sys.argv[1:])]),

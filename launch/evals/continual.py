@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from launch.evals import plots
 from launch.evals.harness import SuiteConfig, accuracy, build_learner, describe, fit
 from launch.evals.learners import OBSLearner
+from launch.evals.suite import Suite, verdict
 from obs_dist.tasks.continual import (
     ContinualConfig,
     continual_metrics,
@@ -31,8 +33,6 @@ from obs_dist.tasks.continual import (
     query_batch,
     study_batches,
 )
-
-NAME = "continual"
 
 QUICK = [
     "task.sets=3", "task.objects_per_set=4", "task.names=8", "task.distractors=4",
@@ -120,3 +120,23 @@ def run(cfg: ContinualSuiteConfig) -> dict[str, Any]:
         rows.append(row)
     details = {name: {"matrix": m, **continual_metrics(m)} for name, m in matrices.items()}
     return {"results": rows, "details": details, "chance": 1.0 / task.names}
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The issue's target: first-set accuracy >= 0.8 after the last set, above every baseline."""
+    rows = result.get("results", [])
+    best = max((r["first_set_final"] for r in rows if not r["model"].startswith("obs")),
+               default=0.0)
+    out = []
+    for r in rows:
+        if r["model"].startswith("obs"):
+            ok = r["first_set_final"] >= 0.8 and r["first_set_final"] > best
+            out.append(f"Continual, {r['model']}: first-set accuracy after the last set >= 0.8"
+                       f" and above every baseline — {verdict(ok)} ({r['first_set_final']:.3f}"
+                       f" vs best baseline {best:.3f})")
+    return out
+
+
+SUITE = Suite(name="continual", title="Continual learning", config=ContinualSuiteConfig,
+              run=run, quick=QUICK, targets=targets,
+              figures=[("forgetting", plots.continual_curves)])

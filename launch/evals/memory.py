@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
+from launch.evals import plots
 from launch.evals.harness import SuiteConfig, build_learner, describe, fit, score
 from launch.evals.learners import Learner
+from launch.evals.suite import Suite
 from obs_dist.tasks.memory_function import (
     MemoryFunctionConfig,
     memory_function,
     memory_function_batches,
 )
-
-NAME = "memory"
 
 QUICK = [
     "task.vocab=8", "task.length=24", "task.delays=[1, 2, 4, 8]", "task.batch=16",
@@ -76,3 +76,7 @@ def run(cfg: MemorySuiteConfig) -> dict[str, Any]:
         rows.append(row)
     return {"results": rows, "curves": curves, "delays": list(task.delays),
             "chance": 1.0 / task.vocab}
+
+
+SUITE = Suite(name="memory", title="Memory function", config=MemorySuiteConfig, run=run,
+              quick=QUICK, figures=[("memory_function", plots.memory_function)])

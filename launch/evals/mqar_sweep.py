@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from launch.evals import plots
 from launch.evals.harness import (
     SuiteConfig,
     accuracy,
@@ -21,10 +22,9 @@ from launch.evals.harness import (
     fit,
     fixed_batches,
 )
+from launch.evals.suite import Suite, verdict
 from launch.runner import EVAL_SEED_OFFSET
 from obs_dist.tasks import TaskConfig, task_batches
-
-NAME = "mqar-sweep"
 
 QUICK = [
     "vocab=32", "batch=16", "points=[[4, 24]]", "state_sizes=[256, 1024]", "state_point=[4, 24]",
@@ -99,3 +99,20 @@ def run(cfg: MQARSweepConfig) -> dict[str, Any]:
         pairs, length = cfg.state_point
         state_rows.append(_train_and_score(cfg, obs_name, pairs, length, nodes=nodes))
     return {"results": rows, "state_sweep": state_rows, "chance": 2.0 / cfg.vocab}
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The issue's target: OBS >= 0.99 at 32 pairs, length 256."""
+    at = [r for r in result.get("results", []) if (r.get("pairs"), r.get("length")) == (32, 256)]
+    obs = [r for r in at if r["model"] == "obs"]
+    if not obs:
+        return []
+    others = ", ".join(f"{r['model']} {r['accuracy']:.3f}" for r in at if r["model"] != "obs")
+    return [f"MQAR 32 pairs, length 256: OBS >= 0.99 — {verdict(obs[0]['accuracy'] >= 0.99)}"
+            f" (OBS {obs[0]['accuracy']:.3f} in {obs[0]['steps']} steps / "
+            f"{obs[0]['seconds']} s{'; ' + others if others else ''})"]
+
+
+SUITE = Suite(name="mqar-sweep", title="MQAR sweep", config=MQARSweepConfig, run=run,
+              quick=QUICK, targets=targets,
+              figures=[("pairs", plots.mqar_pairs), ("state_size", plots.mqar_state)])

@@ -11,10 +11,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported at the first figure, not at import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subplots(*args: Any, **kwargs: Any) -> Any:
+    return _pyplot().subplots(*args, **kwargs)
+
 
 STYLE = {"obs": ("tab:red", "o"), "obs-replay": ("tab:purple", "s"),
          "attention": ("tab:blue", "^"), "deltanet": ("tab:green", "v"),
@@ -30,7 +40,7 @@ def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -40,7 +50,7 @@ def mqar_pairs(result: dict[str, Any], path: Path) -> Path | None:
     if not rows:
         return None
     points = sorted({(r["pairs"], r["length"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = _subplots(figsize=(6.4, 4))
     for model in dict.fromkeys(r["model"] for r in rows):
         acc = {(r["pairs"], r["length"]): r["accuracy"] for r in rows if r["model"] == model}
         xs = [i for i, p in enumerate(points) if p in acc]
@@ -59,7 +69,7 @@ def mqar_state(result: dict[str, Any], path: Path) -> Path | None:
     rows = result.get("state_sweep", [])
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = _subplots(figsize=(5, 3.6))
     rows = sorted(rows, key=lambda r: r["nodes"])
     ax.plot([r["nodes"] for r in rows], [r["accuracy"] for r in rows], **_style(rows[0]["model"]))
     ax.set_xscale("log", base=2)
@@ -75,7 +85,7 @@ def continual_curves(result: dict[str, Any], path: Path) -> Path | None:
     details = result.get("details", {})
     if not details:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = _subplots(1, 2, figsize=(10, 3.8))
     for model, d in details.items():
         curve = d["first_set_curve"]
         left.plot(range(1, len(curve) + 1), curve, **_style(model))
@@ -98,7 +108,7 @@ def memory_function(result: dict[str, Any], path: Path) -> Path | None:
     delays = result.get("delays", [])
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = _subplots(figsize=(6, 3.8))
     for model, mf in curves.items():
         ax.plot(delays, mf["accuracy"], **{**_style(model),
                                            "label": f"{model} (MC={mf['capacity']:.2f})"})
@@ -119,7 +129,7 @@ def crossmodal(result: dict[str, Any], path: Path, axis: str) -> Path | None:
     if not grid or not primary:
         return None
     fixed_key, fixed = ("delay", primary[1]) if axis == "objects" else ("objects", primary[0])
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = _subplots(figsize=(5.6, 3.8))
     chance: dict[int, float] = {}
     for model, rows in grid.items():
         sel = sorted((r for r in rows if r[fixed_key] == fixed), key=lambda r: r[axis])
@@ -141,7 +151,7 @@ def state_tracking(result: dict[str, Any], path: Path) -> Path | None:
     curves = result.get("curves", {})
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False)
+    fig, axes = _subplots(1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False)
     limit = result.get("train_max_len", 0)
     for ax, (kind, per_model) in zip(axes[0], curves.items()):
         for model, curve in per_model.items():
@@ -162,7 +172,7 @@ def circuits(result: dict[str, Any], path: Path) -> Path | None:
     pic = result.get("circuits")
     if not pic:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, (left, right) = _subplots(1, 2, figsize=(11, 4.6))
     im = left.imshow(pic["strength"], cmap="viridis", aspect="auto")
     fig.colorbar(im, ax=left, fraction=0.046)
     left.set_xlabel("object (video)")

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from launch.evals import plots
 from launch.evals.harness import SuiteConfig, build_learner, describe, fit, score
+from launch.evals.suite import Suite
 from obs_dist.tasks.state_tracking import StateTrackingConfig, test_batches, train_batches
-
-NAME = "state-tracking"
 
 QUICK = [
     "kinds=['parity']", "task.train_min_len=4", "task.train_max_len=12",
@@ -98,3 +98,7 @@ def run(cfg: StateTrackingSuiteConfig) -> dict[str, Any]:
     return {"results": rows, "curves": curves, "train_max_len": cfg.task.train_max_len,
             "chance": {k: 1.0 / dataclasses.replace(cfg.task, kind=k).classes  # type: ignore[arg-type]
                        for k in cfg.kinds}}
+
+
+SUITE = Suite(name="state-tracking", title="State tracking", config=StateTrackingSuiteConfig,
+              run=run, quick=QUICK, figures=[("positions", plots.state_tracking)])
