@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support.loader_keys import batch_keys, flat_keys
 
-from pipelines.loader import DataConfig, StreamLoader, build_loader
+from pipelines.loader import DataConfig, build_loader
 from pipelines.render import encode_audio, encode_mp4
 from pipelines.schema import SampleMeta
 from pipelines.synthetic import SyntheticConfig, write_synthetic
@@ -34,19 +35,6 @@ def _cfg(source: Path | str, **kw: Any) -> DataConfig:
                             "image_size": 32, "n_mels": 32}
     base.update(kw)
     return DataConfig(**base)
-
-
-def _keys(loader: StreamLoader, batches: int | None = None) -> list[list[list[str]]]:
-    out = []
-    for batch in loader:
-        out.append(batch["keys"])
-        if batches is not None and len(out) == batches:
-            break
-    return out
-
-
-def _flat(keys: list[list[list[str]]]) -> list[str]:
-    return [k for batch in keys for row in batch for k in row if k]
 
 
 def test_batch_contract(shards: Path) -> None:
@@ -105,7 +93,7 @@ def test_split_by_rank_and_worker_is_disjoint_and_complete(shards: Path) -> None
     per_rank = []
     for rank in range(2):
         loader = build_loader(_cfg(shards, streams=2, workers=2), rank=rank, world_size=2)
-        per_rank.append(set(_flat(_keys(loader))))
+        per_rank.append(set(flat_keys(batch_keys(loader))))
     assert not per_rank[0] & per_rank[1]
     assert len(per_rank[0] | per_rank[1]) == TOTAL
     with pytest.raises(ValueError, match="rank"):
@@ -114,7 +102,7 @@ def test_split_by_rank_and_worker_is_disjoint_and_complete(shards: Path) -> None
 
 def _stream_order(keys: list[list[list[str]]]) -> list[str]:
     order: list[str] = []
-    for k in _flat(keys):
+    for k in flat_keys(keys):
         stream = k.rsplit("/", 1)[0]
         if stream not in order:
             order.append(stream)
@@ -123,23 +111,24 @@ def _stream_order(keys: list[list[list[str]]]) -> list[str]:
 
 def test_shuffled_epochs_cover_everything_in_new_orders(shards: Path) -> None:
     loader = build_loader(_cfg(shards, mode="shuffled", streams=1, seed=5))
-    epoch0, epoch1 = _keys(loader), _keys(loader)
-    assert sorted(_flat(epoch0)) == sorted(_flat(epoch1)) and len(_flat(epoch0)) == TOTAL
+    epoch0, epoch1 = batch_keys(loader), batch_keys(loader)
+    assert sorted(flat_keys(epoch0)) == sorted(flat_keys(epoch1))
+    assert len(flat_keys(epoch0)) == TOTAL
     assert _stream_order(epoch0) != _stream_order(epoch1)
     again = build_loader(_cfg(shards, mode="shuffled", streams=1, seed=5))
-    assert _keys(again) == epoch0
+    assert batch_keys(again) == epoch0
     ordered = build_loader(_cfg(shards, streams=1))
-    assert _stream_order(_keys(ordered)) == sorted(_stream_order(epoch0))
+    assert _stream_order(batch_keys(ordered)) == sorted(_stream_order(epoch0))
 
 
 def test_resampled_is_endless_and_seeded(shards: Path) -> None:
     make = lambda seed, rank=0: build_loader(  # noqa: E731
         _cfg(shards, mode="resampled", seed=seed), rank=rank, world_size=2)
-    many = _keys(make(1), batches=2 * TOTAL // 8 + 3)
-    assert len(_flat(many)) > TOTAL  # past the end of the data: drawn with replacement
-    assert _keys(make(1), batches=6) == many[:6]
-    assert _keys(make(2), batches=6) != many[:6]
-    assert _keys(make(1, rank=1), batches=6) != many[:6]
+    many = batch_keys(make(1), batches=2 * TOTAL // 8 + 3)
+    assert len(flat_keys(many)) > TOTAL  # past the end of the data: drawn with replacement
+    assert batch_keys(make(1), batches=6) == many[:6]
+    assert batch_keys(make(2), batches=6) != many[:6]
+    assert batch_keys(make(1, rank=1), batches=6) != many[:6]
 
 
 @pytest.mark.parametrize("mode,workers,loop", [("ordered", 2, False), ("shuffled", 0, True),
@@ -147,25 +136,25 @@ def test_resampled_is_endless_and_seeded(shards: Path) -> None:
 def test_resume_continues_at_the_exact_next_sample(shards: Path, mode: str, workers: int,
                                                    loop: bool) -> None:
     cfg = _cfg(shards, mode=mode, workers=workers, loop=loop, streams=2, window=3)
-    reference = _keys(build_loader(cfg), batches=20)
+    reference = batch_keys(build_loader(cfg), batches=20)
     first = build_loader(cfg)
-    head = _keys(first, batches=7)
+    head = batch_keys(first, batches=7)
     state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
-    assert state["clips_seen"] == len(_flat(head))
+    assert state["clips_seen"] == len(flat_keys(head))
     resumed = build_loader(cfg)
     resumed.load_state_dict(state)
-    tail = _keys(resumed, batches=13)
+    tail = batch_keys(resumed, batches=13)
     assert head + tail == reference
-    assert resumed.clips_seen == len(_flat(reference))
+    assert resumed.clips_seen == len(flat_keys(reference))
 
 
 def test_resume_after_the_end_starts_the_next_epoch(shards: Path) -> None:
     cfg = _cfg(shards, streams=2)
     loader = build_loader(cfg)
-    everything = _keys(loader)
+    everything = batch_keys(loader)
     resumed = build_loader(cfg)
     resumed.load_state_dict(loader.state_dict())
-    assert _keys(resumed) == everything
+    assert batch_keys(resumed) == everything
 
 
 def test_state_from_another_setup_is_refused(shards: Path) -> None:
@@ -187,14 +176,14 @@ def test_config_validation(bad: dict[str, Any], match: str) -> None:
 def test_pipe_and_file_sources_read_the_same_samples(shards: Path) -> None:
     names = sorted(p.name for p in shards.glob("*.tar"))
     pattern = f"pipe:cat {shards}/shard-{{000000..{len(names) - 1:06d}}}.tar"
-    expected = _keys(build_loader(_cfg(shards)))
-    assert _keys(build_loader(_cfg(pattern))) == expected
-    assert _keys(build_loader(_cfg(f"file://{shards}"))) == expected
+    expected = batch_keys(build_loader(_cfg(shards)))
+    assert batch_keys(build_loader(_cfg(pattern))) == expected
+    assert batch_keys(build_loader(_cfg(f"file://{shards}"))) == expected
     piped = build_loader(_cfg(pattern))
-    head = _keys(piped, batches=5)
+    head = batch_keys(piped, batches=5)
     resumed = build_loader(_cfg(pattern))
     resumed.load_state_dict(piped.state_dict())
-    assert head + _keys(resumed) == expected
+    assert head + batch_keys(resumed) == expected
     with pytest.raises(ValueError, match="no .tar shards"):
         build_loader(_cfg(shards.parent))
 
@@ -238,7 +227,7 @@ def test_bad_samples_are_skipped_counted_and_logged(bad_shards: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     loader = build_loader(_cfg(bad_shards, streams=1, window=4))
     with caplog.at_level(logging.WARNING, logger="pipelines"):
-        keys = _flat(_keys(loader))
+        keys = flat_keys(batch_keys(loader))
     assert keys[:2] == ["bad/000000", "bad/000007"]
     assert len(keys) > 2 and all(k.startswith("syn") for k in keys[2:])  # b.tar's first half
     assert loader.errors == {"video_decode": 2, "audio_empty": 1, "json_missing": 1,

@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 import pytest
+from support.loader_keys import batch_keys, flat_keys
 from support.s3_server import FaultyProxy, MotoServer, credentials_in_env, needs_moto
 
 from obs_dist.storage import StorageError, open_store
-from pipelines.loader import DataConfig, StreamLoader, build_loader
+from pipelines.loader import DataConfig, build_loader
 from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 pytestmark = needs_moto
@@ -37,19 +38,6 @@ def _cfg(source: str, endpoint: str, **kw: Any) -> DataConfig:
     return DataConfig(**base)
 
 
-def _keys(loader: StreamLoader, batches: int | None = None) -> list[list[list[str]]]:
-    out = []
-    for batch in loader:
-        out.append(batch["keys"])
-        if batches is not None and len(out) == batches:
-            break
-    return out
-
-
-def _flat(keys: list[list[list[str]]]) -> list[str]:
-    return [k for batch in keys for row in batch for k in row if k]
-
-
 def test_shards_written_to_s3_read_back_and_resumed(s3_shards: str, s3_endpoint: str) -> None:
     store = open_store(s3_shards, endpoint_url=s3_endpoint)
     listed = store.list()
@@ -60,32 +48,32 @@ def test_shards_written_to_s3_read_back_and_resumed(s3_shards: str, s3_endpoint:
     assert any(entry["continues"] for entry in index["shards"])
     reference_loader = build_loader(_cfg(s3_shards, s3_endpoint))
     assert reference_loader.num_classes == 48
-    reference = _keys(reference_loader)
-    assert sorted(_flat(reference)) == sorted(set(_flat(reference)))
-    assert len(_flat(reference)) == TOTAL and reference_loader.errors == {}
+    reference = batch_keys(reference_loader)
+    assert sorted(flat_keys(reference)) == sorted(set(flat_keys(reference)))
+    assert len(flat_keys(reference)) == TOTAL and reference_loader.errors == {}
     for batch in reference:  # rows read each stream's clips in temporal order
         for row in batch:
             live = [k for k in row if k]
             assert live == sorted(live) and len({k.split("/")[0] for k in live}) <= 1
     # Restart in the middle: a new loader from the saved (JSON) cursor.
     first = build_loader(_cfg(s3_shards, s3_endpoint))
-    head = _keys(first, batches=3)
+    head = batch_keys(first, batches=3)
     state = json.loads(json.dumps(first.state_dict()))
     del first
     resumed = build_loader(_cfg(s3_shards, s3_endpoint))
     resumed.load_state_dict(state)
-    assert head + _keys(resumed) == reference
+    assert head + batch_keys(resumed) == reference
 
 
 def test_transient_errors_are_retried_by_the_loader(s3_shards: str, s3_endpoint: str,
                                                     faulty_proxy: FaultyProxy) -> None:
-    expected = _flat(_keys(build_loader(_cfg(s3_shards, s3_endpoint, workers=0))))
+    expected = flat_keys(batch_keys(build_loader(_cfg(s3_shards, s3_endpoint, workers=0))))
     faulty_proxy.fail_next(2, "503", method="GET")
     faulty_proxy.fail_next(1, "reset", method="GET")
     faulty_proxy.fail_next(2, "truncate", method="GET")
     faulty_proxy.fail_next(1, "500", method="*")
     loader = build_loader(_cfg(s3_shards, faulty_proxy.url))
-    assert _flat(_keys(loader)) == expected
+    assert flat_keys(batch_keys(loader)) == expected
     assert loader.errors == {}  # nothing skipped: every failure was retried
     assert faulty_proxy.injected == {"503": 2, "reset": 1, "truncate": 2, "500": 1}
 
