@@ -255,6 +255,6 @@ def start_sink_for_current_process(cfg: MetricsConfig) -> PrometheusSink:
     if not cfg.enabled:
         raise ValueError("metrics.enabled is false; not starting a metrics server")
     # Imported here so that the exporter itself stays importable without torch.
-    from obs_dist import dist
+    from obs_dist.engine import dist
 
     return PrometheusSink(cfg, rank=dist.get_rank(), local_rank=dist.get_local_rank())
