@@ -188,7 +188,7 @@ def load_weights(model: OBSModel, path: Path) -> None:
 
 def run_training(config_path: str | None, overrides: list[str], resume: str = "auto",
                  sinks: list[MetricsSink] | None = None,
-                 hooks: Sequence[NamedHook] = ()) -> dict[str, float]:
+                 hooks: Sequence[NamedHook[Trainer]] = ()) -> dict[str, float]:
     """Resolve the config, join the world, train, save, and return the final metrics.
 
     Args:
@@ -211,7 +211,8 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
 
 
 def _train(cfg: RunConfig, device: torch.device, resume: str,
-           sinks: list[MetricsSink] | None, hooks: Sequence[NamedHook]) -> dict[str, float]:
+           sinks: list[MetricsSink] | None, hooks: Sequence[NamedHook[Trainer]]
+           ) -> dict[str, float]:
     """:func:`run_training` inside the joined world: build, resume, train, save."""
     exporter: PrometheusSink | None = None
     ckpt: Checkpointer | None = None

@@ -29,19 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from obs_dist.trainer import Trainer
+from typing import Any, Generic, TypeVar
 
 EVENTS = ("on_step", "on_end")
 STAGES = ("state", "checkpoint", "control", "report")
 
-Hook = Callable[["Trainer", dict[str, float]], Any]
+# The object the hooks are called with: the Trainer (generic, so this module needs
+# nothing of trainer.py, which holds ``Hooks[Trainer]``).
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class NamedHook:
+class NamedHook(Generic[T]):
     """One registered hook.
 
     Attributes:
@@ -52,7 +51,7 @@ class NamedHook:
     """
 
     name: str
-    fn: Hook
+    fn: Callable[[T, dict[str, float]], Any]
     stage: str
     event: str = "on_step"
 
@@ -67,13 +66,14 @@ class NamedHook:
                              f"got {self.stage!r}")
 
 
-class Hooks:
+class Hooks(Generic[T]):
     """The hooks of one trainer, by name."""
 
     def __init__(self) -> None:
-        self._hooks: list[NamedHook] = []
+        self._hooks: list[NamedHook[T]] = []
 
-    def add(self, name: str, fn: Hook, stage: str, event: str = "on_step") -> NamedHook:
+    def add(self, name: str, fn: Callable[[T, dict[str, float]], Any], stage: str,
+            event: str = "on_step") -> NamedHook[T]:
         """Register ``fn`` under ``name`` for ``event`` in ``stage``.
 
         Raises:
@@ -81,7 +81,7 @@ class Hooks:
         """
         return self.register(NamedHook(name, fn, stage, event))
 
-    def register(self, hook: NamedHook) -> NamedHook:
+    def register(self, hook: NamedHook[T]) -> NamedHook[T]:
         """Register an already built :class:`NamedHook` (see :meth:`add`)."""
         if hook.name in self:
             raise ValueError(f"a hook named {hook.name!r} is already registered")
@@ -99,13 +99,13 @@ class Hooks:
         """The names of ``event``'s hooks in the order they run."""
         return [h.name for h in self._ordered(event)]
 
-    def _ordered(self, event: str) -> list[NamedHook]:
+    def _ordered(self, event: str) -> list[NamedHook[T]]:
         if event not in EVENTS:
             raise ValueError(f"event must be one of {list(EVENTS)}, got {event!r}")
         chosen = [h for h in self._hooks if h.event == event]
         return sorted(chosen, key=lambda h: STAGES.index(h.stage))  # stable: registration order
 
-    def run(self, event: str, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def run(self, event: str, trainer: T, metrics: dict[str, float]) -> None:
         """Call every hook of ``event`` in order (stage, then registration)."""
         for hook in self._ordered(event):
             hook.fn(trainer, metrics)

@@ -228,7 +228,7 @@ class Trainer:
                                            "committed_entries_total": 0.0}
         self.carry: Carry | None = None
         self.last_delta_nnz = 0
-        self.hooks = Hooks()
+        self.hooks: Hooks[Trainer] = Hooks()
         # An on_step hook sets this to end fit() after the current step (preemption).
         self.stop_requested = False
 
