@@ -144,7 +144,7 @@ def crossover(rows: list[dict[str, Any]]) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure every world size in its own set of local ranks."""
-    from launch.jobs.spawn import spawn_local
+    from launch.jobs.spawn import spawn_local, threads_per_rank
 
     results: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         }
     emit({"results": results, "summary": summary, "device": args.device,
           "backend": args.backend, "partitions": args.partitions,
-          "threads_per_rank": max(1, (os.cpu_count() or 1) // max(args.worlds))}, args.json)
+          "threads_per_rank": threads_per_rank(max(args.worlds))}, args.json)
     return 0
 
 
