@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import launch
 import launch.bench
+from obs_dist.guards import RunFailed
 
 
 def _modules(path: list[str], prefix: str = "") -> list[str]:
@@ -42,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand.
 
     A ``ValueError`` from validation is printed as ``obs: error: …`` with exit
-    code 2 instead of a traceback, so bad input reads as a message.
+    code 2 instead of a traceback, so bad input reads as a message; a run that
+    failed (:class:`obs_dist.guards.RunFailed`: diverged, learned nothing, lost
+    its final checkpoint) likewise, with exit code 1.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"obs: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"obs: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -91,8 +92,26 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _refuse_nonfinite(value: Any, key: str) -> None:
+    """Refuse NaN/inf anywhere in ``value`` (TOML accepts ``inf`` and ``nan``).
+
+    No setting means anything as NaN or infinity (``train.lr = inf`` would
+    silently diverge), so every float of the config is checked, whatever its
+    declared type, with its dotted key named.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_nonfinite(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _refuse_nonfinite(item, f"{key}[{i}]")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert only lossless cases."""
+    _refuse_nonfinite(value, key)
     origin = typing.get_origin(tp)
     if tp is Any:
         return value

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from obs_dist.engine.dist import get_world_size, is_rank_zero
 from obs_dist.engine.replica import DeferredCommits
 from obs_dist.engine.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
+from obs_dist.guards import GUARD_STAGE, DivergenceGuard
 from obs_dist.hooks import Hooks
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.model import Carry, OBSModel
@@ -66,6 +67,8 @@ class TrainConfig:
         seed: seed of the slow weights.
         progress: show a progress bar.
         target_accuracy: stop once an evaluation reaches this accuracy.
+        max_nonfinite_steps: stop the run (non-zero exit) after this many
+            consecutive steps whose loss or slow weights are NaN/inf.
     """
 
     steps: int = 200
@@ -82,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     target_accuracy: float | None = None
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -91,7 +95,7 @@ class TrainConfig:
         for key in ("weight_decay", "warmup", "grad_clip", "window", "eval_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("log_every", "eval_batches", "moments_every"):
+        for key in ("log_every", "eval_batches", "moments_every", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -196,7 +200,8 @@ class Trainer:
     ``hook(trainer, metrics)``: ``on_step`` ones run after every optimizer step of
     :meth:`fit`, before metrics are reported (replica checks, checkpoints,
     preemption, …), in their declared stage order; ``on_end`` ones once when
-    :meth:`fit` returns. A hook may add entries to ``metrics``.
+    :meth:`fit` returns. A hook may add entries to ``metrics``. The hook
+    ``divergence`` (:class:`~obs_dist.guards.DivergenceGuard`) is always there.
     """
 
     def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
@@ -229,6 +234,8 @@ class Trainer:
         self.carry: Carry | None = None
         self.last_delta_nnz = 0
         self.hooks: Hooks[Trainer] = Hooks()
+        # NaN/inf loss or weights for max_nonfinite_steps steps in a row end the run.
+        self.hooks.add("divergence", DivergenceGuard(cfg.max_nonfinite_steps), stage=GUARD_STAGE)
         # An on_step hook sets this to end fit() after the current step (preemption).
         self.stop_requested = False
 

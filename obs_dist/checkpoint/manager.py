@@ -57,6 +57,7 @@ from obs_dist.checkpoint.format import (
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
 from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
 from obs_dist.engine.dist import barrier, get_rank, get_world_size
+from obs_dist.guards import nonfinite_path, tensors_finite
 from obs_dist.storage import ObjectStore, StorageError, open_store
 from obs_dist.trainer import Trainer
 
@@ -127,6 +128,7 @@ class Checkpointer:
         self.last_step: int | None = None  # every rank: step of the newest complete checkpoint
         self.last_time: float | None = None
         self.failures = 0
+        self.refused_nonfinite = 0  # checkpoints not written because of NaN/inf
         self.last_seconds = 0.0
         self.last_bytes = 0
         # Replicas are identical, so only rank 0 writes (and tracks) the big state.
@@ -170,6 +172,9 @@ class Checkpointer:
 
         Storage failures are logged and counted (``ckpt_failures_total``),
         not raised: training goes on and the next checkpoint covers the gap.
+        A step whose slow weights, optimizer or big state hold NaN/inf is not
+        written at all (logged, counted in ``refused_nonfinite``), so the
+        newest checkpoint, which retention always keeps, stays finite.
 
         Returns:
             The manifest on rank 0 when the checkpoint is complete, else None.
@@ -186,7 +191,18 @@ class Checkpointer:
             # Deltas the parallel phase holds back are committed now (a collective):
             # replicas agree only at sync points, and a checkpoint must be one.
             flush()
-        document, tensors = encode_to_objects(capture_rank(trainer, self.extra))
+        tree = capture_rank(trainer, self.extra)
+        bad = nonfinite_path(tree)
+        if bad is None and self.rank == 0 and not tensors_finite(trainer.state.parts):
+            bad = "the big state"
+        if not all_ranks_agree(bad is None):
+            # A diverged run must never replace the last finite checkpoint.
+            self.refused_nonfinite += 1
+            log.error("checkpoint at step %d not written: %s holds NaN/inf (the last finite "
+                      "checkpoint, step %s, is kept)", step, bad or "another rank's state",
+                      self.last_step)
+            return None
+        document, tensors = encode_to_objects(tree)
         ok = self._attempt(f"rank {self.rank} state",
                            lambda: write_rank(store, step, self.rank, document, tensors))
         chain: dict[str, Any] = {}

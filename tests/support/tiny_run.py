@@ -1,0 +1,37 @@
+"""A tiny ``obs train`` run in a subprocess: the settings and the call, once.
+
+The reliability tests (``test_divergence.py``, ``test_run_failures.py``, …)
+each start a few seconds of MQAR training with one fault injected; the
+config below keeps such a run to a couple of seconds on a loaded 2-core
+machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def tiny_args(tmp_path: Path, steps: int = 4, *extra: str) -> list[str]:
+    """``obs train`` arguments of a tiny MQAR run writing under ``tmp_path``.
+
+    Args:
+        tmp_path: the test's folder (``out`` and ``ckpt`` go below it).
+        steps: optimizer steps.
+        extra: further ``--set`` values (``key=value`` strings).
+    """
+    sets = [f"out_dir={tmp_path / 'out'}", "state.nodes=256", "task.batch=4",
+            "task.seq_len=16", "task.pairs=2", "model.d_model=16", f"train.steps={steps}",
+            "train.warmup=0", "train.eval_every=0", "train.eval_batches=1",
+            "train.progress=false", *extra]
+    args = ["train", "--config", "configs/mqar.toml"]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def obs(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``obs ARGS`` (``python -m launch.cli``) and capture its output."""
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=None)
