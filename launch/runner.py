@@ -261,6 +261,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         if is_rank_zero():
             out = save_final(cfg, model, metrics)
             log.info("final metrics written to %s", out / "metrics.json")
+        ckpt.require_final()  # a lost final checkpoint fails the run (exit 1)
         return metrics
     finally:
         if ckpt is not None:

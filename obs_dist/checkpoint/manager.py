@@ -26,6 +26,7 @@ import itertools
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ from obs_dist.checkpoint.format import (
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
 from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
 from obs_dist.engine.dist import barrier, get_rank, get_world_size
-from obs_dist.guards import nonfinite_path, tensors_finite
+from obs_dist.guards import RunFailed, nonfinite_path, tensors_finite
 from obs_dist.storage import ObjectStore, StorageError, open_store
 from obs_dist.trainer import Trainer
 
@@ -104,6 +105,10 @@ class CheckpointConfig:
                              f"{self.base_every_fraction}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+class CheckpointNotWritten(RunFailed):
+    """A run ended without a complete checkpoint of its last step."""
 
 
 # ------------------------------------------------------------ checkpointer
@@ -161,10 +166,30 @@ class Checkpointer:
         """Save the current step unless it is saved already (an ``on_end`` hook).
 
         The end of a run, a stopped (preempted) one included, is then always
-        resumable.
+        resumable. A failure is counted in the final ``metrics`` too;
+        :meth:`require_final` then turns it into a failed run.
         """
         if self.enabled and self.last_step != trainer.step:
             self.save()
+        if self.enabled:
+            metrics["ckpt_failures_total"] = float(self.failures)
+
+    def require_final(self) -> None:
+        """Fail the run if its last step has no complete checkpoint (call after ``fit``).
+
+        Raises:
+            CheckpointNotWritten: checkpointing is on and the trainer's step is
+                not the newest complete checkpoint's (a storage failure, or
+                NaN/inf weights that must not be saved).
+        """
+        if not self.enabled or self.last_step == self.trainer.step:
+            return
+        assert self.store is not None
+        raise CheckpointNotWritten(
+            f"the final checkpoint (step {self.trainer.step}) was not written to "
+            f"{self.store.root}: ckpt_failures_total = {self.failures}, refused as NaN/inf "
+            f"= {self.refused_nonfinite}; the newest complete checkpoint is step "
+            f"{self.last_step} (see the errors logged above)")
 
     # ---------------------------------------------------------------- saving
     def save(self, force_base: bool = False) -> Manifest | None:
@@ -390,6 +415,28 @@ def register_engine_classes() -> None:
         register_plain_class(cls)
 
 
+def probe_store(store: ObjectStore, rank: int, url: str) -> None:
+    """Write and delete a small object, so an unwritable store stops the run at its start.
+
+    A collective: every rank probes (each writes its own objects), and if one
+    cannot, every rank raises, rather than finding out at the first checkpoint
+    hours later.
+
+    Raises:
+        StorageError: ``checkpoint.url URL cannot be written: …`` on every rank.
+    """
+    key = f".obs-probe-rank-{rank:05d}-{uuid.uuid4().hex}"
+    problem: str | None = None
+    try:
+        store.put_bytes(key, b"obs checkpoint store probe\n")
+        store.delete(key)
+    except (StorageError, OSError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if not all_ranks_agree(problem is None):
+        raise StorageError(f"checkpoint.url {url} cannot be written: "
+                           f"{problem or 'another rank failed to write its probe'}")
+
+
 def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
                          extra_state: Mapping[str, Stateful] | None = None,
                          rank: int | None = None, world: int | None = None,
@@ -411,13 +458,16 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
         The :class:`Checkpointer`, registered in ``trainer.hooks`` as ``checkpoint``.
 
     Raises:
-        StorageError: the configured bucket is missing or refuses access.
+        StorageError: the configured bucket is missing or refuses access, or
+            the store cannot be written (:func:`probe_store`).
     """
     register_engine_classes()
     if store is None and cfg.url:
         store = open_store(cfg.url, endpoint_url=cfg.endpoint_url, retries=cfg.retries)
-    ckpt = Checkpointer(trainer, cfg, store, extra_state or {},
-                        get_rank() if rank is None else rank,
+    rank = get_rank() if rank is None else rank
+    if store is not None:
+        probe_store(store, rank, cfg.url or store.root)
+    ckpt = Checkpointer(trainer, cfg, store, extra_state or {}, rank,
                         get_world_size() if world is None else world, config)
     trainer.hooks.add(HOOK_NAME, ckpt, stage="checkpoint")
     return ckpt
