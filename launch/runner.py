@@ -42,6 +42,7 @@ from obs_dist.engine.replica import ReplicaChecker
 from obs_dist.engine.scheduler import PhaseScheduler
 from obs_dist.engine.slow_weights import build_slow_weights, joined_world, release
 from obs_dist.engine.sync import DeltaSync
+from obs_dist.guards import require_scored, task_scores_targets
 from obs_dist.hooks import NamedHook
 from obs_dist.model.model import OBSModel
 from obs_dist.model.state import BigState
@@ -248,7 +249,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
                           event="on_end")
         for hook in hooks:
             trainer.hooks.register(hook)
-        metrics = trainer.fit(data.train, data.evals)
+        metrics = trainer.fit(_scored_batches(cfg, data, fresh=resumed is None), data.evals)
         if "step" not in metrics:  # resumed from a run that had already finished
             log.info("the checkpoint is at step %d of %d: nothing left to train",
                      trainer.step, cfg.train.steps)
@@ -271,6 +272,21 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         release(slow)  # DeepSpeed's engine holds process groups
 
 
+def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict[str, Any]]:
+    """The training batches; a fresh run of a scoring task must score something first.
+
+    :func:`obs_dist.guards.require_scored` refuses, before the first optimizer
+    step, a stream whose first batches score no target (e.g. no label is in
+    classes.json); tasks that score no class targets by design are not checked.
+    """
+    if not (fresh and task_scores_targets(cfg.task.name)):
+        return data.train
+    loader = data.loader
+    explain = loader.explain_unscored if loader is not None else (
+        lambda: f"task {cfg.task.name!r} produced batches without a scored position")
+    return require_scored(data.train, explain)
+
+
 def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:
     """An ``on_step`` hook: the loader's skipped samples by kind, and its clips/s."""
     last = [time.perf_counter(), loader.clips_seen]
@@ -278,6 +294,8 @@ def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]],
     def hook(trainer: Trainer, metrics: dict[str, float]) -> None:
         for kind, n in loader.errors.items():
             metrics[f"data_errors_total.{kind}"] = float(n)
+        for kind, n in loader.unknown_labels.items():
+            metrics[f"data_unknown_labels_total.{kind}"] = float(n)
         now = time.perf_counter()
         metrics["data_clips_per_s"] = (loader.clips_seen - last[1]) / max(now - last[0], 1e-9)
         last[:] = [now, loader.clips_seen]

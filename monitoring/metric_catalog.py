@@ -89,6 +89,13 @@ CATALOG: tuple[MetricSpec, ...] = (
         "State entries changed by committed deltas, cumulative.",
     ),
     _c("data_errors_total", "data_errors_total", "Samples skipped as bad, by kind.", "kind"),
+    _c(
+        "data_unknown_labels_total",
+        "data_unknown_labels_total",
+        "Clips whose label is not in classes.json, by label kind (object).",
+        "kind",
+    ),
+    _g("nonfinite_steps", "nonfinite_steps", "Consecutive steps with NaN/inf loss or weights."),
     _g(
         "data_clips_per_s",
         "data_clips_per_second",

@@ -130,14 +130,18 @@ class DivergenceGuard:
                 f"kept. Lower train.lr or raise train.grad_clip, then resume or restart")
 
 
-def task_scores_targets(task_name: str) -> bool:
-    """Whether batches of ``task_name`` score class targets by design.
+# Tasks whose batches carry ``targets`` with scored positions by design. A task
+# not listed (e.g. the label-free ``av-stream``) is never refused for scoring nothing.
+SCORING_TASKS = ("mqar", "association", "av")
 
-    ``av`` (labelled shards) and the synthetic token tasks do; a label-free task
-    (e.g. ``av-stream``) scores none, and :func:`require_scored` must not wrap
-    its batches.
+
+def task_scores_targets(task_name: str) -> bool:
+    """Whether batches of ``task_name`` score class targets by design (:data:`SCORING_TASKS`).
+
+    Only for those does :func:`require_scored` make sense; the runner skips it
+    for every other task.
     """
-    return task_name != "av-stream"
+    return task_name in SCORING_TASKS
 
 
 def scored_count(batch: Mapping[str, Any]) -> int:

@@ -94,12 +94,24 @@ class WorkerLanes:
         assert len(lane_states) == plan.lanes_per_worker
         self.lanes = [_Lane(self, i, s) for i, s in enumerate(lane_states)]
         self.errors: dict[str, int] = {}
+        # Label names outside classes.json, by label kind: counts since the last
+        # partial batch, and each name's first sample (reported once per worker).
+        self.unknown: dict[str, int] = {}
+        self.unknown_new: list[tuple[str, str, str]] = []
+        self._unknown_seen: set[tuple[str, str]] = set()
         self.fruitless_epochs = 0
 
     def count_error(self, kind: str, where: str, message: str) -> None:
         """Count and log one skipped sample or shard."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
         log.warning("skipped %s (%s): %s", where, kind, message)
+
+    def count_unknown(self, kind: str, name: str, where: str) -> None:
+        """Count one label ``name`` of ``kind`` that classes.json does not list."""
+        self.unknown[kind] = self.unknown.get(kind, 0) + 1
+        if (kind, name) not in self._unknown_seen:
+            self._unknown_seen.add((kind, name))
+            self.unknown_new.append((kind, name, where))
 
     def take_unit(self) -> int | None:
         """The next unit of the shared queue; a new epoch when looping."""
@@ -156,11 +168,13 @@ class WorkerLanes:
                 nbytes += clip.nbytes
             clips += len(row)
         errors, self.errors = self.errors, {}
+        unknown, self.unknown = self.unknown, {}
+        unknown_new, self.unknown_new = self.unknown_new, []
         return {"video": video, "video_mask": video_mask, "audio": audio,
                 "audio_mask": audio_mask, "objects": objects, "targets": targets,
                 "continuous": continuous, "reset": reset, "keys": keys, "words": words,
                 "worker": self.worker, "state": self.state_dict(), "errors": errors,
-                "clips": clips, "bytes": nbytes,
+                "unknown": unknown, "unknown_new": unknown_new, "clips": clips, "bytes": nbytes,
                 "exhausted": all(lane.exhausted for lane in self.lanes)}
 
 
@@ -259,6 +273,9 @@ class _Lane:
                 self.owner.count_error(exc.kind, f"sample {raw.key} of {self._url()}", str(exc))
                 self.offset = raw.end
                 continue
+            name = clip.meta.labels.get("object")
+            if name is not None and clip.object < 0:
+                self.owner.count_unknown("object", name, f"sample {raw.key} of {self._url()}")
             self.fruitless = 0
             self.owner.fruitless_epochs = 0
             return _Read(clip, raw.offset, raw.end)

@@ -155,6 +155,10 @@ class StreamLoader:
                         "smaller shards for full batches", units, world_size, cfg.streams)
         self._states: list[dict[str, Any] | None] = [None] * workers
         self.errors: dict[str, int] = {}
+        # Labels outside classes.json by kind (``object``): counts, and the names in
+        # the order they were first seen.
+        self.unknown_labels: dict[str, int] = {}
+        self.unknown_names: dict[str, dict[str, None]] = {}
         self.clips_seen = 0
         self.bytes_seen = 0
         self.batches = 0
@@ -174,6 +178,7 @@ class StreamLoader:
         """The position after the last delivered batch (JSON-serialisable)."""
         return {"version": _STATE_VERSION, "config": self._cursor_config(),
                 "workers": copy.deepcopy(self._states), "errors": dict(self.errors),
+                "unknown_labels": dict(self.unknown_labels),
                 "clips_seen": self.clips_seen, "bytes_seen": self.bytes_seen,
                 "batches": self.batches}
 
@@ -196,6 +201,8 @@ class StreamLoader:
             raise ValueError("loader state has no cursor per worker")
         self._states = copy.deepcopy(workers)
         self.errors = {str(k): int(v) for k, v in state.get("errors", {}).items()}
+        self.unknown_labels = {str(k): int(v)
+                               for k, v in state.get("unknown_labels", {}).items()}
         self.clips_seen = int(state.get("clips_seen", 0))
         self.bytes_seen = int(state.get("bytes_seen", 0))
         self.batches = int(state.get("batches", 0))
@@ -230,14 +237,14 @@ class StreamLoader:
                     "worker results out of round-robin order"
                 if all(p["exhausted"] and p["clips"] == 0 for p in round_):
                     for p in round_:
-                        self._add_errors(p["errors"])
+                        self._add_counts(p)
                     self._states = [{"epoch": int((s or {}).get("epoch", 0)) + 1}
                                     for s in self._states]
                     return
                 batch = _stack(round_)
                 for i, p in enumerate(round_):
                     self._states[i] = p["state"]
-                    self._add_errors(p["errors"])
+                    self._add_counts(p)
                     self.clips_seen += p["clips"]
                     self.bytes_seen += p["bytes"]
                 self.batches += 1
@@ -245,9 +252,28 @@ class StreamLoader:
         finally:
             parts.close()
 
-    def _add_errors(self, errors: dict[str, int]) -> None:
-        for kind, n in errors.items():
+    def _add_counts(self, part: dict[str, Any]) -> None:
+        """A partial batch's skipped samples and unknown labels (each name logged once)."""
+        for kind, n in part["errors"].items():
             self.errors[kind] = self.errors.get(kind, 0) + int(n)
+        for kind, n in part.get("unknown", {}).items():
+            self.unknown_labels[kind] = self.unknown_labels.get(kind, 0) + int(n)
+        for kind, name, where in part.get("unknown_new", []):
+            names = self.unknown_names.setdefault(kind, {})
+            if name not in names:
+                names[name] = None
+                log.warning("labels.%s %r of %s is not in classes.json of %s: such clips "
+                            "score no target", kind, name, where, self.cfg.source)
+
+    def explain_unscored(self) -> str:
+        """Why no target may be scored: the unknown ``labels.object`` names, if any."""
+        names = list(self.unknown_names.get("object", {}))
+        if names:
+            examples = ", ".join(repr(n) for n in names[:3])
+            return (f"no sample's labels.object is in classes.json of {self.cfg.source} "
+                    f"({len(names)} unknown names, e.g. {examples})")
+        return (f"no query clip of {self.cfg.source} has a labels.object listed in its "
+                f"classes.json ({self.clips_seen} clips read)")
 
 
 _TENSOR_KEYS = ("video", "video_mask", "audio", "audio_mask", "objects", "targets",

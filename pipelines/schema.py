@@ -174,10 +174,14 @@ class SampleMeta:
 
 
 def object_id(name: str | None, classes: dict[str, int] | None = None) -> int:
-    """The class id of an object name, -1 for None or a name outside the vocabulary."""
+    """The class id of an object name, -1 for None or a name outside the vocabulary.
+
+    ``classes`` None means the built-in vocabulary; an empty mapping (an empty
+    ``classes.json``) knows no name at all.
+    """
     if name is None:
         return -1
-    return (classes or CLASS_IDS).get(name, -1)
+    return (CLASS_IDS if classes is None else classes).get(name, -1)
 
 
 def classes_json(classes: tuple[str, ...] = CLASSES) -> bytes:

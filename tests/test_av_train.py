@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 from support.s3_server import needs_moto
+from support.tiny_run import TINY_AV
 
 from launch.run_config import RunConfig
 from launch.runner import run_training
 from obs_dist.config import load_config
 from obs_dist.storage import open_store
 from pipelines.synthetic import SyntheticConfig, write_synthetic
-
-TINY_AV = ["state.nodes=256", "state.partitions=2", "model.d_model=16", "model.writer.k_max=4",
-           "model.writer.active=8", "model.writer.key_dim=16", "model.n_mels=16",
-           "model.image_size=16", "task.batch=2", "data.streams=2", "data.window=4",
-           "data.workers=1", "data.frames=2", "data.image_size=16", "data.n_mels=16",
-           "data.audio_seconds=0.5", "synthetic.streams=2", "synthetic.clips_per_stream=8",
-           "synthetic.frames=2", "synthetic.image_size=16", "synthetic.classes=4",
-           "train.steps=4", "train.eval_every=2", "train.eval_batches=1", "train.warmup=1",
-           "train.progress=false", "checkpoint.every=2"]
 
 
 def _sets(tmp: Path, *extra: str) -> list[str]:
