@@ -1,11 +1,11 @@
-# The two commands of the README: `make demo` and `make test`.
+# The commands of the README: `make demo`, `make test` and `make test-fast`.
 # Both create .venv on first use and install the project into it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
-.PHONY: demo test lint typecheck unit install clean bench
+.PHONY: demo test test-fast lint typecheck unit unit-fast install clean bench
 
 install: $(STAMP)
 
@@ -31,7 +31,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q
 
+# Every test but the ones marked slow (over 30 s each, or an end-to-end run of
+# several processes: SLURM, Prometheus, kill-and-resume, multi-rank); under 3
+# minutes on 2 cores. CI runs `make test`, which runs them all.
+unit-fast: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m "not slow"
+
 test: lint typecheck unit
+
+test-fast: lint typecheck unit-fast
 
 bench: $(STAMP)
 	$(VENV)/bin/obs bench step --json

@@ -31,6 +31,9 @@ from obs_dist.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).parent / "support" / "ckpt_driver.py"
+# Every test kills and resumes real training processes (10-80 s each on 2 cores): slow.
+pytestmark = pytest.mark.slow
+
 STEPS, HALF, EVERY = 12, 6, 3
 TIMEOUT = 120.0
 

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _obs(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_then_eval_json(tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--config", "configs/mqar.toml", "--set", f"out_dir={out}",
@@ -28,6 +31,7 @@ def test_train_then_eval_json(tmp_path: Path) -> None:
     assert set(json.loads(proc.stdout)) == {"eval_loss", "eval_accuracy"}
 
 
+@pytest.mark.slow
 def test_bench_step_reports_the_required_keys() -> None:
     proc = _obs("bench", "step", "--nodes", "256", "1024", "--k-max", "8", "--active", "8",
                 "--d-model", "32", "--batch", "2", "--window", "8", "--windows", "1", "--json")

@@ -38,6 +38,7 @@ def _deepspeed_installed() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1])
 def test_train_nproc_2_with_deepspeed_keeps_replicas_identical(tmp_path: Path, stage: int) -> None:
     if not _deepspeed_installed():
@@ -73,6 +74,7 @@ with open(f"{out}/threads{os.environ['RANK']}.json", "w") as f:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_no_process_group_thread_outlives_a_distributed_run(tmp_path: Path, engine: str) -> None:
     """After ``run_training`` returns, no gloo or TCPStore thread is left in either rank.
@@ -126,6 +128,7 @@ def test_launcher_gives_every_rank_its_environment(tmp_path: Path) -> None:
         spawn_local([sys.executable, "-c", "pass"], 0)
 
 
+@pytest.mark.slow
 def test_bench_sync_reports_bytes_seconds_and_crossover() -> None:
     proc = _obs("bench", "sync", "--nodes", "1024", "--partitions", "4", "--worlds", "2",
                 "--densities", "1e-4", "1e-2", "3e-1", "--repeats", "1", "--json")
@@ -173,6 +176,7 @@ def test_relay_episodes_make_order_matter_only_when_continuous() -> None:
     assert cont["kind"] == ["continuous"] * 6 and disc["kind"] == ["discrete"] * 6
 
 
+@pytest.mark.slow
 def test_bench_scaling_runs_one_small_policy() -> None:
     proc = _obs("bench", "scaling", "--worlds", "1", "--policies", "adaptive", "--steps", "6",
                 "--eval-episodes", "2", "--nodes", "256", "--json")

@@ -24,6 +24,8 @@ from obs_dist.model.delta import SparseDelta
 from obs_dist.model.state import BigState
 
 WORLDS = ["gloo2", "gloo4", "nccl2"]
+# Every test reads one multi-rank harness run per world (45-95 s each): slow.
+pytestmark = pytest.mark.slow
 
 
 def _external() -> tuple[int, Path, list[dict[str, Any]]]:

@@ -40,10 +40,11 @@ from support.prom_server import (
 
 from monitoring.file_sd import write_file_sd_targets
 
-pytestmark = pytest.mark.skipif(
+# Every test here reads the real 2-rank job and Prometheus of one module fixture: slow.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     shutil.which("prometheus") is None,
     reason="prometheus binary (Debian package prometheus) not installed",
-)
+)]
 
 JOB = "obs-e2e"
 SCRAPE_INTERVAL_S = 1.0

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from launch.jobs.spawn import spawn_local
 
 STEPS = 24
@@ -34,6 +36,7 @@ def _run(tmp: Path, name: str, signal_at: int = 0) -> list[dict[str, float]]:
     return [json.loads(Path(f"{result}.rank{r}").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_preempted_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     reference = _run(tmp_path, "reference")
     # 3 windows per step: after the 10th step's poll, 2 windows are held back.

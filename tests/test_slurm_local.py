@@ -145,6 +145,7 @@ def _assert_complete(results: list[dict], world: int = 2) -> None:
         assert host == "127.0.0.1" and 15000 <= int(port) < 30000
 
 
+@pytest.mark.slow  # real submitit tasks: 10-45 s
 @pytest.mark.timeout(200)
 def test_local_executor_runs_the_distributed_job(reference_run: Scenario) -> None:
     run = reference_run.run
@@ -159,6 +160,7 @@ def test_local_executor_runs_the_distributed_job(reference_run: Scenario) -> Non
     assert "task environment" in run.stderr[0].read_text()
 
 
+@pytest.mark.slow  # the three share local_runs (all scenarios at once, ~50 s)
 @pytest.mark.timeout(200)
 def test_local_preemption_saves_requeues_and_resumes(
     local_runs: dict[str, Scenario], s3_url: str
@@ -179,6 +181,7 @@ def test_local_preemption_saves_requeues_and_resumes(
     assert "requeue 1: restarting the local tasks" in scenario.run.stderr[0].read_text()
 
 
+@pytest.mark.slow  # the three share local_runs (all scenarios at once, ~50 s)
 @pytest.mark.timeout(200)
 def test_loop_ignoring_the_signal_is_requeued_after_the_grace_period(
     local_runs: dict[str, Scenario],
@@ -195,6 +198,7 @@ def test_loop_ignoring_the_signal_is_requeued_after_the_grace_period(
     assert "did not acknowledge the preemption signal" in scenario.run.stderr[0].read_text()
 
 
+@pytest.mark.slow  # the three share local_runs (all scenarios at once, ~50 s)
 @pytest.mark.timeout(200)
 def test_gives_up_after_max_requeues_with_the_checkpoint_saved(
     local_runs: dict[str, Scenario], s3_url: str
@@ -207,6 +211,7 @@ def test_gives_up_after_max_requeues_with_the_checkpoint_saved(
     assert scenario.manifests(s3_url)[-1] == last["step"], "state not saved on the signal"
 
 
+@pytest.mark.slow  # real submitit tasks: 10-45 s
 @pytest.mark.timeout(300)
 def test_local_executor_runs_the_training_job(training_reference: TrainingScenario) -> None:
     """``obs submit --executor local``'s job: the real TrainingJob, 2 gloo ranks, S3 checkpoints."""
