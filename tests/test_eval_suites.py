@@ -99,7 +99,8 @@ def test_every_eval_config_file_loads() -> None:
 def test_the_cli_offers_every_declared_suite_in_report_order() -> None:
     from launch.cli import build_parser
 
-    assert list(SUITES) == ["mqar-sweep", "crossmodal", "continual", "memory", "state-tracking"]
+    assert list(SUITES) == ["mqar-sweep", "crossmodal", "continual", "memory", "state-tracking",
+                           "word-referent"]
     assert all(name == suite.name and suite.title for name, suite in SUITES.items())
     for name in SUITES:
         assert build_parser().parse_args(["eval", "--task", name]).task == name

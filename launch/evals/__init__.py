@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from launch.evals import continual, crossmodal, memory, mqar_sweep, state_tracking
+from launch.evals import continual, crossmodal, memory, mqar_sweep, state_tracking, word_referent
 from launch.evals.suite import Suite
 from obs_dist.config import load_config, to_dict
 
 # Every suite by name, in report order.
 SUITES: dict[str, Suite] = {m.SUITE.name: m.SUITE for m in (
-    mqar_sweep, crossmodal, continual, memory, state_tracking)}
+    mqar_sweep, crossmodal, continual, memory, state_tracking, word_referent)}
 
 
 def suite_config(name: str, config_path: str | None, overrides: list[str],

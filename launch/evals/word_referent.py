@@ -1,0 +1,499 @@
+"""``obs eval --task word-referent``: which picture does a heard word name? (CVCL's Labeled-S).
+
+The protocol of Vong et al. (Science 2024) on held-out long recordings, for OBS
+and its peers. Labels are used only to build and grade trials, never to train.
+Per *setting* (``names`` of :mod:`pipelines.recording_gen`: ``class``, a name
+means the same in every recording, cross-situational word learning; or
+``recording``, every recording names its objects with its own pseudo-words, so
+a name can only be bound in the state):
+
+1. **Data.** Training recordings (seed ``seed``) and other, held-out recordings
+   (seed ``seed + 1000``) are generated and packed (one shard chain per
+   recording), or taken from ``train_source``/``heldout_source``.
+2. **Train** three learners through :func:`launch.runner.run_training` with
+   ``config`` (``configs/av_stream.toml``) at the same encoders, data and
+   optimizer: ``obs``, one chronological pass with rehearsal; ``dual``, the dual
+   encoder (``model.stream.state_path = false``), the same pass and rehearsal
+   and OBS's number of optimizer steps; ``dual-offline``, the dual encoder on
+   shuffled, looped data for ``offline_factor`` × OBS's steps, without
+   rehearsal (the upper bound).
+3. **Score.** A *study pass* runs the held-out recordings in time order (one per
+   batch row) through the model's window objective with a fresh big state,
+   committing every window: where a name heard near an object is bound (the
+   dual encoder has no state and skips it). Trials come from the held-out
+   labels (:mod:`launch.evals.word_referent_trials`): a text's audio clip alone
+   is the query, four silent video clips (its referent and three other objects
+   of the same recording) the candidates; the answer is the argmax of
+   :meth:`~obs_dist.model.av_stream.AVStreamModel.scores`. Chance is 0.25.
+
+Rows per (setting, learner): accuracy with a 95 % Wilson interval, trials,
+steps, trainable parameters and seconds; per-word accuracies and the confusion
+(referent × chosen object) are in ``details``, drawn as one PNG
+(``<work_dir>/word_referent_confusion.png`` and ``obs report``'s figure).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from launch.evals.suite import Suite, verdict
+from launch.evals.word_referent_trials import ClipLabel, Trial, build_trials, tally
+
+log = logging.getLogger("obs.eval.word_referent")
+
+SETTINGS = ("class", "recording")
+LEARNERS = ("obs", "dual", "dual-offline")
+HELDOUT_SEED_OFFSET = 1000
+CHANCE = 0.25
+# The headline targets: OBS's accuracy per setting; the dual encoder near chance on novel names.
+TARGETS = {"class": 0.90, "recording": 0.80}
+NEAR_CHANCE = 0.10
+
+
+@dataclass
+class WordReferentConfig:
+    """The word–referent suite.
+
+    Attributes:
+        settings: the ``names`` settings run, each in turn (empty: ``[names]``).
+        names: the setting when ``settings`` is empty.
+        train_source: training shards (``obs make-shards --from DIR``); empty:
+            generate recordings. Needs ``heldout_source`` and one setting.
+        heldout_source: held-out shards (other recordings).
+        work_dir: folder of generated data, runs and the figure.
+        recordings: training recordings generated per setting.
+        heldout_recordings: held-out recordings generated per setting.
+        seconds: length of each generated recording.
+        objects_per_recording: objects each recording shows (>= ``candidates``).
+        scene_seconds: ``[min, max]`` scene length of the generated recordings.
+        name_gap: ``[min, max]`` seconds of in-view time between namings.
+        carrier_fraction: share of namings said in a carrier phrase.
+        gen_workers: processes generating recordings side by side.
+        seed: seed of the training recordings and of every learner's training.
+        config: the training config of every learner.
+        train_set: extra ``--set`` overrides of every learner's training.
+        rehearsal_ratio: rehearsed batches per new one in the one-pass learners.
+        steps: cap on OBS's optimizer steps (0: one whole pass).
+        offline_factor: the offline dual encoder's steps per OBS step.
+        models: learners trained, among ``obs``, ``dual``, ``dual-offline``.
+        candidates: candidate videos per trial.
+        min_occurrences: occurrences a text needs to give trials.
+        min_purity: share of its occurrences with its referent in view.
+        min_gap: clips between the query and a candidate, when possible.
+        trial_seed: seed of the trials' candidates and order.
+        study_streams: rows of the study pass (0: one per held-out recording).
+        query_batch: queries scored together.
+        threads: torch intra-op threads.
+    """
+
+    settings: list[str] = field(default_factory=list)
+    names: str = "class"
+    train_source: str = ""
+    heldout_source: str = ""
+    work_dir: str = "runs/eval/word-referent"
+    recordings: int = 16
+    heldout_recordings: int = 4
+    seconds: float = 300.0
+    objects_per_recording: int = 8
+    scene_seconds: list[float] = field(default_factory=lambda: [8.0, 30.0])
+    name_gap: list[float] = field(default_factory=lambda: [3.0, 10.0])
+    carrier_fraction: float = 0.5
+    gen_workers: int = 1
+    seed: int = 0
+    config: str = "configs/av_stream.toml"
+    train_set: list[str] = field(default_factory=list)
+    rehearsal_ratio: int = 7
+    steps: int = 0
+    offline_factor: float = 2.0
+    models: list[str] = field(default_factory=lambda: list(LEARNERS))
+    candidates: int = 4
+    min_occurrences: int = 2
+    min_purity: float = 0.6
+    min_gap: int = 10
+    trial_seed: int = 0
+    study_streams: int = 0
+    query_batch: int = 256
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.settings = list(self.settings) or [self.names]
+        bad = [s for s in self.settings if s not in SETTINGS]
+        if bad or len(set(self.settings)) != len(self.settings):
+            raise ValueError(f"settings must be distinct entries of {list(SETTINGS)}, "
+                             f"got {self.settings}")
+        if not self.models or any(n not in LEARNERS for n in self.models) \
+                or len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be distinct entries of {list(LEARNERS)}, "
+                             f"got {self.models}")
+        if "obs" not in self.models and self.steps < 1:
+            raise ValueError("models without 'obs' need steps >= 1 (the peers' step count)")
+        if bool(self.train_source) != bool(self.heldout_source):
+            raise ValueError("train_source and heldout_source must be given together")
+        if self.train_source and len(self.settings) != 1:
+            raise ValueError(f"given shards are one setting; settings has {self.settings}")
+        for name in ("recordings", "heldout_recordings", "gen_workers", "query_batch",
+                     "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seconds < 1:
+            raise ValueError(f"seconds must be >= 1, got {self.seconds}")
+        if self.offline_factor <= 0:
+            raise ValueError(f"offline_factor must be > 0, got {self.offline_factor}")
+        if self.candidates < 2 or self.objects_per_recording < self.candidates:
+            raise ValueError(f"need 2 <= candidates <= objects_per_recording, got "
+                             f"candidates={self.candidates}, "
+                             f"objects_per_recording={self.objects_per_recording}")
+        if self.min_occurrences < 1 or not 0 <= self.min_purity <= 1:
+            raise ValueError(f"need min_occurrences >= 1 and min_purity in [0, 1], got "
+                             f"{self.min_occurrences}, {self.min_purity}")
+
+
+QUICK = [
+    "settings=['class']", "recordings=2", "heldout_recordings=1", "seconds=30",
+    "objects_per_recording=4", "scene_seconds=[3.0, 6.0]", "name_gap=[5.0, 10.0]",
+    "carrier_fraction=0.0", "rehearsal_ratio=1", "steps=6", "offline_factor=1.0",
+    "min_gap=3", "work_dir='runs/eval/word-referent-quick'",
+    "train_set=['state.nodes=1024', 'data.streams=2', 'task.batch=2', 'data.window=8', "
+    "'train.progress=false', 'train.log_every=1000', 'train.warmup=2']",
+]
+
+
+# ---------------------------------------------------------------------------- data
+def prepare_data(cfg: WordReferentConfig, setting: str) -> tuple[str, str]:
+    """The (training, held-out) shard sources of a setting, generated when not given."""
+    if cfg.train_source:
+        return cfg.train_source, cfg.heldout_source
+    from pipelines.pack import pack_folder
+    from pipelines.recording_gen import RecordingConfig, write_recordings
+
+    root = Path(cfg.work_dir) / setting
+    sources = []
+    for part, seed, count in (("train", cfg.seed, cfg.recordings),
+                              ("heldout", cfg.seed + HELDOUT_SEED_OFFSET,
+                               cfg.heldout_recordings)):
+        rec = RecordingConfig(recordings=count, seconds=cfg.seconds, names=setting, seed=seed,
+                              objects_per_recording=cfg.objects_per_recording,
+                              scene_seconds=tuple(cfg.scene_seconds),  # type: ignore[arg-type]
+                              name_gap=tuple(cfg.name_gap),  # type: ignore[arg-type]
+                              carrier_fraction=cfg.carrier_fraction)
+        folder = root / f"{part}_recordings"
+        write_recordings(folder, rec, workers=cfg.gen_workers, overwrite=True, progress=False)
+        shards = root / f"{part}_shards"
+        pack_folder(folder, str(shards), overwrite=True, progress=False)
+        sources.append(str(shards))
+    return sources[0], sources[1]
+
+
+def _quoted(value: Any) -> str:
+    """A value as a TOML literal for an override (paths stay strings)."""
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_dir: Path,
+                      steps: int) -> list[str]:
+    """The ``--set`` overrides of one learner's training run.
+
+    Args:
+        cfg: the suite config.
+        learner: ``obs``, ``dual`` or ``dual-offline``.
+        source: the training shards.
+        out_dir: the run's output folder.
+        steps: OBS's optimizer steps (for ``obs`` itself: ``cfg.steps``, 0 = a pass).
+    """
+    sets = {"data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
+            "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
+    if learner == "dual-offline":
+        sets.update({"data.mode": "shuffled", "data.loop": True, "rehearsal.ratio": 0,
+                     "train.steps": max(1, round(cfg.offline_factor * steps))})
+    else:
+        sets.update({"data.mode": "ordered", "data.loop": False,
+                     "rehearsal.ratio": cfg.rehearsal_ratio})
+        if steps:
+            sets["train.steps"] = steps
+    return [*cfg.train_set, *(f"{k}={_quoted(v)}" for k, v in sets.items())]
+
+
+@dataclass
+class Trained:
+    """A trained learner: its model (eval mode), run config and figures."""
+
+    name: str
+    model: Any
+    run_cfg: Any
+    steps: int
+    params: int
+    seconds: float
+
+
+def train(cfg: WordReferentConfig, setting: str, learner: str, source: str,
+          steps: int) -> Trained:
+    """Train one learner through :func:`launch.runner.run_training` and load its weights."""
+    from launch.runner import build_model, load_weights, resolve_config, run_training
+
+    out = Path(cfg.work_dir) / setting / learner
+    overrides = learner_overrides(cfg, learner, source, out, steps)
+    start = time.perf_counter()
+    metrics = run_training(cfg.config, overrides, resume="never")
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(cfg.threads)
+    run_cfg = resolve_config(cfg.config, overrides)
+    model, _ = build_model(run_cfg, torch.device(run_cfg.train.device))
+    load_weights(model, out / "model.safetensors")
+    model.eval()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Trained(learner, model, run_cfg, int(metrics.get("step", 0)), params, seconds)
+
+
+# ------------------------------------------------------------------------- held out
+def heldout_batches(run_cfg: Any, source: str, streams: int) -> Iterator[dict[str, Any]]:
+    """The held-out stream in time order, one recording per row (``streams`` rows)."""
+    from pipelines.loader import DataConfig, build_loader
+
+    d = run_cfg.data
+    data = DataConfig(source=source, streams=streams, window=d.window, mode="ordered",
+                      workers=0, frames=d.frames, image_size=d.image_size, n_mels=d.n_mels,
+                      audio_seconds=d.audio_seconds, loop=False,
+                      endpoint_url=d.endpoint_url)
+    loader = build_loader(data)
+    classes = loader.classes
+    for batch in loader:
+        batch["object_names"] = [[classes[o] if o >= 0 else None for o in row.tolist()]
+                                 for row in batch["objects"]]
+        yield batch
+
+
+def count_recordings(run_cfg: Any, source: str) -> int:
+    """Recordings (shard chains) of a held-out source."""
+    from pipelines.sources import resolve_shards
+
+    return len(resolve_shards(source, run_cfg.data.endpoint_url).chains)
+
+
+Media = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def collect(run_cfg: Any, source: str, streams: int) -> tuple[list[ClipLabel], Media]:
+    """Every held-out clip's labels, and its audio log-mel and video (both present only)."""
+    labels: list[ClipLabel] = []
+    media: Media = {}
+    for batch in heldout_batches(run_cfg, source, streams):
+        for b, row in enumerate(batch["keys"]):
+            for t, key in enumerate(row):
+                if not key:
+                    continue
+                recording, index = key.rsplit("/", 1)
+                labels.append(ClipLabel(recording, int(index), batch["words"][b][t],
+                                        batch["object_names"][b][t]))
+                if batch["audio_mask"][b, t] and batch["video_mask"][b, t]:
+                    media[(recording, int(index))] = (batch["audio"][b, t].clone(),
+                                                      batch["video"][b, t].clone())
+    return labels, media
+
+
+def study(learner: Trained, source: str, streams: int) -> Any:
+    """The study pass: a fresh big state after the held-out stream, window by window."""
+    from obs_dist.model.state import BigState
+    from obs_dist.model.window import WindowMemory
+
+    model, run_cfg = learner.model, learner.run_cfg
+    device = torch.device(run_cfg.train.device)
+    state = BigState(run_cfg.state, device=device)
+    carry = model.initial_carry(streams, device)
+    with torch.no_grad():
+        for batch in heldout_batches(run_cfg, source, streams):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+            length = batch["video_mask"].shape[1]
+            width = run_cfg.train.window or length
+            for s in range(0, length, width):
+                part = {k: v[:, s:s + width] if isinstance(v, torch.Tensor) and v.dim() >= 2
+                        else v for k, v in batch.items()}
+                if s > 0:
+                    part.pop("reset", None)
+                memory = WindowMemory(state.matrix(), streams)
+                carry = model.window_objective(part, memory, carry).carry
+                state.apply(memory.to_delta())
+    return state
+
+
+def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
+           query_batch: int) -> list[int]:
+    """The candidate position each trial's query picks (argmax of the model's scores)."""
+    from obs_dist.model.av_stream import Candidates
+    from obs_dist.model.window import WindowMemory
+
+    model = learner.model
+    device = torch.device(learner.run_cfg.train.device)
+    keys = sorted({(t.recording, c) for t in trials for c in t.candidates})
+    column = {k: i for i, k in enumerate(keys)}
+    picks: list[int] = []
+    with torch.no_grad():
+        parts = [model.candidates(torch.stack([media[k][1] for k in keys[i:i + 512]])
+                                  .to(device)) for i in range(0, len(keys), 512)]
+        cands = Candidates(torch.cat([p.embed for p in parts]),
+                           *(None if getattr(parts[0], f) is None else
+                             torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "alpha")))
+        for i in range(0, len(trials), query_batch):
+            chunk = trials[i:i + query_batch]
+            audio = torch.stack([media[(t.recording, t.query)][0] for t in chunk]).to(device)
+            memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
+            logits = model.scores(model.probe(audio, memory), cands)
+            cols = torch.tensor([[column[(t.recording, c)] for c in t.candidates]
+                                 for t in chunk], device=device)
+            picks += logits.gather(1, cols).argmax(1).tolist()
+    return picks
+
+
+def usable(trials: list[Trial], media: Media) -> list[Trial]:
+    """Trials whose query has audio and whose candidates have video."""
+    return [t for t in trials if (t.recording, t.query) in media
+            and all((t.recording, c) in media for c in t.candidates)]
+
+
+# ------------------------------------------------------------------------------ run
+def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, Any]],
+                                                                 dict[str, Any]]:
+    """Data, the learners' training and their trials in one setting: rows and details."""
+    train_source, heldout_source = prepare_data(cfg, setting)
+    order = [n for n in LEARNERS if n in cfg.models]
+    trained: list[Trained] = []
+    obs_steps = cfg.steps
+    for name in order:
+        learner = train(cfg, setting, name, train_source, cfg.steps if name == "obs"
+                        else obs_steps)
+        if name == "obs":
+            obs_steps = learner.steps
+        trained.append(learner)
+    run_cfg = trained[0].run_cfg
+    streams = cfg.study_streams or count_recordings(run_cfg, heldout_source)
+    labels, media = collect(run_cfg, heldout_source, streams)
+    trials = usable(build_trials(labels, cfg.candidates, cfg.min_occurrences, cfg.min_purity,
+                                 cfg.min_gap, cfg.trial_seed), media)
+    log.info("setting %s: %d held-out clips, %d trials over %d texts", setting, len(labels),
+             len(trials), len({(t.recording, t.text) for t in trials}))
+    rows, details = [], {}
+    for learner in trained:
+        state = (study(learner, heldout_source, streams)
+                 if getattr(learner.model, "writer", None) is not None else None)
+        picks = choose(learner, state, trials, media, cfg.query_batch) if trials else []
+        scores = tally(trials, picks)
+        details[learner.name] = {"per_word": scores["per_word"],
+                                 "confusion": scores["confusion"]}
+        rows.append({"setting": setting, "model": learner.name,
+                     "accuracy": scores["accuracy"], "trials": scores["trials"],
+                     "ci_low": scores["ci"][0], "ci_high": scores["ci"][1],
+                     "ci": scores["ci"], "chance": CHANCE, "steps": learner.steps,
+                     "params": learner.params, "seconds": round(learner.seconds, 1)})
+    return rows, {"learners": details, "clips": len(labels), "trials": len(trials),
+                  "texts": sorted({t.text for t in trials}), "train_source": train_source,
+                  "heldout_source": heldout_source}
+
+
+def run(cfg: WordReferentConfig) -> dict[str, Any]:
+    """Every setting: data, three learners, study pass and trials; rows and the figure."""
+    torch.set_num_threads(cfg.threads)
+    rows: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    for setting in cfg.settings:
+        setting_rows, details[setting] = run_setting(cfg, setting)
+        rows += setting_rows
+    result: dict[str, Any] = {"results": rows, "details": details, "chance": CHANCE}
+    figure = confusion_figure(result, Path(cfg.work_dir) / "word_referent_confusion.png")
+    result["figure"] = str(figure) if figure is not None else ""
+    return result
+
+
+def _row(result: dict[str, Any], setting: str, learner: str) -> dict[str, Any] | None:
+    return next((r for r in result.get("results", []) if r["setting"] == setting
+                 and r["model"] == learner and r["trials"]), None)
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """OBS's accuracy per setting, OBS against the one-pass dual encoder, novel-name chance."""
+    lines = []
+    for setting, what in (("class", "consistent names"), ("recording", "novel names")):
+        obs, dual = _row(result, setting, "obs"), _row(result, setting, "dual")
+        if obs is None:
+            continue
+        goal = TARGETS[setting]
+        lines.append(f"Word–referent, {what}: OBS >= {goal:.2f} — "
+                     f"{verdict(obs['accuracy'] >= goal)} (OBS {obs['accuracy']:.3f} over "
+                     f"{obs['trials']} trials)")
+        if dual is not None:
+            lines.append(f"Word–referent, {what}: OBS >= the one-pass dual encoder — "
+                         f"{verdict(obs['accuracy'] >= dual['accuracy'])} "
+                         f"(dual encoder {dual['accuracy']:.3f})")
+            if setting == "recording":
+                near = abs(dual["accuracy"] - CHANCE) <= NEAR_CHANCE
+                lines.append(f"Word–referent, novel names: the dual encoder near chance "
+                             f"({CHANCE} ± {NEAR_CHANCE}) — {verdict(near)} "
+                             f"({dual['accuracy']:.3f})")
+    return lines
+
+
+def extras(result: dict[str, Any]) -> list[str]:
+    """Per-word accuracy of every learner, per setting."""
+    from launch.evals.suite import markdown_table
+
+    parts = []
+    for setting, info in result.get("details", {}).items():
+        rows = [{"model": name, "text": text, "referent": w["referent"],
+                 "accuracy": w["accuracy"], "trials": w["trials"]}
+                for name, d in info.get("learners", {}).items()
+                for text, w in d["per_word"].items()]
+        if rows:
+            parts.append(f"\nWord–referent accuracy per word ({setting} names, "
+                         f"{info['trials']} trials):\n\n" + markdown_table(rows))
+    return parts
+
+
+def confusion_figure(result: dict[str, Any], path: Path) -> Path | None:
+    """Referent × chosen object counts, one panel per (setting, learner); None if no trial."""
+    from launch.evals import plots
+
+    panels = [(s, name, d["confusion"]) for s, info in result.get("details", {}).items()
+              for name, d in info.get("learners", {}).items() if d["confusion"]]
+    if not panels:
+        return None
+    settings = list(dict.fromkeys(s for s, _, _ in panels))
+    learners = list(dict.fromkeys(n for _, n, _ in panels))
+    fig, axes = plots._subplots(len(settings), len(learners), squeeze=False,
+                                figsize=(3.6 * len(learners) + 1, 3.4 * len(settings) + 0.6))
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for setting, name, cells in panels:
+        ax = axes[settings.index(setting)][learners.index(name)]
+        ax.set_visible(True)
+        objects = sorted({r for r, _, _ in cells} | {c for _, c, _ in cells})
+        grid = torch.zeros(len(objects), len(objects))
+        for r, c, n in cells:
+            grid[objects.index(r), objects.index(c)] += n
+        grid = grid / grid.sum(1, keepdim=True).clamp(min=1)
+        ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis")
+        row = _row(result, setting, name)
+        acc = f"{row['accuracy']:.2f}" if row else "–"
+        ax.set_title(f"{name}, {setting} names (acc {acc})", fontsize=9)
+        ticks = range(len(objects))
+        short = [o if len(o) <= 14 else o[:13] + "…" for o in objects]
+        ax.set_xticks(ticks, short, rotation=90, fontsize=6)
+        ax.set_yticks(ticks, short, fontsize=6)
+        ax.set_xlabel("chosen object", fontsize=8)
+        ax.set_ylabel("referent", fontsize=8)
+    return plots._save(fig, path)
+
+
+SUITE = Suite(name="word-referent", title="Word–referent trials (Labeled-S, held-out recordings)",
+              config=WordReferentConfig, run=run, quick=QUICK, targets=targets,
+              figures=[("confusion", confusion_figure)], extras=extras)

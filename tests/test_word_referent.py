@@ -1,0 +1,146 @@
+"""The word–referent suite: trial building from labels (pure) and ``--quick`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.evals import SUITES, suite_config
+from launch.evals.word_referent import learner_overrides, targets
+from launch.evals.word_referent_trials import (
+    ClipLabel,
+    build_trials,
+    occurrences,
+    recording_trials,
+    referents,
+    tally,
+    wilson,
+)
+
+
+def _recording(name: str = "rec_000", words: int = 3) -> list[ClipLabel]:
+    """A recording: ``dax`` said near the ball, ``wug`` near the cup, the filler ``hmm``
+    next to a different object each time, silent stretches of car, doll and kite."""
+    plan: list[tuple[str, str | None]] = []
+    for k in range(words):
+        plan += [("dax", "ball"), ("dax", "ball"), ("", "ball")] + [("", "car")] * 4
+        plan += [("wug", "cup"), ("", "cup")] + [("", "doll")] * 4 + [("", "kite")] * 4
+        plan += [("", None), ("hmm", None), ("", ("car", "doll", "kite")[k % 3])]
+    return [ClipLabel(name, i, w, o) for i, (w, o) in enumerate(plan)]
+
+
+def test_occurrences_merge_consecutive_clips_of_one_text() -> None:
+    runs = occurrences(_recording(words=2))
+    assert len(runs["dax"]) == 2 and all(len(r) == 2 for r in runs["dax"])
+    assert len(runs["wug"]) == 2 and len(runs["hmm"]) == 2
+
+
+def test_majority_referent_and_fillers_fall_out() -> None:
+    kept = referents(_recording())
+    assert kept["dax"][0] == "ball" and kept["wug"][0] == "cup"
+    assert kept["dax"][1] == 1.0
+    assert "hmm" not in kept  # in view of no object, or of another one each time
+
+
+def test_purity_threshold_and_minimum_occurrences() -> None:
+    clips = [ClipLabel("r", 0, "dax", "ball"), ClipLabel("r", 1, "", None),
+             ClipLabel("r", 2, "", None), ClipLabel("r", 3, "dax", "cup"),
+             ClipLabel("r", 4, "", None), ClipLabel("r", 5, "", None),
+             ClipLabel("r", 6, "dax", "ball")]
+    assert referents(clips, min_purity=0.6)["dax"][0] == "ball"  # 2 of 3
+    assert "dax" not in referents(clips, min_purity=0.7)
+    assert "dax" not in referents(clips, min_occurrences=4)
+    with pytest.raises(ValueError, match="min_purity"):
+        referents(clips, min_purity=1.5)
+
+
+def test_trials_have_distinct_silent_candidates_and_one_answer() -> None:
+    clips = _recording()
+    by_index = {c.index: c for c in clips}
+    trials = recording_trials(clips, candidates=4, min_gap=5, seed=3)
+    assert len(trials) == 6  # 3 occurrences each of dax and wug
+    for t in trials:
+        assert len(set(t.objects)) == 4 and t.objects[t.answer] == t.referent
+        assert [by_index[c].object for c in t.candidates] == list(t.objects)
+        assert all(by_index[c].word == "" for c in t.candidates)
+        assert by_index[t.query].word == t.text
+        assert all(abs(c - t.query) >= 5 for c in t.candidates)
+    assert len({t.answer for t in trials}) > 1  # the answer's position is shuffled
+
+
+def test_trials_are_deterministic_per_seed() -> None:
+    clips = _recording() + _recording("rec_001")
+    assert build_trials(clips, seed=1) == build_trials(list(reversed(clips)), seed=1)
+    assert build_trials(clips, seed=1) != build_trials(clips, seed=2)
+    assert {t.recording for t in build_trials(clips)} == {"rec_000", "rec_001"}
+
+
+def test_too_few_other_objects_give_no_trial() -> None:
+    clips = _recording()
+    assert recording_trials(clips, candidates=5) != []  # ball + car, cup, doll, kite
+    assert recording_trials(clips, candidates=6) == []
+    with pytest.raises(ValueError, match="candidates"):
+        recording_trials(clips, candidates=1)
+    with pytest.raises(ValueError, match="one recording"):
+        recording_trials(clips + _recording("other"))
+
+
+def test_tally_and_wilson_interval() -> None:
+    trials = recording_trials(_recording())
+    out = tally(trials, [t.answer for t in trials])
+    assert out["accuracy"] == 1.0 and out["trials"] == 6
+    assert out["per_word"]["dax"] == {"accuracy": 1.0, "trials": 3, "referent": "ball"}
+    assert all(r == c for r, c, _ in out["confusion"])
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="chosen"):
+        tally(trials, [0])
+
+
+def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="settings"):
+        suite_config("word-referent", None, ["settings=['nope']"])
+    with pytest.raises(ValueError, match="heldout_source"):
+        suite_config("word-referent", None, ["train_source='x'"])
+    with pytest.raises(ValueError, match="models"):
+        suite_config("word-referent", None, ["models=['dual']"])
+    cfg = suite_config("word-referent", None, ["rehearsal_ratio=3", "offline_factor=2.5"])
+    obs = learner_overrides(cfg, "obs", "/d", tmp_path, 0)
+    assert "rehearsal.ratio=3" in obs and "model.stream.state_path=true" in obs
+    assert not any(s.startswith("train.steps") for s in obs)
+    dual = learner_overrides(cfg, "dual", "/d", tmp_path, 40)
+    assert "model.stream.state_path=false" in dual and "train.steps=40" in dual
+    offline = learner_overrides(cfg, "dual-offline", "/d", tmp_path, 40)
+    assert {"data.mode=\"shuffled\"", "data.loop=true", "rehearsal.ratio=0",
+            "train.steps=100"} <= set(offline)
+
+
+def test_targets_read_the_rows() -> None:
+    rows = [{"setting": "recording", "model": "obs", "accuracy": 0.85, "trials": 40},
+            {"setting": "recording", "model": "dual", "accuracy": 0.3, "trials": 40}]
+    lines = targets({"results": rows})
+    assert len(lines) == 3 and all("**met**" in line for line in lines)
+
+
+def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:
+    assert "word-referent" in SUITES
+    out = tmp_path / "wr.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "eval", "--task", "word-referent", "--quick",
+         "--set", f"work_dir={json.dumps(str(tmp_path / 'work'))}", "--json", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result["results"]
+    assert [r["model"] for r in rows] == ["obs", "dual", "dual-offline"]
+    for r in rows:
+        assert r["trials"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["steps"] == rows[0]["steps"] > 0 and r["params"] > 0
+    assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"]  # the writer
+    assert Path(result["figure"]).is_file() and result["figure"].endswith(".png")
