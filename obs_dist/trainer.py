@@ -69,6 +69,8 @@ class TrainConfig:
         target_accuracy: stop once an evaluation reaches this accuracy.
         max_nonfinite_steps: stop the run (non-zero exit) after this many
             consecutive steps whose loss or slow weights are NaN/inf.
+        schedule_steps: length of the learning-rate schedule (0: ``steps``).
+            Set it explicitly to be allowed to change ``steps`` on resume.
     """
 
     steps: int = 200
@@ -86,13 +88,15 @@ class TrainConfig:
     progress: bool = True
     target_accuracy: float | None = None
     max_nonfinite_steps: int = 3
+    schedule_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for key in ("weight_decay", "warmup", "grad_clip", "window", "eval_every"):
+        for key in ("weight_decay", "warmup", "grad_clip", "window", "eval_every",
+                    "schedule_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("log_every", "eval_batches", "moments_every", "max_nonfinite_steps"):
@@ -135,7 +139,7 @@ class TorchSlowWeights:
         cfg = self.cfg
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
-        span = max(cfg.steps - cfg.warmup, 1)
+        span = max((cfg.schedule_steps or cfg.steps) - cfg.warmup, 1)
         progress = min((step - cfg.warmup) / span, 1.0)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -31,7 +31,9 @@ def test_demo_config_is_audio_visual_and_valid() -> None:
 
 
 def test_generates_shards_trains_evaluates_and_resumes(tmp_path: Path) -> None:
-    metrics = run_training("configs/demo.toml", _sets(tmp_path, "make_synthetic=true"))
+    # An explicit LR schedule length lets train.steps grow on resume.
+    metrics = run_training("configs/demo.toml", _sets(tmp_path, "make_synthetic=true",
+                                                      "train.schedule_steps=8"))
     assert metrics["step"] == 4 and 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert metrics["committed_entries_total"] > 0  # av runs commit into the big state
     assert list((tmp_path / "shards").glob("*.tar")) and list((tmp_path / "shards-eval").glob(
@@ -39,7 +41,8 @@ def test_generates_shards_trains_evaluates_and_resumes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 4
     # Four more steps continue from the step-4 checkpoint, with the loader's cursor.
     more = run_training("configs/demo.toml",
-                        _sets(tmp_path, "make_synthetic=true", "train.steps=8"))
+                        _sets(tmp_path, "make_synthetic=true", "train.steps=8",
+                                      "train.schedule_steps=8"))
     assert more["resumed_from"] == 4 and more["step"] == 8
 
 

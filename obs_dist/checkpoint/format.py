@@ -171,12 +171,77 @@ def state_shape(state: BigState) -> dict[str, Any]:
             "nbytes": state.nbytes}
 
 
-def check_compatible(manifest: Manifest, state: BigState, world_size: int) -> None:
-    """Refuse to load a checkpoint into a differently shaped run.
+# Config keys (dotted; a key ends in "." for a whole section) that may change on
+# resume: where output, metrics and checkpoints go and how often they are
+# reported or written, and I/O patience. Everything else is a hyperparameter or
+# decides what the run computes, and must equal the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "name", "out_dir", "metrics.", "make_synthetic",
+    "train.progress", "train.log_every", "train.moments_every",
+    "checkpoint.every", "checkpoint.url", "checkpoint.endpoint_url", "checkpoint.retries",
+    "checkpoint.keep_bases", "data.endpoint_url", "data.retries", "data.prefetch",
+    "dist.timeout_s",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts as ``{"a.b.c": value}``."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def may_change_on_resume(key: str, config: dict[str, Any]) -> bool:
+    """Whether config ``key`` may differ from the checkpoint's (:data:`RESUME_MAY_CHANGE`).
+
+    ``train.steps`` may change only when the learning-rate schedule does not
+    depend on it: ``train.schedule_steps`` set explicitly (and unchanged).
+    """
+    if key == "train.steps":
+        return bool(config.get("train", {}).get("schedule_steps"))
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+
+
+def config_changes(saved: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """The keys whose value differs between a checkpoint's config and this run's.
+
+    Keys the checkpoint does not have (settings added since it was written) and
+    keys of :func:`may_change_on_resume` are not compared.
+
+    Returns:
+        ``"key (saved → live)"`` strings, sorted by key.
+    """
+    old, new = _flatten(saved), _flatten(live)
+    return [f"{key} ({old[key]!r} → {new.get(key)!r})" for key in sorted(old)
+            if key in new and old[key] != new[key] and not may_change_on_resume(key, live)]
+
+
+def check_compatible(manifest: Manifest, state: BigState, world_size: int,
+                     config: dict[str, Any] | None = None) -> None:
+    """Refuse to load a checkpoint into a differently shaped or configured run.
+
+    Args:
+        manifest: the checkpoint.
+        state: this run's big state.
+        world_size: this run's number of ranks.
+        config: this run's resolved config (None: not compared).
 
     Raises:
-        ValueError: naming the first mismatch (state size, partitions, dtype, world size).
+        ValueError: naming the first mismatch (state size, partitions, dtype, world
+            size), or every config key that differs from the checkpoint's.
     """
+    if config and manifest.config:
+        changed = config_changes(manifest.config, config)
+        if changed:
+            raise ValueError(
+                f"cannot resume from the checkpoint at step {manifest.step}: this run's "
+                f"config differs from the checkpoint's in {', '.join(changed)}. Only "
+                f"{', '.join(RESUME_MAY_CHANGE)} (and train.steps with an explicit "
+                f"train.schedule_steps) may change on resume; use the checkpoint's values, "
+                f"or start a new run (--resume never, or another checkpoint.url)")
     live = state_shape(state)
     for key in ("nodes", "partitions", "dtype"):
         if manifest.state.get(key) != live[key]:

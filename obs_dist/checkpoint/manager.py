@@ -378,7 +378,7 @@ class Checkpointer:
         """Verify and load one checkpoint's state and this rank's tree (not yet applied)."""
         try:
             manifest = read_manifest(store, step)
-            check_compatible(manifest, self.trainer.state, self.world)
+            check_compatible(manifest, self.trainer.state, self.world, self.config)
             document, tensors = read_rank(store, manifest, self.rank)
             tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
             load_state(store, manifest, self.trainer.state)

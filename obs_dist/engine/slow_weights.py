@@ -136,7 +136,7 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, micro_batch: int) 
                                                   "weight_decay": train.weight_decay,
                                                   "torch_adam": ds.torch_adam}},
         "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": max(train.steps, 1),
+            "total_num_steps": max(train.schedule_steps or train.steps, 1),
             "warmup_num_steps": max(train.warmup, 1),
             "warmup_type": "linear",
             "warmup_min_ratio": 0.0,
