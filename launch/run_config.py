@@ -19,6 +19,7 @@ from obs_dist.model.state import StateConfig
 from obs_dist.tasks import TaskConfig
 from obs_dist.trainer import TrainConfig
 from pipelines.loader import DataConfig
+from pipelines.rehearsal import RehearsalConfig
 from pipelines.synthetic import SyntheticConfig
 
 
@@ -37,7 +38,8 @@ class RunConfig:
         deepspeed: the DeepSpeed engine of the slow weights (ZeRO stage, …).
         scheduler: sequential/parallel phases (committing tasks).
         sync: summing committed deltas across ranks, replica checks.
-        data: audio-visual shards (``task.name = "av"``).
+        data: audio-visual shards (``task.name = "av"`` or ``"av-stream"``).
+        rehearsal: past batches replayed between new ones (``av-stream``'s one pass).
         synthetic: the recipe of the shards that ``make_synthetic`` generates.
         make_synthetic: generate the synthetic set at an empty local
             ``data.source`` (and ``data.eval_source``) before training (the
@@ -57,6 +59,7 @@ class RunConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     make_synthetic: bool = False
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -69,7 +72,7 @@ class RunConfig:
         if self.dist.backend == "nccl" and not self.train.device.startswith("cuda"):
             raise ValueError(f"dist.backend = 'nccl' needs train.device = 'cuda', got "
                              f"{self.train.device!r}")
-        if self.task.name == "av":
+        if self.task.name in ("av", "av-stream"):
             self._check_av()
         if self.model.encoder == "tokens":
             # 0 means "as the task needs"; an explicit value must be large enough.
@@ -85,9 +88,10 @@ class RunConfig:
     def _check_av(self) -> None:
         """Audio-visual runs: the data section must agree with the model and the task."""
         if self.model.encoder != "av":
-            raise ValueError("task.name = 'av' needs model.encoder = 'av'")
+            raise ValueError(f"task.name = {self.task.name!r} needs model.encoder = 'av'")
         if not self.data.source:
-            raise ValueError("task.name = 'av' needs data.source (a shard directory, "
+            raise ValueError(f"task.name = {self.task.name!r} needs data.source (a shard "
+                             "directory, "
                              "file://, s3:// or pipe:)")
         for key in ("n_mels", "image_size"):
             if getattr(self.model, key) != getattr(self.data, key):

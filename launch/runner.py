@@ -46,6 +46,7 @@ from obs_dist.guards import require_scored, task_scores_targets
 from obs_dist.hooks import NamedHook
 from obs_dist.model.model import OBSModel
 from obs_dist.model.state import BigState
+from obs_dist.storage import RedactCredentials, redact_tree
 from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
 from pipelines.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
@@ -60,6 +61,9 @@ def setup_logging() -> None:
     """Plain timestamped logs on rank 0; warnings only elsewhere."""
     level = logging.INFO if is_rank_zero() else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # no URL credentials in any log line
+        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
+            handler.addFilter(RedactCredentials())
 
 
 def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:
@@ -173,7 +177,7 @@ def save_final(cfg: RunConfig, model: OBSModel, metrics: dict[str, float]) -> Pa
     """Rank 0 writes the resolved config, final slow weights and metrics."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(redact_tree(to_dict(cfg)), indent=2))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / "model.safetensors"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -228,7 +232,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         slow, engine = build_slow_weights(cfg.dist, cfg.deepspeed, model, cfg.train,
                                           cfg.task.batch)
         if is_rank_zero():
-            log.info("resolved config: %s", json.dumps(to_dict(cfg), sort_keys=True))
+            log.info("resolved config: %s", json.dumps(redact_tree(to_dict(cfg)), sort_keys=True))
             log.info("world %d, device %s, slow-weight engine %s", world, device, engine)
         all_sinks = list(sinks or [])
         if cfg.metrics.enabled:
@@ -239,7 +243,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         if data.loader is not None:
             trainer.hooks.add("data_metrics", _data_metrics(data.loader), stage="report")
         ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position},
-                                    rank=rank, world=world, config=to_dict(cfg))
+                                    rank=rank, world=world,
+                                    config=redact_tree(to_dict(cfg)))
         resumed = ckpt.resume(resume)
         if resumed is not None and is_rank_zero():
             log.info("resumed from the checkpoint of step %d", resumed)

@@ -104,6 +104,10 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            why = ("this PyTorch build has no CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver)")
+            raise ValueError(f"device is {self.device!r} but {why}; use train.device=cpu")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
 

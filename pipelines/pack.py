@@ -363,7 +363,12 @@ def _recording_samples(rec: _Recording, clip_seconds: float, max_side: int, kind
 
 def _write_unbounded(writer: ShardWriter, samples: Iterable[Sample]) -> None:
     """Write a stream of unknown length as :meth:`ShardWriter.write_stream` would,
-    holding at most one shard's worth of it in memory."""
+    holding at most one shard's worth of it in memory.
+
+    A recording starts a shard of its own: each recording is then one chain of
+    shards, which the loader gives to one lane, so a batch's rows follow
+    different recordings side by side."""
+    writer.new_shard()
     buffer: list[Sample] = []
     size = 0
     stream = iter(samples)

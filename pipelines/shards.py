@@ -176,6 +176,11 @@ class ShardWriter:
         self.samples += 1
         self.streams.add(sample.meta.stream)
 
+    def new_shard(self) -> None:
+        """End the current shard (if it holds anything): the next sample opens a new one."""
+        if self._tar is not None and self._size:
+            self._close_shard()
+
     def write_stream(self, samples: Sequence[Sample]) -> None:
         """Append a whole stream, in a fresh shard if it does not fit in the current one.
 

@@ -21,6 +21,7 @@ such as the dense reference used in tests).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -30,6 +31,33 @@ from torch import nn
 
 from obs_dist.model.encoders import build_encoder
 from obs_dist.model.writer import Writer, WriterConfig
+
+
+@dataclass
+class StreamConfig:
+    """The label-free objective of ``task.name = "av-stream"``.
+
+    Attributes:
+        state_path: score candidates through the state (OBS); False gives the
+            dual-encoder peer (same encoders and loss, no state).
+        embed: width of the direct path's joint embedding.
+        gate: clips are scored when their loudest 10 % of audio frames exceed the
+            window's noise floor (20th percentile) by this much (natural-log
+            mel energy; 1.5 ≈ 6.5 dB).
+        exclude_same_stream: other clips of the same recording in the window are
+            not negatives (the same scene would be a false negative).
+    """
+
+    state_path: bool = True
+    embed: int = 64
+    gate: float = 1.5
+    exclude_same_stream: bool = True
+
+    def __post_init__(self) -> None:
+        if self.embed < 2:
+            raise ValueError(f"model.stream.embed must be >= 2, got {self.embed}")
+        if not math.isfinite(self.gate) or self.gate < 0:
+            raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
 
 
 @dataclass
@@ -44,6 +72,7 @@ class ModelConfig:
         n_mels: log-mel bands (``av`` encoder).
         image_size: frame side in pixels (``av`` encoder).
         writer: the writer.
+        stream: the label-free objective (``task.name = "av-stream"`` only).
     """
 
     d_model: int = 64
@@ -53,6 +82,7 @@ class ModelConfig:
     n_mels: int = 64
     image_size: int = 64
     writer: WriterConfig = field(default_factory=WriterConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         if self.d_model < 2:

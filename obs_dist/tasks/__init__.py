@@ -2,7 +2,9 @@
 
 A task stream yields batch dictionaries with ``tokens`` ``[B, L]`` and
 ``targets`` ``[B, L]`` (``-100`` where a position is not scored). Audio-visual
-data comes from :mod:`pipelines` instead and uses ``name = "av"``.
+data comes from :mod:`pipelines` instead and uses ``name = "av"`` (labelled query
+clips) or ``name = "av-stream"`` (long recordings, no labels: the label-free
+objective of :class:`~obs_dist.model.av_stream.AVStreamModel`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class TaskConfig:
         seed: seed of the data stream.
     """
 
-    name: Literal["mqar", "association", "av"] = "mqar"
+    name: Literal["mqar", "association", "av", "av-stream"] = "mqar"
     vocab: int = 256
     seq_len: int = 64
     pairs: int = 8
@@ -50,8 +52,9 @@ class TaskConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in ("mqar", "association", "av"):
-            raise ValueError(f"name must be mqar, association or av, got {self.name!r}")
+        if self.name not in ("mqar", "association", "av", "av-stream"):
+            raise ValueError(f"name must be mqar, association, av or av-stream, got "
+                             f"{self.name!r}")
         if self.vocab < 4:
             raise ValueError(f"vocab must be >= 4, got {self.vocab}")
         if self.pairs < 1:
@@ -73,7 +76,8 @@ class TaskConfig:
         """Whether window deltas are committed to the big state."""
         if self.commit is not None:
             return self.commit
-        return self.name == "av" or (self.name == "association" and self.fixed_mapping)
+        return self.name in ("av", "av-stream") or (self.name == "association"
+                                                    and self.fixed_mapping)
 
     @property
     def input_vocab(self) -> int:
@@ -100,7 +104,7 @@ class ResumableTaskStream:
     """
 
     def __init__(self, cfg: TaskConfig, seed_offset: int = 0) -> None:
-        if cfg.name == "av":
+        if cfg.name in ("av", "av-stream"):
             raise ValueError("task.name = 'av' reads shards through the data pipeline, not here")
         self.cfg = cfg
         self.seed = cfg.seed + seed_offset

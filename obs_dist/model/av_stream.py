@@ -1,0 +1,282 @@
+"""``AVStreamModel``: label-free audio–visual learning through the big state.
+
+The input is a long recording cut into clips (video frames and the audio of the
+same second). Each clip is two time steps of the state machine, first its sound,
+then its picture:
+
+1. **hear** — the audio feature ``f_a`` addresses nodes ``S_a`` (product keys,
+   from the input alone: the same sound lands on the same nodes wherever it is
+   heard). *Before* writing, the step reads the state through those rows,
+   ``h = Σ_i α_i X[S_a,i, :]`` (committed state plus this window's blocks): the
+   activity that what is heard now recalls from the past. Then it writes
+   ``S_a`` with the nodes active when it arrived (the previous picture), in both
+   directions (``backward_links``): sound → picture and picture → sound;
+2. **see** — the video feature ``f_v`` addresses nodes ``S_v`` and writes them
+   with the active nodes (the sound just heard), as :class:`~obs_dist.model.model.OBSModel`
+   does.
+
+**The objective needs no labels.** Hearing clip ``t``'s audio, the model must
+pick clip ``t``'s video among the other clips of the batch (other recordings)
+and of the recent past. A candidate video ``j`` is scored by
+
+* the *state path*: how strongly the recalled activity ``h_t`` falls on the
+  nodes that video ``j`` addresses, ``⟨h_t/‖h_t‖, α_j⟩`` over ``S_v,j``: a name
+  heard once next to an object, and heard again, activates that object's nodes
+  (fast mapping, which only the state can hold), plus
+* the *direct path*: ``cos(P f_a, Q f_v)`` (what a CVCL-style dual encoder
+  learns in its slow weights: names consistent across recordings).
+
+Only clips with sound above their window's noise floor are scored (a label-free
+speech-activity gate: silence predicts nothing). The dual-encoder peer is the
+same model with ``stream.state_path = false``: same encoders, same loss, no state.
+
+Word–referent trials use :meth:`probe` (a word heard alone, cold: no carried
+activity) and :meth:`candidates` (frames seen alone) with :meth:`scores`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder
+from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
+from obs_dist.model.writer import Writer
+
+NEG_INF = float("-inf")
+
+
+class WindowResult(NamedTuple):
+    """One window's objective: summed loss over scored clips, counts, carry, statistics."""
+
+    loss_sum: torch.Tensor
+    scored: int
+    correct: int
+    carry: Carry
+    stats: dict[str, float]
+
+
+class Probe(NamedTuple):
+    """A cold query: its direct embedding ``[Q, e]`` and recalled activity ``[Q, N]``."""
+
+    embed: torch.Tensor
+    recall: torch.Tensor | None
+
+
+class Candidates(NamedTuple):
+    """Candidate pictures: direct embeddings ``[C, e]``, addressed nodes and weights ``[C, k]``."""
+
+    embed: torch.Tensor
+    ids: torch.Tensor | None
+    alpha: torch.Tensor | None
+
+
+def speech_gate(audio: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Which clips carry sound above the noise floor of their stream's window.
+
+    Args:
+        audio: log-mel ``[B, T, n_mels, A]``.
+        mask: ``[B, T]`` clips that have audio.
+        threshold: required rise of the loud frames over the floor (log units).
+
+    Returns:
+        ``[B, T]`` float, 1 for a scored clip.
+    """
+    energy = audio.float().mean(2)  # [B, T, A] per-frame log energy
+    b = energy.shape[0]
+    present = mask.bool()
+    floor = torch.stack([
+        energy[i][present[i]].flatten().quantile(0.2) if bool(present[i].any())
+        else energy.new_zeros(()) for i in range(b)])
+    peak = energy.quantile(0.9, dim=2)
+    return ((peak - floor[:, None]) > threshold).float() * present.float()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``x / ‖x‖`` along the last axis with a gradient that stays finite at 0."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-8)
+
+
+class AVStreamModel(nn.Module):
+    """Slow weights of the label-free stream model (encoders, writer, two heads).
+
+    Args:
+        config: model settings (``d_model``, ``n_mels``, ``image_size``, ``writer``,
+            ``stream``).
+        nodes: N, the size of the big state.
+    """
+
+    def __init__(self, config: ModelConfig, nodes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.stream_cfg: StreamConfig = config.stream
+        self.num_nodes = nodes
+        d, e = config.d_model, config.stream.embed
+        self.audio = AudioClipEncoder(d, config.n_mels)
+        self.video = VideoClipEncoder(d, config.image_size)
+        self.modality = nn.Parameter(torch.randn(2, d) * 0.02)  # row 0 video, row 1 audio
+        self.norm_a = nn.LayerNorm(d)
+        self.norm_v = nn.LayerNorm(d)
+        self.head_a = nn.Linear(d, e)
+        self.head_v = nn.Linear(d, e)
+        self.direct_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.writer: Writer | None = None
+        if config.stream.state_path:
+            self.writer = Writer(config.writer, nodes, context_dim=2 * d)
+            self.back_gain = nn.Parameter(torch.tensor(1.0))
+            self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    # ------------------------------------------------------------------ parts
+    def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
+        """No active nodes (zero weights) at the start of a stream."""
+        m = self.config.writer.active
+        return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
+                     torch.zeros(batch, m, device=device))
+
+    def _state_step(self, f: torch.Tensor, memory: Memory, carry: Carry, recall: bool
+                    ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
+        """One step: address from the input, optionally read first, write, propagate.
+
+        Returns:
+            ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
+        """
+        assert self.writer is not None
+        # Addresses come from the input alone, so a sound or a picture lands on
+        # the same nodes wherever it occurs; the carry enters only the links.
+        prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
+        h0 = memory.read(prop.ids, prop.alpha) if recall else None
+        rows = torch.cat([prop.ids, carry.ids], dim=1)
+        key = _unit(torch.cat([prop.alpha, carry.vals], dim=1))
+        memory.write("link", rows, prop.eta[:, None] * key, prop.ids, prop.alpha)
+        memory.write("back", prop.ids, self.back_gain * prop.eta[:, None] * prop.alpha,
+                     carry.ids, carry.vals)
+        h = memory.read(prop.ids, prop.alpha)
+        vals, ids = h.topk(self.config.writer.active, dim=1)
+        memory.next_step()
+        return h0, Carry(ids, _unit(vals)), prop.ids, prop.alpha
+
+    def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
+        video, audio = batch["video"], batch["audio"]
+        vmask, amask = batch["video_mask"].bool(), batch["audio_mask"].bool()
+        b, t = vmask.shape
+        d = self.config.d_model
+        fa = self.modality.new_zeros(b * t, d)
+        fv = self.modality.new_zeros(b * t, d)
+        a_idx = amask.reshape(-1).nonzero().squeeze(1)
+        if a_idx.numel():
+            mels = audio.reshape(b * t, *audio.shape[2:]).index_select(0, a_idx)
+            fa = fa.index_add(0, a_idx, self.audio(mels) + self.modality[1])
+        v_idx = vmask.reshape(-1).nonzero().squeeze(1)
+        if v_idx.numel():
+            clips = video.reshape(b * t, *video.shape[2:]).index_select(0, v_idx)
+            fv = fv.index_add(0, v_idx, self.video(clips) + self.modality[0])
+        return fa.view(b, t, d), fv.view(b, t, d)
+
+    def _embed_audio(self, fa: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head_a(self.norm_a(fa)), dim=-1)
+
+    def _embed_video(self, fv: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head_v(self.norm_v(fv)), dim=-1)
+
+    def _state_scores(self, recall: torch.Tensor, ids: torch.Tensor, alpha: torch.Tensor
+                      ) -> torch.Tensor:
+        """``[Q, C]``: each query's normalised recalled activity on each candidate's nodes."""
+        r = _unit(recall)
+        q, c, k = recall.shape[0], ids.shape[0], ids.shape[1]
+        picked = r[:, ids.reshape(-1)].view(q, c, k)
+        return (picked * alpha[None]).sum(-1)
+
+    def scores(self, probe: Probe, cands: Candidates) -> torch.Tensor:
+        """Logits ``[Q, C]`` of every query against every candidate picture."""
+        logits = (probe.embed @ cands.embed.t()) * self.direct_scale.exp().clamp(max=100.0)
+        if probe.recall is not None and cands.ids is not None and cands.alpha is not None:
+            logits = logits + self.state_scale.exp().clamp(max=100.0) * self._state_scores(
+                probe.recall, cands.ids, cands.alpha)
+        return logits
+
+    # ------------------------------------------------------------ objective
+    def count_scored(self, batch: dict[str, Any]) -> int:
+        """Clips of the batch the objective scores (sound above the floor, picture present)."""
+        gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
+        return int((gate * batch["video_mask"].float()).sum())
+
+    def window_objective(self, batch: dict[str, Any], memory: Memory, carry: Carry
+                         ) -> WindowResult:
+        """Run a window of clips through the state and score hearing → seeing.
+
+        Args:
+            batch: ``audio``/``video`` with their masks ``[B, T]`` and an optional
+                ``reset`` ``[B]`` (streams starting afresh).
+            memory: the window's view of the fast state.
+            carry: active nodes from the previous window.
+        """
+        fa, fv = self._features(batch)
+        b, t = fa.shape[:2]
+        reset = batch.get("reset")
+        if reset is not None:
+            keep = (~reset.to(torch.bool)).to(carry.vals.dtype)[:, None]
+            carry = Carry(carry.ids, carry.vals * keep)
+        recalls: list[torch.Tensor] = []
+        ids: list[torch.Tensor] = []
+        alphas: list[torch.Tensor] = []
+        if self.writer is not None:
+            for s in range(t):
+                h0, carry, _, _ = self._state_step(fa[:, s], memory, carry, recall=True)
+                assert h0 is not None
+                recalls.append(h0)
+                _, carry, v_ids, v_alpha = self._state_step(fv[:, s], memory, carry, False)
+                ids.append(v_ids)
+                alphas.append(v_alpha)
+        probe = Probe(self._embed_audio(fa).flatten(0, 1),
+                      torch.stack(recalls, 1).flatten(0, 1) if recalls else None)
+        cands = Candidates(self._embed_video(fv).flatten(0, 1),
+                           torch.stack(ids, 1).flatten(0, 1) if ids else None,
+                           torch.stack(alphas, 1).flatten(0, 1) if alphas else None)
+        logits = self.scores(probe, cands)
+        stream = torch.arange(b, device=fa.device).repeat_interleave(t)
+        eye = torch.eye(b * t, dtype=torch.bool, device=fa.device)
+        invalid = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
+        if self.stream_cfg.exclude_same_stream:
+            invalid = invalid | (stream[:, None] == stream[None, :])
+        logits = logits.masked_fill(invalid & ~eye, NEG_INF)
+        gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
+        gate = (gate * batch["video_mask"].float()).reshape(-1)
+        target = torch.arange(b * t, device=fa.device)
+        keep = gate > 0
+        if bool(keep.any()):
+            loss = F.cross_entropy(logits[keep], target[keep], reduction="sum")
+            correct = int((logits[keep].argmax(1) == target[keep]).sum())
+        else:
+            loss = (fa.sum() + fv.sum()) * 0.0  # logits hold -inf: their sum is not 0
+            correct = 0
+        return WindowResult(loss, int(keep.sum()), correct, carry, {})
+
+    # -------------------------------------------------------------- trials
+    def probe(self, audio: torch.Tensor, memory: Memory | None) -> Probe:
+        """Hear ``audio`` ``[Q, n_mels, A]`` alone, from no carried activity, and recall.
+
+        Args:
+            audio: log-mel clips.
+            memory: the state as it stands (a fresh window over it); None for the
+                dual encoder.
+        """
+        fa = self.audio(audio) + self.modality[1]
+        recall = None
+        if self.writer is not None:
+            assert memory is not None
+            recall, _, _, _ = self._state_step(fa, memory, self.initial_carry(
+                audio.shape[0], audio.device), recall=True)
+        return Probe(self._embed_audio(fa), recall)
+
+    def candidates(self, video: torch.Tensor) -> Candidates:
+        """See ``video`` clips ``[C, F, 3, H, W]`` alone: embeddings and addressed nodes."""
+        fv = self.video(video) + self.modality[0]
+        if self.writer is None:
+            return Candidates(self._embed_video(fv), None, None)
+        prop = self.writer(torch.cat([fv, torch.zeros_like(fv)], dim=1))
+        return Candidates(self._embed_video(fv), prop.ids, prop.alpha)

@@ -1,0 +1,130 @@
+"""The label-free stream model (task ``av-stream``): objective, binding in the state, one pass."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from obs_dist.model.av_stream import AVStreamModel, speech_gate
+from obs_dist.model.model import ModelConfig, StreamConfig
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.window import WindowMemory
+from obs_dist.model.writer import WriterConfig
+from pipelines.rehearsal import Rehearsal, RehearsalConfig
+
+NODES = 256
+
+
+def _model(state_path: bool = True) -> AVStreamModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
+                      stream=StreamConfig(state_path=state_path, embed=8))
+    return AVStreamModel(cfg, NODES)
+
+
+def _batch(b: int = 3, t: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    audio = torch.randn(b, t, 8, 21, generator=g) - 8.0
+    audio[:, ::2, :, 5:15] += 6.0  # every other clip has a loud stretch (speech)
+    return {"audio": audio,
+            "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), generator=g, dtype=torch.uint8),
+            "audio_mask": torch.ones(b, t, dtype=torch.bool),
+            "video_mask": torch.ones(b, t, dtype=torch.bool),
+            "targets": torch.full((b, t), -100)}
+
+
+def test_speech_gate_scores_only_loud_clips() -> None:
+    batch = _batch()
+    gate = speech_gate(batch["audio"], batch["audio_mask"], 1.5)
+    assert gate[:, ::2].eq(1).all() and gate[:, 1::2].eq(0).all()
+    quiet = speech_gate(batch["audio"], torch.zeros(3, 4, dtype=torch.bool), 1.5)
+    assert quiet.sum() == 0  # no audio: nothing scored
+
+
+@pytest.mark.parametrize("state_path", [True, False])
+def test_window_objective_is_finite_and_trains_every_part(state_path: bool) -> None:
+    model = _model(state_path)
+    batch = _batch()
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    memory = WindowMemory(state.matrix(), 3)
+    out = model.window_objective(batch, memory, model.initial_carry(3, "cpu"))
+    assert out.scored == model.count_scored(batch) == 6
+    assert torch.isfinite(out.loss_sum) and out.loss_sum > 0
+    out.loss_sum.backward()
+    assert model.audio.proj.weight.grad is not None and model.video.proj.weight.grad is not None
+    if state_path:
+        assert model.writer is not None and model.writer.query.weight.grad.abs().sum() > 0
+        assert memory.to_delta().nnz > 0  # the window wrote into the state
+    else:
+        assert model.writer is None
+
+
+def test_a_sound_heard_near_a_picture_recalls_its_nodes() -> None:
+    """Fast mapping: after one study window, hearing the sound alone lands on the
+    nodes that the picture addresses (and the dual encoder has no such path)."""
+    model = _model()
+    model.eval()
+    batch = _batch(b=1, t=2)
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    with torch.no_grad():
+        memory = WindowMemory(state.matrix(), 1)
+        model.window_objective(batch, memory, model.initial_carry(1, "cpu"))
+        state.apply(memory.to_delta())
+        probe = model.probe(batch["audio"][0, :1], WindowMemory(state.matrix(), 1))
+        seen = model.candidates(batch["video"][0, :1])
+        other = model.candidates(torch.randint(0, 255, (1, 2, 3, 16, 16), dtype=torch.uint8,
+                                               generator=torch.Generator().manual_seed(9)))
+    assert probe.recall is not None and seen.ids is not None and other.ids is not None
+    on_seen = probe.recall[0, seen.ids[0]].abs().sum()
+    assert on_seen > 0
+    fresh = model.probe(batch["audio"][0, :1], WindowMemory(
+        BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0)).matrix(), 1))
+    assert fresh.recall is not None and fresh.recall.abs().sum() == 0  # nothing bound yet
+
+
+def test_rehearsal_interleaves_past_batches_and_ends_with_the_stream() -> None:
+    stream = [{"targets": torch.full((1, 2), i), "reset": torch.tensor([True])} for i in range(5)]
+    out = list(Rehearsal(iter(stream), RehearsalConfig(ratio=2, capacity=3, seed=0)))
+    assert len(out) == 15
+    new = [b for b in out if not b.get("replay")]
+    assert [int(b["targets"][0, 0]) for b in new] == [0, 1, 2, 3, 4]
+    for i, b in enumerate(out):
+        if b.get("replay"):
+            assert "reset" not in b
+            # only batches already seen are rehearsed
+            last_new = max(j for j in range(i) if not out[j].get("replay"))
+            assert int(b["targets"][0, 0]) <= int(out[last_new]["targets"][0, 0])
+    again = list(Rehearsal(iter(stream), RehearsalConfig(ratio=2, capacity=3, seed=0)))
+    assert [int(b["targets"][0, 0]) for b in again] == [int(b["targets"][0, 0]) for b in out]
+    with pytest.raises(ValueError, match="rehearsal.ratio"):
+        RehearsalConfig(ratio=-1)
+
+
+@pytest.mark.slow
+def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
+    """Generated mp4s (audio inside) → make-shards --from → one pass of av-stream."""
+    obs = [sys.executable, "-m", "launch.cli"]
+    rec, shards, out = tmp_path / "rec", tmp_path / "shards", tmp_path / "run"
+    subprocess.run(obs + ["make-recordings", "--out", str(rec), "--recordings", "2",
+                          "--seconds", "40", "--names", "recording"], check=True,
+                   capture_output=True)
+    subprocess.run(obs + ["make-shards", "--from", str(rec), "--out", str(shards)], check=True,
+                   capture_output=True)
+    index = json.loads((shards / "index.json").read_text())
+    assert index["streams"] == 2 and len(index["shards"]) == 2  # a shard chain per recording
+    run = subprocess.run(obs + ["train", "--config", "configs/av_stream.toml", "--json",
+                                "--set", f"data.source={shards}", "--set", "data.streams=2",
+                                "--set", "task.batch=2", "--set", f"out_dir={out}",
+                                "--set", "rehearsal.ratio=1", "--set", "train.progress=false"],
+                         check=True, capture_output=True, text=True)
+    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    # 40 clips per recording, windows of 16: 3 new batches, each followed by one rehearsal.
+    assert metrics["step"] == 6 and metrics["replay_steps_total"] == 3
+    assert metrics["committed_entries_total"] > 0
+    assert (out / "model.safetensors").is_file()
