@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
 
 import launch
 import launch.bench
 from obs_dist.guards import RunFailed
+from obs_dist.storage import redact
 
 
 def _modules(path: list[str], prefix: str = "") -> list[str]:
@@ -45,17 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     A ``ValueError`` from validation is printed as ``obs: error: …`` with exit
     code 2 instead of a traceback, so bad input reads as a message; a run that
     failed (:class:`obs_dist.guards.RunFailed`: diverged, learned nothing, lost
-    its final checkpoint) likewise, with exit code 1.
+    its final checkpoint) or met an ``OSError`` (a metrics port in use, an
+    unknown metrics.host) likewise, with exit code 1. URL credentials are
+    redacted from every message.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:
-        print(f"obs: error: {exc}", file=sys.stderr)
+        print(f"obs: error: {redact(str(exc))}", file=sys.stderr)
         return 2
-    except RunFailed as exc:
-        print(f"obs: error: {exc}", file=sys.stderr)
+    except (RunFailed, OSError) as exc:
+        text = re.sub(r"^\[Errno -?\d+\] ", "", str(exc))  # the message says what failed
+        print(f"obs: error: {redact(text)}", file=sys.stderr)
         return 1
 
 

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,41 @@ from typing import Any, BinaryIO, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# ``scheme://user:password@host``: the user info of a URL (an endpoint_url may
+# carry credentials) is never written to a log, config.json or a manifest.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with the user info of every URL in it replaced by ``***``.
+
+    ``http://user:secret@host:9000`` becomes ``http://***@host:9000``.
+    """
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def redact_tree(tree: Any) -> Any:
+    """A copy of nested dicts/lists with every string passed through :func:`redact`."""
+    if isinstance(tree, str):
+        return redact(tree)
+    if isinstance(tree, dict):
+        return {k: redact_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(redact_tree(v) for v in tree)
+    return tree
+
+
+class RedactCredentials(logging.Filter):
+    """A logging filter that removes URL credentials from every record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 # S3 error codes that mean "try again later"; anything 5xx or 429 counts too.
 _TRANSIENT_CODES = frozenset({
@@ -240,7 +276,8 @@ class S3Store(ObjectStore):
     @property
     def where(self) -> str:
         """Bucket and endpoint, for error messages (never credentials)."""
-        return f"bucket {self.bucket!r} at endpoint {self.endpoint_url or 'AWS default'}"
+        endpoint = redact(self.endpoint_url) if self.endpoint_url else "AWS default"
+        return f"bucket {self.bucket!r} at endpoint {endpoint}"
 
     def client(self) -> Any:
         """The boto3 client of this process (re-created after a fork)."""
