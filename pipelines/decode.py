@@ -274,6 +274,10 @@ def decode_sample(key: str, members: dict[str, bytes], *, frames: int, image_siz
         meta = SampleMeta.from_json(raw)
     except ValueError as exc:
         raise SampleError("json_malformed", str(exc)) from exc
+    if meta.key != key:
+        # The json would put the clip at another place of another stream.
+        raise SampleError("json_malformed", f"sample json says stream {meta.stream!r} index "
+                          f"{meta.index} ({meta.key}), but its tar key is {key}")
     video_ext = next((e for e in VIDEO_EXTS if e in members), None)
     audio_ext = next((e for e in AUDIO_EXTS if e in members), None)
     if video_ext is None and audio_ext is None:

@@ -196,6 +196,9 @@ class _Lane:
         self.samples: Any = None
         self.handle: Any = None
         self.pending: _Read | None = None
+        # Samples read of the current shard, when its read started at byte 0
+        # (None otherwise): compared with index.json at the shard's end.
+        self.read_count: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"unit": self.unit, "shard": self.shard, "offset": self.offset,
@@ -250,13 +253,28 @@ class _Lane:
                     self.handle = open_shard(url, self.offset, self.plan.endpoint_url,
                                              self.plan.retries)
                     self.samples = iter_samples(self.handle, self.offset)
-                return next(self.samples)
+                    self.read_count = 0 if self.offset == 0 else None
+                raw = next(self.samples)
+                if self.read_count is not None:
+                    self.read_count += 1
+                return raw
             except StopIteration:
+                self._check_count(url)
                 self._advance()
             except (TarFormatError, OSError, ValueError) as exc:
                 # A damaged or unreachable shard: count it, keep the run going.
                 self.owner.count_error("shard_read", url, str(exc))
                 self._advance()
+
+    def _check_count(self, url: str) -> None:
+        """At a shard's end: count a ``shard_mismatch`` if index.json lists another count."""
+        expected = self.plan.shards.expected
+        assert self.unit is not None
+        position = self.plan.shards.chains[self.unit][self.shard]
+        want = expected[position].get("samples") if position < len(expected) else None
+        if self.read_count is not None and isinstance(want, int) and want != self.read_count:
+            self.owner.count_error("shard_mismatch", url, f"index.json lists {want} samples, "
+                                   f"the shard holds {self.read_count}")
 
     def next_clip(self) -> _Read | None:
         """The next decodable sample, skipping (and counting) bad ones."""

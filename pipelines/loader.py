@@ -159,6 +159,9 @@ class StreamLoader:
         # the order they were first seen.
         self.unknown_labels: dict[str, int] = {}
         self.unknown_names: dict[str, dict[str, None]] = {}
+        for problem in shards.mismatches:  # checked against index.json (local sources)
+            self.errors["shard_mismatch"] = self.errors.get("shard_mismatch", 0) + 1
+            log.warning("shard does not match index.json (shard_mismatch): %s", problem)
         self.clips_seen = 0
         self.bytes_seen = 0
         self.batches = 0

@@ -40,11 +40,16 @@ class ShardSet:
         chains: groups of shard positions that must be read in sequence by
             one reader (a stream split across shards); usually one shard each.
         classes: the class vocabulary.
+        expected: per shard, what ``index.json`` says of it (``samples``,
+            ``bytes``); empty without an index.
+        mismatches: shards whose size on a local disk differs from ``index.json``.
     """
 
     urls: list[str]
     chains: list[list[int]]
     classes: tuple[str, ...] = CLASSES
+    expected: list[dict[str, Any]] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
     class_ids: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +125,25 @@ def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 
         chains = [[i] for i in range(len(names))]
     if not names:
         raise ValueError(f"data source {source!r} holds no .tar shards")
-    return ShardSet([store.url_for(n) for n in names], chains, classes)
+    expected = ([{"samples": e.get("samples"), "bytes": e.get("bytes")} for e in entries]
+                if raw_index is not None else [])
+    mismatches = _size_mismatches(path, names, expected) if path is not None else []
+    return ShardSet([store.url_for(n) for n in names], chains, classes, expected, mismatches)
+
+
+def _size_mismatches(root: Any, names: list[str], expected: list[dict[str, Any]]) -> list[str]:
+    """Local shards whose size (or existence) disagrees with ``index.json``."""
+    out = []
+    for name, entry in zip(names, expected):
+        want = entry.get("bytes")
+        if not isinstance(want, int):
+            continue
+        shard = root / name
+        have = shard.stat().st_size if shard.is_file() else None
+        if have != want:
+            out.append(f"{shard}: index.json lists {want} bytes, the shard "
+                       + ("is missing" if have is None else f"has {have}"))
+    return out
 
 
 class _PipeReader(io.RawIOBase):
