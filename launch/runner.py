@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,15 @@ from obs_dist.engine.slow_weights import build_slow_weights, joined_world, relea
 from obs_dist.engine.sync import DeltaSync
 from obs_dist.guards import require_scored, task_scores_targets
 from obs_dist.hooks import NamedHook
+from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.model import OBSModel
 from obs_dist.model.state import BigState
 from obs_dist.storage import RedactCredentials, redact_tree
 from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
 from pipelines.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
-from pipelines.loader import StreamLoader
+from pipelines.loader import StreamLoader, build_loader
+from pipelines.rehearsal import Rehearsal
 
 log = logging.getLogger("obs.runner")
 
@@ -78,10 +80,19 @@ def resolve_device(cfg: RunConfig) -> torch.device:
     return torch.device(cfg.train.device)
 
 
-def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel, BigState]:
-    """The slow-weight model (seeded) and the big state on ``device``."""
+def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel | AVStreamModel,
+                                                                BigState]:
+    """The slow-weight model (seeded) and the big state on ``device``.
+
+    ``av-stream`` runs get the label-free :class:`AVStreamModel`; every other task
+    the :class:`OBSModel` with its classification head.
+    """
     torch.manual_seed(cfg.train.seed)
-    model = OBSModel(cfg.model, cfg.state.nodes).to(device)
+    model: OBSModel | AVStreamModel
+    if cfg.task.name == "av-stream":
+        model = AVStreamModel(cfg.model, cfg.state.nodes).to(device)
+    else:
+        model = OBSModel(cfg.model, cfg.state.nodes).to(device)
     state = BigState(cfg.state, device=device)
     return model, state
 
@@ -111,6 +122,13 @@ def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
     :class:`ResumableTaskStream`; evaluation sequences are the same on all ranks.
     Audio-visual shards: the loader's rank split, and its cursor as the position.
     """
+    if cfg.task.name == "av-stream":
+        # One chronological pass (no epochs unless data.loop), with rehearsals of
+        # past batches in between; held-out recordings are scored by
+        # `obs eval --task word-referent`, not during training.
+        loader = build_loader(cfg.data, rank=rank, world_size=world)
+        rehearse = replace(cfg.rehearsal, seed=cfg.rehearsal.seed + rank)
+        return RunData(iter(Rehearsal(iter(loader), rehearse)), None, loader, loader)
     if cfg.task.name == "av":
         ensure_local_shards(cfg.data, cfg.synthetic if cfg.make_synthetic else None, rank)
         if world > 1:

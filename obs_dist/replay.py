@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from obs_dist.model.delta import SparseDelta
+from obs_dist.model.model import OBSModel
 
 if TYPE_CHECKING:
-    from obs_dist.model.model import Carry, Memory, OBSModel
+    from obs_dist.model.model import Carry, Memory
     from obs_dist.trainer import Trainer
 
 log = logging.getLogger("obs.replay")
@@ -251,6 +252,9 @@ class ReplayHook:
         self.cfg = cfg
         self.buffer = ReplayBuffer(cfg.capacity, cfg.seed)
         self.recorder = FiringRecorder(self.buffer, cfg.streams_per_window)
+        if not isinstance(trainer.model, OBSModel):
+            raise ValueError("replay consolidation records OBSModel firing; the av-stream model "
+                             "rehearses batches instead (rehearsal.ratio)")
         self.recorder.attach(trainer.model)
         self.consolidations = 0
         self.replayed_entries = 0

@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from obs_dist.engine.collectives import all_ranks_agree
 from obs_dist.engine.dist import get_world_size, is_rank_zero
 from obs_dist.engine.replica import DeferredCommits
 from obs_dist.engine.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
 from obs_dist.guards import GUARD_STAGE, DivergenceGuard
 from obs_dist.hooks import Hooks
+from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.model import Carry, OBSModel
 from obs_dist.model.state import BigState
@@ -212,7 +214,8 @@ class Trainer:
     ``divergence`` (:class:`~obs_dist.guards.DivergenceGuard`) is always there.
     """
 
-    def __init__(self, cfg: TrainConfig, model: OBSModel, state: BigState, commit: bool,
+    def __init__(self, cfg: TrainConfig, model: OBSModel | AVStreamModel, state: BigState,
+                 commit: bool,
                  penalty: float = 0.0, slow: SlowWeights | None = None,
                  sync: Callable[[SparseDelta], SparseDelta] | None = None,
                  sink: MetricsSink | None = None, shared: bool = False,
@@ -238,8 +241,10 @@ class Trainer:
         self.step = 0
         self.counters: dict[str, float] = {"samples_total": 0.0, "tokens_total": 0.0,
                                            "nonfinite_commits_total": 0.0,
-                                           "committed_entries_total": 0.0}
+                                           "committed_entries_total": 0.0,
+                                           "replay_steps_total": 0.0}
         self.carry: Carry | None = None
+        self._zeros: torch.Tensor | None = None
         self.last_delta_nnz = 0
         self.hooks: Hooks[Trainer] = Hooks()
         # NaN/inf loss or weights for max_nonfinite_steps steps in a row end the run.
@@ -347,6 +352,12 @@ class Trainer:
         w = self.cfg.window or length
         return [(s, min(s + w, length)) for s in range(0, length, w)]
 
+    def _empty_state(self) -> torch.Tensor:
+        """A zero ``[N, N]`` base for replayed batches (made once, never written)."""
+        if self._zeros is None:
+            self._zeros = torch.zeros_like(self.state.matrix())
+        return self._zeros
+
     def run_batch(self, batch: dict[str, Any], train: bool = True) -> dict[str, float]:
         """One batch: windows with truncated BPTT; one optimizer step when training.
 
@@ -358,14 +369,22 @@ class Trainer:
         batch = self._to_device(batch)
         targets = batch["targets"]
         bsz, length = targets.shape
-        if self.commits:
+        # A replayed batch (``batch["replay"]``) trains the slow weights on past
+        # clips over an empty state: it neither reads nor commits the state, and
+        # the stream's carried activity is left alone.
+        replay = bool(batch.get("replay", False))
+        if self.commits and not replay:
             carry = self.carry if self.carry is not None else self.model.initial_carry(
                 bsz, self.device)
         else:
             carry = self.model.initial_carry(bsz, self.device)
         memory: WindowMemory | None = None
         fresh_each_window = self.commits and train
-        total_scored = max(int((targets != IGNORE).sum()), 1)
+        scorer = getattr(self.model, "window_objective", None)
+        count = getattr(self.model, "count_scored", None)
+        total_scored = max(int(count(batch)) if count is not None
+                           else int((targets != IGNORE).sum()), 1)
+        base = self._empty_state() if replay else self.state.matrix()
         loss_sum = 0.0
         correct = scored = 0
         stats: dict[str, float] = {}
@@ -378,12 +397,16 @@ class Trainer:
             shared = self._decide(batch, train)
             exchange = self.exchange if shared else None
             if memory is None or fresh_each_window:
-                memory = WindowMemory(self.state.matrix(), bsz, shared=shared, exchange=exchange)
+                memory = WindowMemory(base, bsz, shared=shared, exchange=exchange)
             else:
                 memory = memory.carry(shared, exchange)
             with torch.set_grad_enabled(train):
-                logits, carry, stats = self.model.forward_window(part, memory, carry)
-                loss, n, c = masked_loss(logits, part["targets"])
+                if scorer is not None:  # the model scores its own window
+                    loss, n, c, carry, stats = scorer(part, memory, carry)
+                else:
+                    assert isinstance(self.model, OBSModel)
+                    logits, carry, stats = self.model.forward_window(part, memory, carry)
+                    loss, n, c = masked_loss(logits, part["targets"])
                 objective = loss / total_scored
                 if train and self.penalty > 0 and self.state.config.init_std > 0:
                     objective = objective + self.penalty * memory.gaussian_penalty(
@@ -394,13 +417,13 @@ class Trainer:
             correct += c
             scored += n
             carry = carry.detach()
-            if self.commits and train:
+            if self.commits and train and not replay:
                 self._commit_window(memory.to_delta(), shared)
-            if self.scheduler is not None and train:
+            if self.scheduler is not None and train and not replay:
                 writes, union = memory.write_overlap()
                 self.scheduler.observe_window(WindowSignals(
                     writes, union, float(loss.detach()), n, time.perf_counter() - t_window))
-        if self.commits and train:
+        if self.commits and train and not replay:
             self.carry = carry
         out = {"loss": loss_sum / max(scored, 1), "accuracy": correct / max(scored, 1),
                "scored": float(scored)}
@@ -423,6 +446,9 @@ class Trainer:
         self.slow.step()
         if advance:
             self.step += 1
+            if batch.get("replay", False):
+                self.counters["replay_steps_total"] += 1
+                return out
             bsz, length = batch["targets"].shape
             self.counters["samples_total"] += bsz
             self.counters["tokens_total"] += bsz * length
@@ -468,7 +494,15 @@ class Trainer:
         self.stop_requested = False
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            out = self.train_step(next(batches))
+            batch = next(batches, None)
+            # A stream that ends (one chronological pass, no epochs) ends the run;
+            # every rank stops at the same step, so no collective is left waiting.
+            if not all_ranks_agree(batch is not None):
+                if is_rank_zero():
+                    log.info("the data ended after step %d: one pass done", self.step)
+                break
+            assert batch is not None
+            out = self.train_step(batch)
             metrics = {**out, **self.counters, **self._engine_metrics(), "step": float(self.step),
                        "step_seconds": time.perf_counter() - t0,
                        "last_step_timestamp": time.time(),

@@ -137,9 +137,15 @@ class AVStreamModel(nn.Module):
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
-    def _state_step(self, f: torch.Tensor, memory: Memory, carry: Carry, recall: bool
+    def _state_step(self, f: torch.Tensor, memory: Memory, carry: Carry, recall: bool,
+                    gate: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
         """One step: address from the input, optionally read first, write, propagate.
+
+        ``gate`` ``[B]`` (hearing steps): where it is 0 nothing was heard, so the
+        step writes nothing and the carried activity stays as it was; otherwise
+        every silent second would bind its (always the same) nodes to everything
+        seen, and those nodes would become hubs that recall everything.
 
         Returns:
             ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
@@ -151,13 +157,19 @@ class AVStreamModel(nn.Module):
         h0 = memory.read(prop.ids, prop.alpha) if recall else None
         rows = torch.cat([prop.ids, carry.ids], dim=1)
         key = _unit(torch.cat([prop.alpha, carry.vals], dim=1))
-        memory.write("link", rows, prop.eta[:, None] * key, prop.ids, prop.alpha)
-        memory.write("back", prop.ids, self.back_gain * prop.eta[:, None] * prop.alpha,
+        eta = prop.eta if gate is None else prop.eta * gate
+        memory.write("link", rows, eta[:, None] * key, prop.ids, prop.alpha)
+        memory.write("back", prop.ids, self.back_gain * eta[:, None] * prop.alpha,
                      carry.ids, carry.vals)
         h = memory.read(prop.ids, prop.alpha)
         vals, ids = h.topk(self.config.writer.active, dim=1)
+        vals = _unit(vals)
         memory.next_step()
-        return h0, Carry(ids, _unit(vals)), prop.ids, prop.alpha
+        if gate is not None:
+            heard = gate[:, None] > 0
+            ids = torch.where(heard, ids, carry.ids)
+            vals = torch.where(heard, vals, carry.vals)
+        return h0, Carry(ids, vals), prop.ids, prop.alpha
 
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
@@ -224,9 +236,11 @@ class AVStreamModel(nn.Module):
         recalls: list[torch.Tensor] = []
         ids: list[torch.Tensor] = []
         alphas: list[torch.Tensor] = []
+        gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
         if self.writer is not None:
             for s in range(t):
-                h0, carry, _, _ = self._state_step(fa[:, s], memory, carry, recall=True)
+                h0, carry, _, _ = self._state_step(fa[:, s], memory, carry, recall=True,
+                                                   gate=gate[:, s])
                 assert h0 is not None
                 recalls.append(h0)
                 _, carry, v_ids, v_alpha = self._state_step(fv[:, s], memory, carry, False)
@@ -239,12 +253,13 @@ class AVStreamModel(nn.Module):
                            torch.stack(alphas, 1).flatten(0, 1) if alphas else None)
         logits = self.scores(probe, cands)
         stream = torch.arange(b, device=fa.device).repeat_interleave(t)
+        when = torch.arange(t, device=fa.device).repeat(b)
         eye = torch.eye(b * t, dtype=torch.bool, device=fa.device)
         invalid = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
-        if self.stream_cfg.exclude_same_stream:
-            invalid = invalid | (stream[:, None] == stream[None, :])
+        gap = self.stream_cfg.negative_gap or t  # 0: none of the same recording's window
+        near = (when[:, None] - when[None, :]).abs() < gap
+        invalid = invalid | ((stream[:, None] == stream[None, :]) & near)
         logits = logits.masked_fill(invalid & ~eye, NEG_INF)
-        gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
         gate = (gate * batch["video_mask"].float()).reshape(-1)
         target = torch.arange(b * t, device=fa.device)
         keep = gate > 0

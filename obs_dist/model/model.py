@@ -44,20 +44,24 @@ class StreamConfig:
         gate: clips are scored when their loudest 10 % of audio frames exceed the
             window's noise floor (20th percentile) by this much (natural-log
             mel energy; 1.5 ≈ 6.5 dB).
-        exclude_same_stream: other clips of the same recording in the window are
-            not negatives (the same scene would be a false negative).
+        negative_gap: clips of the same recording count as negatives only when at
+            least this many clips away (nearer ones are mostly the same scene, a
+            false negative); 0 excludes the whole recording's window. Negatives of
+            the same recording make the task "which object", not "which recording".
     """
 
     state_path: bool = True
     embed: int = 64
     gate: float = 1.5
-    exclude_same_stream: bool = True
+    negative_gap: int = 8
 
     def __post_init__(self) -> None:
         if self.embed < 2:
             raise ValueError(f"model.stream.embed must be >= 2, got {self.embed}")
         if not math.isfinite(self.gate) or self.gate < 0:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
+        if self.negative_gap < 0:
+            raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
 
 
 @dataclass
