@@ -247,16 +247,25 @@ class S3Store(ObjectStore):
         endpoint_url: a custom endpoint (MinIO, Ceph, moto), or None for AWS.
         retries: attempts after the first for transient failures.
         backoff_s: base of the exponential backoff (sleep ~ U(0, base·2^n), capped).
+        patience_s: besides ``retries``, keep retrying a transient failure until
+            the request has been failing this long (an outage); 0: ``retries`` only.
+        max_backoff_s: the cap of one backoff sleep.
         check: look the bucket up now, so a missing bucket or bad credentials
             fail here rather than deep inside a training run.
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 retries: int = 5, backoff_s: float = 0.2, check: bool = True) -> None:
+                 retries: int = 5, backoff_s: float = 0.2, patience_s: float = 0.0,
+                 max_backoff_s: float = 10.0, check: bool = True) -> None:
         if not bucket:
             raise ValueError("s3 url needs a bucket: s3://bucket/prefix")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if not (patience_s >= 0 and max_backoff_s > 0):
+            raise ValueError(f"patience_s must be >= 0 and max_backoff_s > 0, got "
+                             f"{patience_s} and {max_backoff_s}")
+        self.patience_s = patience_s
+        self.max_backoff_s = max_backoff_s
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = resolve_endpoint(endpoint_url)
@@ -325,14 +334,22 @@ class S3Store(ObjectStore):
         return StorageError(f"{what}: {self.where} failed: {code or status}")
 
     def backoff(self, attempt: int) -> float:
-        """Sleep before retry ``attempt`` (0-based): full jitter, capped at 10 s."""
-        delay = random.uniform(0.0, min(10.0, self.backoff_s * (2 ** attempt)))
+        """Sleep before retry ``attempt`` (0-based): full jitter, capped at ``max_backoff_s``."""
+        delay = random.uniform(0.0, min(self.max_backoff_s,
+                                        self.backoff_s * (2 ** min(attempt, 40))))
         time.sleep(delay)
         return delay
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with the store's retry policy; ``what`` names it in messages."""
-        for attempt in range(self.retries + 1):
+        """Run ``fn`` with the store's retry policy; ``what`` names it in messages.
+
+        A transient failure is retried at least ``retries`` times and, with
+        ``patience_s``, until the request has been failing that long; each
+        sleep is bounded by ``max_backoff_s``.
+        """
+        start = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 return fn()
             except Exception as exc:
@@ -341,14 +358,17 @@ class S3Store(ObjectStore):
                     raise fatal from None
                 if not is_transient(exc):
                     raise
-                if attempt == self.retries:
+                failing = time.monotonic() - start
+                if attempt >= self.retries and failing >= self.patience_s:
                     raise StorageError(f"{what}: {self.where} still failing after "
-                                       f"{self.retries + 1} attempts: {type(exc).__name__}: "
-                                       f"{exc}") from exc
-                log.warning("%s on %s: transient %s, retry %d/%d", what, self.where,
-                            type(exc).__name__, attempt + 1, self.retries)
+                                       f"{attempt + 1} attempts over {failing:.1f} s: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                log.warning("%s on %s: transient %s, retry %d (failing for %.1f s of "
+                            "%d retries / %.0f s patience)", what, self.where,
+                            type(exc).__name__, attempt + 1, failing, self.retries,
+                            self.patience_s)
                 self.backoff(attempt)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def check_bucket(self) -> None:
         """Raise :class:`StorageError` now if the bucket is missing or access is refused."""
@@ -487,7 +507,7 @@ class _S3RangeReader(io.RawIOBase):
 
 
 def open_store(url: str, *, endpoint_url: str | None = None, retries: int = 5,
-               backoff_s: float = 0.2) -> ObjectStore:
+               backoff_s: float = 0.2, patience_s: float = 0.0) -> ObjectStore:
     """Open the object store rooted at ``url``.
 
     Args:
@@ -496,6 +516,7 @@ def open_store(url: str, *, endpoint_url: str | None = None, retries: int = 5,
             ``AWS_ENDPOINT_URL``, then AWS itself.
         retries: retries of transient S3 failures.
         backoff_s: base delay of the exponential backoff.
+        patience_s: keep retrying a failing request this long (an S3 outage).
 
     Returns:
         A :class:`LocalStore` or an :class:`S3Store` (the bucket checked already).
@@ -507,7 +528,7 @@ def open_store(url: str, *, endpoint_url: str | None = None, retries: int = 5,
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         return S3Store(bucket, prefix, endpoint_url=endpoint_url, retries=retries,
-                       backoff_s=backoff_s)
+                       backoff_s=backoff_s, patience_s=patience_s)
     if url.startswith("file://"):
         return LocalStore(url[len("file://"):])
     if "://" in url:

@@ -179,8 +179,8 @@ RESUME_MAY_CHANGE = (
     "name", "out_dir", "metrics.", "make_synthetic",
     "train.progress", "train.log_every", "train.moments_every",
     "checkpoint.every", "checkpoint.url", "checkpoint.endpoint_url", "checkpoint.retries",
-    "checkpoint.keep_bases", "data.endpoint_url", "data.retries", "data.prefetch",
-    "dist.timeout_s",
+    "checkpoint.patience_s", "checkpoint.keep_bases", "data.endpoint_url", "data.retries",
+    "data.prefetch", "dist.timeout_s",
 )
 
 

@@ -84,6 +84,9 @@ class CheckpointConfig:
             since the last base would exceed this fraction of the state's bytes.
         endpoint_url: S3 endpoint (MinIO, Ceph, moto); None: environment or AWS.
         retries: retries of transient S3 failures per request.
+        patience_s: besides ``retries``, keep retrying a failing S3 request this
+            long (an outage; each backoff sleep is at most 10 s). Keep it below
+            ``dist.timeout_s``: the other ranks wait for the save.
     """
 
     url: str = ""
@@ -92,6 +95,7 @@ class CheckpointConfig:
     base_every_fraction: float = 0.5
     endpoint_url: str | None = None
     retries: int = 5
+    patience_s: float = 120.0
 
     def __post_init__(self) -> None:
         if "://" in self.url and not self.url.startswith(("s3://", "file://")):
@@ -105,6 +109,8 @@ class CheckpointConfig:
                              f"{self.base_every_fraction}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.patience_s < 0:
+            raise ValueError(f"patience_s must be >= 0, got {self.patience_s}")
 
 
 class CheckpointNotWritten(RunFailed):
@@ -318,10 +324,10 @@ class Checkpointer:
         root, sep, name = spec.rpartition("manifests/")
         if sep and name.endswith(".json") and name[:-5].isdigit():
             store = open_store(root.rstrip("/") or ".", endpoint_url=self.cfg.endpoint_url,
-                               retries=self.cfg.retries)
+                               retries=self.cfg.retries, patience_s=self.cfg.patience_s)
             return store, [int(name[:-5])]
-        return open_store(spec, endpoint_url=self.cfg.endpoint_url,
-                          retries=self.cfg.retries), None
+        return open_store(spec, endpoint_url=self.cfg.endpoint_url, retries=self.cfg.retries,
+                          patience_s=self.cfg.patience_s), None
 
     def resume(self, spec: str = "auto") -> int | None:
         """Load a checkpoint (a collective: call it on every rank, before ``fit``).
@@ -463,7 +469,8 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
     """
     register_engine_classes()
     if store is None and cfg.url:
-        store = open_store(cfg.url, endpoint_url=cfg.endpoint_url, retries=cfg.retries)
+        store = open_store(cfg.url, endpoint_url=cfg.endpoint_url, retries=cfg.retries,
+                           patience_s=cfg.patience_s)
     rank = get_rank() if rank is None else rank
     if store is not None:
         probe_store(store, rank, cfg.url or store.root)
