@@ -101,6 +101,8 @@ class Manifest:
         created: Unix time at which the manifest was written.
         counters: the trainer's counters (for people reading ``obs ckpt``).
         config: the run's resolved configuration.
+        run_id: the run that wrote it (:mod:`obs_dist.checkpoint.lease`; ''
+            in checkpoints written before run ids existed).
     """
 
     step: int
@@ -115,6 +117,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
     counters: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
 
     @property
     def kind(self) -> str:
@@ -179,18 +182,18 @@ RESUME_MAY_CHANGE = (
     "name", "out_dir", "metrics.", "make_synthetic",
     "train.progress", "train.log_every", "train.moments_every",
     "checkpoint.every", "checkpoint.url", "checkpoint.endpoint_url", "checkpoint.retries",
-    "checkpoint.patience_s", "checkpoint.keep_bases", "data.endpoint_url", "data.retries",
-    "data.prefetch", "dist.timeout_s",
+    "checkpoint.patience_s", "checkpoint.lease_s", "checkpoint.keep_bases",
+    "data.endpoint_url", "data.retries", "data.prefetch", "dist.timeout_s",
 )
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested config dicts as ``{"a.b.c": value}``."""
     if not isinstance(tree, dict):
         return {prefix[:-1]: tree}
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
+        out.update(flatten_config(value, f"{prefix}{key}."))
     return out
 
 
@@ -214,7 +217,7 @@ def config_changes(saved: dict[str, Any], live: dict[str, Any]) -> list[str]:
     Returns:
         ``"key (saved → live)"`` strings, sorted by key.
     """
-    old, new = _flatten(saved), _flatten(live)
+    old, new = flatten_config(saved), flatten_config(live)
     return [f"{key} ({old[key]!r} → {new.get(key)!r})" for key in sorted(old)
             if key in new and old[key] != new[key] and not may_change_on_resume(key, live)]
 

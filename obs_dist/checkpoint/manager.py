@@ -55,6 +55,14 @@ from obs_dist.checkpoint.format import (
     write_manifest,
     write_rank,
 )
+from obs_dist.checkpoint.lease import (
+    RUN_ID_ENV,
+    StoreInUse,
+    acquire,
+    release,
+    renew,
+    run_identity,
+)
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
 from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
 from obs_dist.engine.dist import barrier, get_rank, get_world_size
@@ -87,6 +95,8 @@ class CheckpointConfig:
         patience_s: besides ``retries``, keep retrying a failing S3 request this
             long (an outage; each backoff sleep is at most 10 s). Keep it below
             ``dist.timeout_s``: the other ranks wait for the save.
+        lease_s: another run's lease on the store (:mod:`obs_dist.checkpoint.lease`)
+            not renewed for this long is taken over (its run is gone).
     """
 
     url: str = ""
@@ -96,6 +106,7 @@ class CheckpointConfig:
     endpoint_url: str | None = None
     retries: int = 5
     patience_s: float = 120.0
+    lease_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if "://" in self.url and not self.url.startswith(("s3://", "file://")):
@@ -111,6 +122,8 @@ class CheckpointConfig:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.patience_s < 0:
             raise ValueError(f"patience_s must be >= 0, got {self.patience_s}")
+        if not self.lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
 
 
 class CheckpointNotWritten(RunFailed):
@@ -135,6 +148,8 @@ class Checkpointer:
         self.rank = rank
         self.world = world
         self.config = dict(config or {})
+        # No config (a library user, a test): no run identity, no lease, no same-run check.
+        self.run_id = run_identity(self.config) if self.config else ""
         self.last: Manifest | None = None  # rank 0: the newest checkpoint, whose chain grows
         self.last_step: int | None = None  # every rank: step of the newest complete checkpoint
         self.last_time: float | None = None
@@ -152,9 +167,11 @@ class Checkpointer:
         return self.store is not None
 
     def close(self) -> None:
-        """Stop recording commits and leave the trainer's hooks."""
+        """Stop recording commits, leave the trainer's hooks, release the store's lease."""
         self._detach()
         self.trainer.hooks.remove(HOOK_NAME)
+        if self.store is not None and self.rank == 0 and self.run_id:
+            release(self.store, self.run_id)
 
     def __call__(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -271,6 +288,14 @@ class Checkpointer:
                       exc)
             return False
 
+    def _attempt_value(self, what: str, fn: Any) -> Any:
+        """``fn()``, or a sentence on why it failed (a storage error, logged)."""
+        try:
+            return fn()
+        except (StorageError, OSError) as exc:
+            log.error("checkpoint at step %d: %s failed: %s", self.trainer.step, what, exc)
+            return f"{what} failed: {exc}"
+
     def _write_state(self, force_base: bool) -> dict[str, Any]:
         """Write a base or a log of the big state; returns the manifest's state fields."""
         assert self.store is not None and self.tracker is not None
@@ -305,9 +330,16 @@ class Checkpointer:
             except (StorageError, OSError, ValueError) as exc:
                 log.error("checkpoint at step %d: index of rank %d unreadable: %s", step, r, exc)
                 return None
+        lost = (self._attempt_value("lease", lambda: renew(self.store, self.run_id))
+                if self.run_id else None)
+        if lost:
+            # Another run writes here now: a manifest of ours would interleave with its.
+            log.error("checkpoint at step %d: no manifest written: %s", step, lost)
+            return None
         manifest = Manifest(step=step, world_size=self.world,
                             state=state_shape(self.trainer.state), objects=objects,
-                            counters=dict(self.trainer.counters), config=self.config, **chain)
+                            counters=dict(self.trainer.counters), config=self.config,
+                            run_id=self.run_id, **chain)
         if not self._attempt("manifest", lambda: write_manifest(self.store, manifest)):
             return None
         return manifest
@@ -362,7 +394,7 @@ class Checkpointer:
             step = broadcast_int(proposal if self.rank == 0 else -1)
             if step < 0:
                 break
-            problem, loaded = self._try_load(store, step)
+            problem, loaded = self._try_load(store, step, same_run=spec == "auto")
             if all_ranks_agree(problem is None):
                 assert loaded is not None
                 self._adopt(store, *loaded)
@@ -379,12 +411,23 @@ class Checkpointer:
         log.info("no checkpoint in %s: starting fresh", store.root)
         return None
 
-    def _try_load(self, store: ObjectStore, step: int
+    def _try_load(self, store: ObjectStore, step: int, same_run: bool = False
                   ) -> tuple[str | None, tuple[Manifest, Any] | None]:
-        """Verify and load one checkpoint's state and this rank's tree (not yet applied)."""
+        """Verify and load one checkpoint's state and this rank's tree (not yet applied).
+
+        Raises:
+            ValueError: the checkpoint does not fit this run, or (``same_run``,
+                i.e. ``--resume auto``) another run wrote it.
+        """
         try:
             manifest = read_manifest(store, step)
             check_compatible(manifest, self.trainer.state, self.world, self.config)
+            if same_run and self.run_id and manifest.run_id not in ("", self.run_id):
+                raise ValueError(
+                    f"--resume auto: the checkpoint at step {step} of {store.root} was "
+                    f"written by run {manifest.run_id!r}, this run is {self.run_id!r} "
+                    f"(${RUN_ID_ENV}); name it explicitly (--resume {step} or a manifest "
+                    f"URL) to continue another run's checkpoint, or use another checkpoint.url")
             document, tensors = read_rank(store, manifest, self.rank)
             tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
             load_state(store, manifest, self.trainer.state)
@@ -476,5 +519,16 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
         probe_store(store, rank, cfg.url or store.root)
     ckpt = Checkpointer(trainer, cfg, store, extra_state or {}, rank,
                         get_world_size() if world is None else world, config)
+    if store is not None and ckpt.run_id:
+        problem: str | None = None
+        if rank == 0:
+            try:
+                acquire(store, ckpt.run_id, cfg.lease_s)
+            except StoreInUse as exc:
+                problem = str(exc)
+        if not all_ranks_agree(problem is None):
+            ckpt.store = None  # nothing of this run may touch the store (nor its lease)
+            ckpt.close()
+            raise StoreInUse(problem or f"checkpoint.url {store.root} is in use by another run")
     trainer.hooks.add(HOOK_NAME, ckpt, stage="checkpoint")
     return ckpt
