@@ -110,7 +110,8 @@ class DivergenceGuard:
     def __call__(self, trainer: _Guarded, metrics: dict[str, float]) -> None:
         loss = float(metrics.get("loss", 0.0))
         weights_ok = tensors_finite(trainer.model.parameters())
-        bad = any_rank(not (math.isfinite(loss) and weights_ok))
+        local = not (math.isfinite(loss) and weights_ok)
+        bad = any_rank(local) if getattr(trainer, "spans_ranks", True) else local
         if not bad:
             self.consecutive, self.first_bad = 0, None
             metrics["nonfinite_steps"] = 0.0

@@ -230,6 +230,9 @@ class Trainer:
         self.penalty = penalty
         self.slow: SlowWeights = slow if slow is not None else TorchSlowWeights(model, cfg)
         self.sync = sync if sync is not None else (lambda d: d)
+        # Whether this trainer is one of several ranks training together (its votes
+        # are collectives); a single-process reference inside a larger world is not.
+        self.spans_ranks = sync is not None and get_world_size() > 1
         self.sink = sink
         self.shared = shared
         self.scheduler = scheduler
@@ -370,8 +373,8 @@ class Trainer:
         targets = batch["targets"]
         bsz, length = targets.shape
         # A replayed batch (``batch["replay"]``) trains the slow weights on past
-        # clips over an empty state: it neither reads nor commits the state, and
-        # the stream's carried activity is left alone.
+        # clips over an empty state (or the current one, ``replay_over_state``);
+        # it never commits, and the stream's carried activity is left alone.
         replay = bool(batch.get("replay", False))
         if self.commits and not replay:
             carry = self.carry if self.carry is not None else self.model.initial_carry(
@@ -384,7 +387,8 @@ class Trainer:
         count = getattr(self.model, "count_scored", None)
         total_scored = max(int(count(batch)) if count is not None
                            else int((targets != IGNORE).sum()), 1)
-        base = self._empty_state() if replay else self.state.matrix()
+        over_state = not replay or bool(batch.get("replay_over_state", False))
+        base = self.state.matrix() if over_state else self._empty_state()
         loss_sum = 0.0
         correct = scored = 0
         stats: dict[str, float] = {}
@@ -497,7 +501,8 @@ class Trainer:
             batch = next(batches, None)
             # A stream that ends (one chronological pass, no epochs) ends the run;
             # every rank stops at the same step, so no collective is left waiting.
-            if not all_ranks_agree(batch is not None):
+            more = batch is not None
+            if not (all_ranks_agree(more) if self.spans_ranks else more):
                 if is_rank_zero():
                     log.info("the data ended after step %d: one pass done", self.step)
                 break

@@ -39,11 +39,15 @@ class RehearsalConfig:
         ratio: rehearsed batches after each new one (0: off).
         capacity: past batches kept (a uniform reservoir sample of the stream).
         seed: seed of the draws.
+        over_state: a rehearsed batch reads the state as it is now (its own moment's
+            links included, as a held-out recording's words are scored after its
+            study pass) instead of an empty one; it is never committed either way.
     """
 
     ratio: int = 0
     capacity: int = 256
     seed: int = 0
+    over_state: bool = False
 
     def __post_init__(self) -> None:
         if self.ratio < 0:
@@ -56,7 +60,7 @@ def _detach_cpu(batch: dict[str, Any]) -> dict[str, Any]:
     """A copy of a batch that does not pin the loader's buffers (tensors cloned)."""
     out = {}
     for key, value in batch.items():
-        if key in ("reset", "replay"):
+        if key in ("reset", "replay", "replay_over_state"):
             continue  # a rehearsed window starts afresh and is marked below
         out[key] = value.clone() if isinstance(value, torch.Tensor) else value
     return out
@@ -100,7 +104,7 @@ class Rehearsal:
             for _ in range(self.cfg.ratio):
                 past = self.buffer[int(self.rng.integers(0, len(self.buffer)))]
                 self.rehearsed += 1
-                yield {**past, "replay": True}
+                yield {**past, "replay": True, "replay_over_state": self.cfg.over_state}
         if self.cfg.ratio:
             log.info("stream ended after %d new batches and %d rehearsed ones",
                      self.seen, self.rehearsed)
