@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast install clean bench
+.PHONY: demo demo-clips test test-fast lint typecheck unit unit-fast install clean bench
 
 install: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
+# The main job on the embedded default: long recordings generated here, ingested
+# with `obs make-shards --from`, one label-free chronological pass, the
+# word-referent score on held-out recordings (configs/demo_recordings.toml).
 demo: $(STAMP)
+	$(VENV)/bin/obs eval --task word-referent --config configs/demo_recordings.toml \
+		--out runs/demo-recordings/result.json
+
+# The labelled-clip demo of earlier versions (synthetic shards with query clips).
+demo-clips: $(STAMP)
 	$(VENV)/bin/obs train --config configs/demo.toml
 
 lint: $(STAMP)

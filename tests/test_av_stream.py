@@ -128,3 +128,14 @@ def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
     assert metrics["step"] == 6 and metrics["replay_steps_total"] == 3
     assert metrics["committed_entries_total"] > 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_demo_configs_resolve() -> None:
+    """`make demo`'s suite config and the training config it names load and validate."""
+    from launch.evals import suite_config
+    from launch.runner import resolve_config
+
+    demo = suite_config("word-referent", "configs/demo_recordings.toml", [])
+    assert demo.models == ["obs", "dual"] and demo.recordings >= 2
+    run = resolve_config(demo.config, [])
+    assert run.task.name == "av-stream" and run.data.loop is False
