@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -191,9 +192,13 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """Encode uint8 RGB frames [F, H, W, 3] (H, W even) as an mp4, deterministically."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = add_video_stream(container, fps, int(frames.shape[2]), int(frames.shape[1]))
-        for frame in frames:
+        stream = add_video_stream(container, fps, int(frames.shape[2]), int(frames.shape[1]),
+                                  reproducible=True)
+        rate = Fraction(1, int(round(fps)))
+        for i, frame in enumerate(frames):
             packet_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            # Own timestamps (unset ones vary run to run) and no mbtree: same bytes.
+            packet_frame.pts, packet_frame.time_base = i, rate
             for packet in stream.encode(packet_frame):
                 container.mux(packet)
         for packet in stream.encode():
