@@ -122,10 +122,14 @@ def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
 
 
 def test_targets_read_the_rows() -> None:
-    rows = [{"setting": "recording", "model": "obs", "accuracy": 0.85, "trials": 40},
+    rows = [{"setting": "recording", "model": "obs", "accuracy": 0.85, "trials": 40,
+             "ci_low": 0.71, "ci_high": 0.93},
             {"setting": "recording", "model": "dual", "accuracy": 0.3, "trials": 40}]
     lines = targets({"results": rows})
     assert len(lines) == 3 and all("**met**" in line for line in lines)
+    # A tie at chance is no win over the dual encoder.
+    rows[0].update(accuracy=0.3, ci_low=0.18, ci_high=0.45)
+    assert "**missed**" in targets({"results": rows})[1]
 
 
 def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:

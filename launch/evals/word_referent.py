@@ -432,9 +432,13 @@ def targets(result: dict[str, Any]) -> list[str]:
                      f"{verdict(obs['accuracy'] >= goal)} (OBS {obs['accuracy']:.3f} over "
                      f"{obs['trials']} trials)")
         if dual is not None:
-            lines.append(f"Word–referent, {what}: OBS >= the one-pass dual encoder — "
-                         f"{verdict(obs['accuracy'] >= dual['accuracy'])} "
-                         f"(dual encoder {dual['accuracy']:.3f})")
+            # A tie at chance shows nothing: OBS must also be above chance (its 95 %
+            # interval clear of it) for the comparison to count as met.
+            learned = obs["ci_low"] > CHANCE
+            lines.append(f"Word–referent, {what}: OBS >= the one-pass dual encoder, above "
+                         f"chance — {verdict(learned and obs['accuracy'] >= dual['accuracy'])} "
+                         f"(dual encoder {dual['accuracy']:.3f}; OBS's 95 % interval "
+                         f"{obs['ci_low']:.3f}–{obs['ci_high']:.3f})")
             if setting == "recording":
                 near = abs(dual["accuracy"] - CHANCE) <= NEAR_CHANCE
                 lines.append(f"Word–referent, novel names: the dual encoder near chance "
