@@ -78,9 +78,7 @@ def test_a_sound_heard_near_a_picture_recalls_its_nodes() -> None:
         state.apply(memory.to_delta())
         probe = model.probe(batch["audio"][0, :1], WindowMemory(state.matrix(), 1))
         seen = model.candidates(batch["video"][0, :1])
-        other = model.candidates(torch.randint(0, 255, (1, 2, 3, 16, 16), dtype=torch.uint8,
-                                               generator=torch.Generator().manual_seed(9)))
-    assert probe.recall is not None and seen.ids is not None and other.ids is not None
+    assert probe.recall is not None and seen.ids is not None
     on_seen = probe.recall[0, seen.ids[0]].abs().sum()
     assert on_seen > 0
     fresh = model.probe(batch["audio"][0, :1], WindowMemory(

@@ -100,6 +100,27 @@ class AudioClipEncoder(nn.Module):
         return self.proj(pooled)
 
 
+def encode_present(encoder: nn.Module, inputs: Tensor, mask: Tensor, offset: Tensor) -> Tensor:
+    """``encoder(x) + offset`` for the clips where ``mask`` is set, zero elsewhere.
+
+    Args:
+        encoder: maps ``[n, ...]`` clips to ``[n, d]``.
+        inputs: ``[B, T, ...]`` clips of one modality.
+        mask: ``[B, T]`` presence of that modality.
+        offset: ``[d]`` added to every present clip (the modality embedding).
+
+    Returns:
+        ``[B·T, d]``; absent clips cost nothing and get no gradient.
+    """
+    b, t = mask.shape
+    out = offset.new_zeros(b * t, offset.shape[-1])
+    idx = mask.bool().reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        clips = inputs.reshape(b * t, *inputs.shape[2:]).index_select(0, idx.to(inputs.device))
+        out = out.index_add(0, idx.to(out.device), encoder(clips) + offset)
+    return out
+
+
 class AVEncoder(nn.Module):
     """Batch of clips → ``[B, T, d_model]``, summing the present modalities.
 
@@ -133,14 +154,7 @@ class AVEncoder(nn.Module):
         if audio_mask.shape != (b, t):
             raise ValueError(f"audio_mask shape {tuple(audio_mask.shape)} != video_mask "
                              f"shape {(b, t)}")
-        out = self.modality.new_zeros(b * t, self.d_model)
-        v_idx = video_mask.reshape(-1).nonzero().squeeze(1)
-        if v_idx.numel():
-            clips = video.reshape(b * t, *video.shape[2:]).index_select(0, v_idx.to(video.device))
-            out = out.index_add(0, v_idx.to(out.device), self.video(clips) + self.modality[0])
-        a_idx = audio_mask.reshape(-1).nonzero().squeeze(1)
-        if a_idx.numel():
-            mels = audio.reshape(b * t, *audio.shape[2:]).index_select(0, a_idx.to(audio.device))
-            out = out.index_add(0, a_idx.to(out.device), self.audio(mels) + self.modality[1])
+        out = (encode_present(self.video, video, video_mask, self.modality[0])
+               + encode_present(self.audio, audio, audio_mask, self.modality[1]))
         return out.reshape(b, t, self.d_model)
 

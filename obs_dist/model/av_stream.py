@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder
+from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.writer import Writer
 
@@ -173,21 +173,10 @@ class AVStreamModel(nn.Module):
 
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
-        video, audio = batch["video"], batch["audio"]
-        vmask, amask = batch["video_mask"].bool(), batch["audio_mask"].bool()
-        b, t = vmask.shape
-        d = self.config.d_model
-        fa = self.modality.new_zeros(b * t, d)
-        fv = self.modality.new_zeros(b * t, d)
-        a_idx = amask.reshape(-1).nonzero().squeeze(1)
-        if a_idx.numel():
-            mels = audio.reshape(b * t, *audio.shape[2:]).index_select(0, a_idx)
-            fa = fa.index_add(0, a_idx, self.audio(mels) + self.modality[1])
-        v_idx = vmask.reshape(-1).nonzero().squeeze(1)
-        if v_idx.numel():
-            clips = video.reshape(b * t, *video.shape[2:]).index_select(0, v_idx)
-            fv = fv.index_add(0, v_idx, self.video(clips) + self.modality[0])
-        return fa.view(b, t, d), fv.view(b, t, d)
+        b, t = batch["video_mask"].shape
+        fa = encode_present(self.audio, batch["audio"], batch["audio_mask"], self.modality[1])
+        fv = encode_present(self.video, batch["video"], batch["video_mask"], self.modality[0])
+        return fa.view(b, t, -1), fv.view(b, t, -1)
 
     def _embed_audio(self, fa: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head_a(self.norm_a(fa)), dim=-1)
