@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from launch.evals.learners import BaselineLearner, matched_baseline
 from obs_dist.baselines import KINDS, BaselineConfig, build_baseline, count_parameters
-from obs_dist.baselines.deltanet import delta_rule
+from obs_dist.baselines.delta_rule import delta_rule_recurrent as delta_rule
 from obs_dist.baselines.longhorn import longhorn_scan
 from obs_dist.tasks import IGNORE
 from obs_dist.tasks.memory_function import MemoryFunctionConfig, memory_function_batches

@@ -1,7 +1,8 @@
 """Baselines with the same ``batch → logits`` interface, so one harness trains all.
 
 ``build_baseline(cfg, vocab, classes)`` returns a :class:`SequenceBaseline` whose
-blocks mix the sequence with softmax attention, DeltaNet, Longhorn or a GRU.
+blocks mix the sequence with softmax attention, DeltaNet, Gated DeltaNet, Longhorn
+or a GRU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from torch import nn
 from obs_dist.baselines.attention import CausalSelfAttention
 from obs_dist.baselines.common import KINDS, BaselineConfig, SequenceBaseline, count_parameters
 from obs_dist.baselines.deltanet import DeltaNetMixer
+from obs_dist.baselines.gated_deltanet import GatedDeltaNetMixer
 from obs_dist.baselines.gru import GRUMixer
 from obs_dist.baselines.longhorn import LonghornMixer
 
@@ -19,6 +21,7 @@ __all__ = ["KINDS", "BaselineConfig", "SequenceBaseline", "build_baseline", "cou
 _MIXERS: dict[str, type[nn.Module]] = {
     "attention": CausalSelfAttention,
     "deltanet": DeltaNetMixer,
+    "gated_deltanet": GatedDeltaNetMixer,
     "longhorn": LonghornMixer,
     "gru": GRUMixer,
 }

@@ -19,7 +19,7 @@ from torch import nn
 
 from obs_dist.model.encoders import build_encoder
 
-KINDS = ("attention", "deltanet", "longhorn", "gru")
+KINDS = ("attention", "deltanet", "gated_deltanet", "longhorn", "gru")
 
 
 @dataclass
@@ -27,23 +27,29 @@ class BaselineConfig:
     """One baseline model.
 
     Attributes:
-        kind: ``attention`` (softmax), ``deltanet``, ``longhorn`` or ``gru``.
+        kind: ``attention`` (softmax), ``deltanet``, ``gated_deltanet``, ``longhorn``
+            or ``gru``.
         d_model: residual width.
         layers: number of blocks.
         heads: attention / DeltaNet heads (must divide ``d_model``).
         state_dim: Longhorn state size per channel.
         mlp_ratio: width of each block's MLP relative to ``d_model`` (0: no MLP).
+        delta_form: (gated) DeltaNet's delta rule ``chunked`` (WY form, for
+            training) or ``recurrent`` (the step-by-step reference); same outputs.
+        chunk_size: steps per chunk of the chunked form.
         encoder: ``tokens`` or ``av`` (as ``model.encoder`` of OBS).
         n_mels: log-mel bands (``av``).
         image_size: frame side (``av``).
     """
 
-    kind: Literal["attention", "deltanet", "longhorn", "gru"] = "attention"
+    kind: Literal["attention", "deltanet", "gated_deltanet", "longhorn", "gru"] = "attention"
     d_model: int = 64
     layers: int = 2
     heads: int = 4
     state_dim: int = 16
     mlp_ratio: int = 2
+    delta_form: Literal["chunked", "recurrent"] = "chunked"
+    chunk_size: int = 64
     encoder: Literal["tokens", "av"] = "tokens"
     n_mels: int = 64
     image_size: int = 64
@@ -65,6 +71,11 @@ class BaselineConfig:
             raise ValueError(f"state_dim must be >= 1, got {self.state_dim}")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        if self.delta_form not in ("chunked", "recurrent"):
+            raise ValueError(f"delta_form must be 'chunked' or 'recurrent', "
+                             f"got {self.delta_form!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.encoder not in ("tokens", "av"):
             raise ValueError(f"encoder must be 'tokens' or 'av', got {self.encoder!r}")
 

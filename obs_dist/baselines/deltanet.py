@@ -8,9 +8,9 @@ step of online regression towards ``v_t`` (Schlag et al. 2021; Yang et al. 2024)
 with ``q, k`` passed through SiLU and L2-normalised, and ``β_t = σ(w_βᵀ x_t)``
 per head. Queries, keys and values first go through a short causal depthwise
 convolution (kernel 4), as in the DeltaNet paper; outputs are normalised per
-head before the output projection. This is the sequential reference loop (one
-step at a time, O(T·d_k·d_v) per head), not the chunked WY form: slower, but
-exactly the recurrence.
+head before the output projection. Training uses the chunked WY form
+(``BaselineConfig.delta_form = "chunked"``, :func:`delta_rule_chunked`); the
+sequential reference loop (``"recurrent"``) gives the same outputs, slower.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from obs_dist.baselines.common import BaselineConfig
+from obs_dist.baselines.delta_rule import delta_rule_chunked, delta_rule_recurrent
 
 
 class CausalConv1d(nn.Module):
@@ -41,54 +42,43 @@ class CausalConv1d(nn.Module):
         return self.conv(y).transpose(1, 2)
 
 
-def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               beta: torch.Tensor) -> torch.Tensor:
-    """The delta-rule recurrence over time.
-
-    Args:
-        q: ``[B, H, T, d_k]`` queries.
-        k: ``[B, H, T, d_k]`` keys (normalised).
-        v: ``[B, H, T, d_v]`` values.
-        beta: ``[B, H, T]`` write strengths in (0, 1).
-
-    Returns:
-        ``[B, H, T, d_v]`` outputs ``S_t q_t``.
-    """
-    bsz, heads, steps, dk = k.shape
-    state = k.new_zeros(bsz, heads, v.shape[-1], dk)
-    outs = []
-    for t in range(steps):
-        kt, vt = k[:, :, t], v[:, :, t]
-        old = torch.einsum("bhvk,bhk->bhv", state, kt)
-        state = state + (beta[:, :, t, None] * (vt - old))[..., None] * kt[:, :, None, :]
-        outs.append(torch.einsum("bhvk,bhk->bhv", state, q[:, :, t]))
-    return torch.stack(outs, dim=2)
-
-
 class DeltaNetMixer(nn.Module):
     """``[B, T, d] → [B, T, d]`` through multi-head delta-rule memory.
 
     Args:
-        cfg: ``d_model`` and ``heads`` are used.
+        cfg: ``d_model``, ``heads``, ``delta_form`` and ``chunk_size`` are used.
     """
 
     def __init__(self, cfg: BaselineConfig) -> None:
         super().__init__()
         d = cfg.d_model
         self.heads = cfg.heads
+        self.form = cfg.delta_form
+        self.chunk_size = cfg.chunk_size
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.conv = CausalConv1d(3 * d)
         self.beta = nn.Linear(d, cfg.heads)
-        self.head_norm = nn.LayerNorm(d // cfg.heads)
+        self.head_norm: nn.Module = nn.LayerNorm(d // cfg.heads)
         self.out = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the recurrence from a zero state."""
-        bsz, steps, width = x.shape
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``q, k, v`` as ``[B, H, T, d/H]`` (conv, SiLU, unit q and k) and ``β [B, H, T]``."""
+        bsz, steps, _ = x.shape
         qkv = F.silu(self.conv(self.qkv(x)))
         q, k, v = qkv.view(bsz, steps, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # [B, H, T]
-        o = self.head_norm(delta_rule(q, k, v, beta))
+        beta = torch.sigmoid(self.beta(x)).transpose(1, 2)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            g: torch.Tensor | None = None) -> torch.Tensor:
+        """The delta rule in the configured form: ``[B, H, T, d_v]``."""
+        if self.form == "chunked":
+            return delta_rule_chunked(q, k, v, beta, g, chunk_size=self.chunk_size)
+        return delta_rule_recurrent(q, k, v, beta, g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the delta rule from a zero state."""
+        bsz, steps, width = x.shape
+        q, k, v, beta = self.project(x)
+        o = self.head_norm(self.mix(q, k, v, beta))
         return self.out(o.transpose(1, 2).reshape(bsz, steps, width))
