@@ -84,6 +84,10 @@ class StorageError(ValueError):
     """The store cannot be used: missing bucket, refused credentials, retries exhausted."""
 
 
+class StoreUnavailable(StorageError):
+    """A transient failure outlasted the retries and patience: data readers stop, not skip."""
+
+
 class ObjectStore(abc.ABC):
     """A flat namespace of byte objects under one root (local directory or S3 prefix)."""
 
@@ -96,6 +100,16 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put_file(self, key: str, path: str | Path) -> None:
         """Upload the local file ``path`` under ``key`` (multipart on S3 for large files)."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` under ``key`` unless an object is there; whether it was written.
+
+        Not atomic here (check, then write); the local and S3 stores override it.
+        """
+        if self.exists(key):
+            return False
+        self.put_bytes(key, data)
+        return True
 
     @abc.abstractmethod
     def get_bytes(self, key: str) -> bytes:
@@ -165,6 +179,19 @@ class LocalStore(ObjectStore):
         try:
             shutil.copyfile(path, tmp)
             os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        target, tmp = self._atomic_target(key)
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+            # link() fails if the target exists: an atomic create-if-absent on POSIX.
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -274,6 +301,8 @@ class S3Store(ObjectStore):
         self.root = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._client: Any = None
         self._client_pid = -1
+        # Retries of transient failures so far in this process (a metric of the loader).
+        self.retried = 0
         if check:
             self.check_bucket()
 
@@ -358,17 +387,28 @@ class S3Store(ObjectStore):
                     raise fatal from None
                 if not is_transient(exc):
                     raise
-                failing = time.monotonic() - start
-                if attempt >= self.retries and failing >= self.patience_s:
-                    raise StorageError(f"{what}: {self.where} still failing after "
-                                       f"{attempt + 1} attempts over {failing:.1f} s: "
-                                       f"{type(exc).__name__}: {exc}") from exc
-                log.warning("%s on %s: transient %s, retry %d (failing for %.1f s of "
-                            "%d retries / %.0f s patience)", what, self.where,
-                            type(exc).__name__, attempt + 1, failing, self.retries,
-                            self.patience_s)
-                self.backoff(attempt)
+                self.wait_or_give_up(what, exc, attempt, start)
                 attempt += 1
+
+    def wait_or_give_up(self, what: str, exc: BaseException, attempt: int,
+                        start: float) -> None:
+        """After failed ``attempt`` (0-based) of a request failing since ``start``: back off.
+
+        Raises:
+            StoreUnavailable: the request has used its ``retries`` and has been
+                failing for ``patience_s``; names the endpoint and how long.
+        """
+        failing = time.monotonic() - start
+        if attempt >= self.retries and failing >= self.patience_s:
+            raise StoreUnavailable(f"{what}: {self.where} still failing after "
+                                   f"{attempt + 1} attempts over {failing:.1f} s: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        log.warning("%s on %s: transient %s, retry %d (failing for %.1f s of "
+                    "%d retries / %.0f s patience)", what, self.where,
+                    type(exc).__name__, attempt + 1, failing, self.retries,
+                    self.patience_s)
+        self.retried += 1
+        self.backoff(attempt)
 
     def check_bucket(self) -> None:
         """Raise :class:`StorageError` now if the bucket is missing or access is refused."""
@@ -379,6 +419,26 @@ class S3Store(ObjectStore):
         k = self._key(key)
         self.call(f"put {k}", lambda: self.client().put_object(Bucket=self.bucket, Key=k,
                                                                 Body=data))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """S3's conditional put (``If-None-Match: *``): atomic, a 412 when the key exists."""
+        from botocore.exceptions import ClientError
+
+        k = self._key(key)
+
+        def create() -> bool:
+            try:
+                self.client().put_object(Bucket=self.bucket, Key=k, Body=data, IfNoneMatch="*")
+            except ClientError as exc:
+                code, status = _error_code(exc)
+                if code == "PreconditionFailed" or status == 412:
+                    return False
+                raise
+            return True
+
+        # A retry after a lost response may answer 412 for our own write: callers
+        # read the object back when it matters (the lease does).
+        return self.call(f"put-if-absent {k}", create)
 
     def put_file(self, key: str, path: str | Path) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -471,7 +531,9 @@ class _S3RangeReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        for attempt in range(self.store.retries + 1):
+        start = time.monotonic()
+        attempt = 0
+        while True:
             if self.body is None:
                 return 0
             try:
@@ -482,17 +544,17 @@ class _S3RangeReader(io.RawIOBase):
                 self.pos += len(data)
                 return len(data)
             except Exception as exc:
-                if not is_transient(exc) or attempt == self.store.retries:
+                if not is_transient(exc):
                     raise StorageError(f"read {self.key} at byte {self.pos}: "
                                        f"{self.store.where}: {type(exc).__name__}: {exc}"
                                        ) from exc
-                log.warning("read %s on %s: %s at byte %d, resuming (retry %d/%d)", self.key,
-                            self.store.where, type(exc).__name__, self.pos, attempt + 1,
-                            self.store.retries)
+                # The same retries and patience as a request; the reopen below is
+                # itself patient, so an outage mid-body is waited out at this byte.
+                self.store.wait_or_give_up(f"read {self.key} at byte {self.pos}", exc,
+                                           attempt, start)
+                attempt += 1
                 self.close_body()
-                self.store.backoff(attempt)
                 self._open()
-        raise AssertionError("unreachable")
 
     def close_body(self) -> None:
         if self.body is not None:

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from support.s3_server import needs_moto
 from support.tiny_run import obs, tiny_args
 
+from obs_dist.checkpoint.format import list_steps, read_manifest
 from obs_dist.checkpoint.lease import (
     LEASE_KEY,
     StoreInUse,
@@ -24,7 +30,7 @@ from obs_dist.checkpoint.lease import (
     renew,
     run_identity,
 )
-from obs_dist.storage import LocalStore
+from obs_dist.storage import LocalStore, ObjectStore, open_store
 
 
 def test_second_writer_is_refused_naming_the_owner(tmp_path: Path) -> None:
@@ -85,3 +91,77 @@ def test_resume_auto_continues_only_the_same_run(tmp_path: Path,
     assert "written by run 'run-a', this run is 'run-b'" in proc.stderr
     proc = obs(*args, "--resume", "2")  # named explicitly: allowed
     assert proc.returncode == 0, proc.stderr
+
+
+def _store(where: str, tmp_path: Path, request: pytest.FixtureRequest
+           ) -> tuple[str, list[str], ObjectStore]:
+    """(checkpoint.url, extra --set values, the store) of a local or a moto S3 store."""
+    if where == "local":
+        return str(tmp_path / "ckpt"), [], LocalStore(tmp_path / "ckpt")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    url = f"s3://{request.getfixturevalue('s3_bucket')}/ckpt"
+    return url, [f"checkpoint.endpoint_url={endpoint}"], open_store(url, endpoint_url=endpoint)
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=needs_moto)])
+def test_writers_racing_for_an_unleased_store_exactly_one_wins(
+        where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    _url, _sets, store = _store(where, tmp_path, request)
+    won: list[str] = []
+    refused: list[str] = []
+    gate = threading.Barrier(4)
+
+    def take(run_id: str) -> None:
+        gate.wait()
+        try:
+            acquire(store, run_id, lease_s=60.0)
+            won.append(run_id)
+        except StoreInUse as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=take, args=(f"run-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 3, (won, refused)
+    assert all(f"'{won[0]}'" in msg for msg in refused)  # each refusal names the owner
+    assert (read_lease(store) or {})["run_id"] == won[0]
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=needs_moto)])
+def test_two_concurrent_runs_on_one_store_second_refused_first_intact(
+        where: str, tmp_path: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url, sets, store = _store(where, tmp_path, request)
+    steps = 600  # long enough that the first run is still training when the second starts
+    args = [sys.executable, "-m", "launch.cli",
+            *tiny_args(tmp_path / "a", steps, f"checkpoint.url={url}", "checkpoint.every=50",
+                       *sets), "--resume", "never"]
+    log = (tmp_path / "a.log").open("wb")
+    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "OBS_RUN_ID": "run-a"})
+    try:
+        deadline = time.monotonic() + 120
+        while read_lease(store) is None:
+            assert first.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first run took no lease"
+            time.sleep(0.1)
+        monkeypatch.setenv("OBS_RUN_ID", "run-b")
+        second = obs(*tiny_args(tmp_path / "b", steps, f"checkpoint.url={url}", *sets),
+                     "--resume", "never")
+        assert first.poll() is None, "the first run ended before the second was refused"
+        assert second.returncode == 2, second.stderr
+        assert "is in use by run 'run-a'" in second.stderr and "this run is 'run-b'" in \
+            second.stderr
+        assert first.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    written = list_steps(store)
+    assert written[-1] == steps
+    assert {read_manifest(store, s).run_id for s in written} == {"run-a"}
+    endpoint = [f"--endpoint-url={sets[0].split('=', 1)[1]}"] if sets else []
+    check = obs("ckpt", "verify", url, *endpoint)
+    assert check.returncode == 0, check.stdout + check.stderr

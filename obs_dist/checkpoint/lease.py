@@ -16,9 +16,13 @@ requeued or preempted run of the same config is the same run and takes its
 own lease back at once, even from a killed process. Every manifest records
 the run id, and ``--resume auto`` only continues checkpoints of the same run.
 
-The lease is advisory and best-effort (an object store has no atomic
-create-if-absent that every S3 implementation honours): the lease is written,
-then read back, and a writer that finds another run's id there gives way.
+A store without a lease is taken with an atomic create-if-absent
+(:meth:`obs_dist.storage.ObjectStore.put_if_absent`: ``link`` on a local disk,
+S3's conditional put ``If-None-Match: *``), so of two runs started at once on
+an empty store exactly one wins. Taking over a released or expired lease, and
+renewing one, overwrite it and read it back (best-effort: a conditional
+overwrite on the ETag is not honoured by every S3 implementation); a writer
+that finds another run's id there gives way.
 """
 
 from __future__ import annotations
@@ -77,11 +81,14 @@ def _describe(doc: dict[str, Any], now: float) -> str:
             f"renewed {age:.0f} s ago)")
 
 
-def _write(store: ObjectStore, run_id: str, acquired: float) -> None:
-    now = time.time()
+def _document(run_id: str, acquired: float) -> bytes:
     doc = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-           "acquired": acquired, "renewed": now}
-    store.put_bytes(LEASE_KEY, json.dumps(doc, indent=1).encode())
+           "acquired": acquired, "renewed": time.time()}
+    return json.dumps(doc, indent=1).encode()
+
+
+def _write(store: ObjectStore, run_id: str, acquired: float) -> None:
+    store.put_bytes(LEASE_KEY, _document(run_id, acquired))
 
 
 def acquire(store: ObjectStore, run_id: str, lease_s: float) -> None:
@@ -92,6 +99,8 @@ def acquire(store: ObjectStore, run_id: str, lease_s: float) -> None:
             or another writer took the lease at the same moment; names the owner.
     """
     now = time.time()
+    if store.put_if_absent(LEASE_KEY, _document(run_id, now)):
+        return  # the store was unleased, and the atomic create made it ours alone
     held = read_lease(store)
     if held is not None and held.get("run_id") != run_id and not held.get("released"):
         if now - float(held.get("renewed", 0.0)) < lease_s:
