@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from monitoring.exporter import MetricsConfig
+from monitoring.history import HistoryConfig
 from obs_dist.checkpoint.manager import CheckpointConfig
 from obs_dist.engine.scheduler import SchedulerConfig
 from obs_dist.engine.slow_weights import DeepSpeedConfig, DistConfig
@@ -46,6 +47,7 @@ class RunConfig:
             embedded default of ``make demo``); off: an empty source is an error.
         checkpoint: where and how often checkpoints go (empty url: none).
         metrics: the per-rank Prometheus exporter.
+        history: the run's history on disk (``out_dir/history/<run id>/``).
     """
 
     name: str = "obs"
@@ -64,6 +66,7 @@ class RunConfig:
     make_synthetic: bool = False
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

@@ -34,8 +34,9 @@ from launch.jobs.job import preemption_hook
 from launch.jobs.spawn import threads_per_rank
 from launch.run_config import RunConfig
 from monitoring.exporter import PrometheusSink, start_sink_for_current_process
+from monitoring.history import RunHistory, new_run_dir
 from obs_dist.checkpoint.manager import Checkpointer, attach_checkpointing
-from obs_dist.config import load_config, to_dict
+from obs_dist.config import load_config, to_dict, to_toml
 from obs_dist.engine.collectives import make_block_exchange
 from obs_dist.engine.dist import get_local_rank, get_rank, get_world_size, is_rank_zero
 from obs_dist.engine.replica import ReplicaChecker
@@ -240,9 +241,11 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
     exporter: PrometheusSink | None = None
     ckpt: Checkpointer | None = None
     slow: SlowWeights | None = None
+    history: RunHistory | None = None
     try:
         setup_logging()
         rank, world = get_rank(), get_world_size()
+        history = start_history(cfg)
         data = build_data(cfg, rank, world)
         if cfg.task.name == "av" and not cfg.model.classes:
             cfg.model.classes = num_classes(cfg.data)
@@ -272,6 +275,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
                           event="on_end")
         for hook in hooks:
             trainer.hooks.register(hook)
+        if history is not None:
+            history.attach(trainer)  # last of stage report: it records every entry
         metrics = trainer.fit(_scored_batches(cfg, data, fresh=resumed is None), data.evals)
         if "step" not in metrics:  # resumed from a run that had already finished
             log.info("the checkpoint is at step %d of %d: nothing left to train",
@@ -292,7 +297,25 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             ckpt.close()
         if exporter is not None:
             exporter.close()
+        if history is not None:
+            history.close()
         release(slow)  # DeepSpeed's engine holds process groups
+
+
+def start_history(cfg: RunConfig) -> RunHistory | None:
+    """Rank 0: a new ``out_dir/history/<run id>/`` with the resolved config in it.
+
+    A new folder per run, so a rerun or a resume into the same ``out_dir``
+    keeps every earlier run's history; the config is written before any work,
+    so a run that fails still leaves it. None on other ranks or when disabled.
+    """
+    if not (cfg.history.enabled and is_rank_zero()):
+        return None
+    history = RunHistory(new_run_dir(cfg.out_dir), cfg.history, cfg.train.log_every,
+                         cfg.train.steps)
+    history.write_config(to_toml(redact_tree(to_dict(cfg))))
+    log.info("run history in %s", history.run_dir)
+    return history
 
 
 def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict[str, Any]]:
@@ -319,6 +342,7 @@ def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]],
             metrics[f"data_errors_total.{kind}"] = float(n)
         for kind, n in loader.unknown_labels.items():
             metrics[f"data_unknown_labels_total.{kind}"] = float(n)
+        metrics["data_store_retries_total"] = float(loader.store_retries)
         now = time.perf_counter()
         metrics["data_clips_per_s"] = (loader.clips_seen - last[1]) / max(now - last[0], 1e-9)
         last[:] = [now, loader.clips_seen]

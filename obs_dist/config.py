@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file into a dictionary.
+    """Read a TOML file (or a ``.json`` one, e.g. a run's ``config.json``) into a dictionary.
 
     Args:
         path: file to read.
@@ -38,11 +38,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         The parsed document.
 
     Raises:
-        ValueError: if the file is missing or is not valid TOML.
+        ValueError: if the file is missing or is not valid TOML (JSON for ``.json``).
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file not found: {p}")
+    if p.suffix == ".json":
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {p} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError(f"config file {p} must hold one JSON object")
+        return doc
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
@@ -207,6 +215,32 @@ def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass tree as plain dictionaries (for logs and checkpoints)."""
     assert dataclasses.is_dataclass(obj)
     return dataclasses.asdict(obj)  # type: ignore[arg-type]
+
+
+def _toml_value(value: Any, key: str) -> str:
+    """One value as TOML (JSON's string escapes are valid TOML basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
+    raise ValueError(f"{key}: {value!r} cannot be written as TOML")
+
+
+def to_toml(doc: dict[str, Any], prefix: str = "") -> str:
+    """A nested dictionary as TOML text that :func:`load_toml` reads back.
+
+    ``None`` values are left out (TOML has no null), so they read back as the
+    field's default; every ``None`` default of the config is already ``None``.
+    A dictionary-valued field becomes a table, as a section does.
+    """
+    scalars = [f"{k} = {_toml_value(v, prefix + k)}" for k, v in doc.items()
+               if v is not None and not isinstance(v, dict)]
+    tables = [to_toml(v, f"{prefix}{k}.") for k, v in doc.items() if isinstance(v, dict)]
+    head = f"[{prefix.rstrip('.')}]\n" if prefix else ""
+    body = head + "".join(line + "\n" for line in scalars)
+    return "\n".join([body, *tables]) if tables else body
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

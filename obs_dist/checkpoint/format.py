@@ -179,11 +179,11 @@ def state_shape(state: BigState) -> dict[str, Any]:
 # reported or written, and I/O patience. Everything else is a hyperparameter or
 # decides what the run computes, and must equal the checkpoint's.
 RESUME_MAY_CHANGE = (
-    "name", "out_dir", "metrics.", "make_synthetic",
+    "name", "out_dir", "metrics.", "history.", "make_synthetic",
     "train.progress", "train.log_every", "train.moments_every",
     "checkpoint.every", "checkpoint.url", "checkpoint.endpoint_url", "checkpoint.retries",
     "checkpoint.patience_s", "checkpoint.lease_s", "checkpoint.keep_bases",
-    "data.endpoint_url", "data.retries", "data.prefetch", "dist.timeout_s",
+    "data.endpoint_url", "data.retries", "data.patience_s", "data.prefetch", "dist.timeout_s",
 )
 
 
