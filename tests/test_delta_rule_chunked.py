@@ -8,6 +8,7 @@ mixers give the same outputs and parameter gradients in either form.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -101,3 +102,17 @@ def test_mixer_forms_give_the_same_model(kind: str) -> None:
     for name, grad in grads[1].items():
         torch.testing.assert_close(grads[0][name], grad, **TOL, msg=name)
     assert cfg.delta_form == "chunked"  # training uses the chunked form by default
+
+
+def test_bench_deltanet_reports_both_forms_side_by_side(capsys: pytest.CaptureFixture) -> None:
+    from launch.cli import main
+
+    code = main(["bench", "deltanet", "--kind", "gated_deltanet", "--seq-len", "20",
+                 "--batch", "2", "--d-model", "16", "--heads", "2", "--chunk-size", "8",
+                 "--vocab", "32", "--repeats", "1", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["step_seconds"]) == set(result["kernel_seconds"]) == {"chunked",
+                                                                            "recurrent"}
+    assert result["step_speedup"] > 0 and result["threads"] == 1
+    assert main(["bench", "deltanet", "--repeats", "0"]) == 2

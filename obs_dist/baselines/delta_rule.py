@@ -128,10 +128,12 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     k_to_end = k * (gamma[..., -1:] - gamma)[..., None].exp()
     state = q.new_zeros(bsz, heads, dk, dv)
     outs = []
-    for i in range(n):
-        v_new = u[:, :, i] - w[:, :, i] @ state
-        outs.append(q_decayed[:, :, i] @ state + intra[:, :, i] @ v_new)
-        state = state * gamma[:, :, i, -1, None, None].exp() + \
-            k_to_end[:, :, i].transpose(-1, -2) @ v_new
+    # unbind, not indexing: each index's backward would fill a zero tensor of the full size.
+    per_chunk = zip(*(x.unbind(2) for x in (u, w, q_decayed, intra, k_to_end.transpose(-1, -2),
+                                            gamma[..., -1].exp())))
+    for u_i, w_i, q_i, intra_i, k_i, end_decay in per_chunk:
+        v_new = u_i - w_i @ state
+        outs.append(q_i @ state + intra_i @ v_new)
+        state = state * end_decay[..., None, None] + k_i @ v_new
     out = torch.stack(outs, dim=2).reshape(bsz, heads, n * c, dv)
     return out[:, :, :steps]
