@@ -38,7 +38,8 @@ from obs_dist.trainer import TrainConfig
 
 log = logging.getLogger("obs.eval")
 
-MODEL_NAMES = ("obs", "obs-replay", "attention", "deltanet", "longhorn", "gru")
+MODEL_NAMES = ("obs", "obs-replay", "attention", "deltanet", "gated_deltanet", "longhorn",
+               "gru")
 
 
 def _default_train() -> TrainConfig:
@@ -52,7 +53,7 @@ class SuiteConfig:
 
     Attributes:
         models: model names among ``obs``, ``obs-replay``, ``attention``,
-            ``deltanet``, ``longhorn``, ``gru``.
+            ``deltanet``, ``gated_deltanet``, ``longhorn``, ``gru``.
         seconds: wall-time cap of one model's training (0: no cap).
         match_parameters: size baselines to OBS's trainable-parameter count.
         baseline_lr: learning rate of the baselines (0: ``train.lr``).

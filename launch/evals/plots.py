@@ -28,7 +28,8 @@ def _subplots(*args: Any, **kwargs: Any) -> Any:
 
 STYLE = {"obs": ("tab:red", "o"), "obs-replay": ("tab:purple", "s"),
          "attention": ("tab:blue", "^"), "deltanet": ("tab:green", "v"),
-         "longhorn": ("tab:orange", "D"), "gru": ("tab:gray", "x")}
+         "gated_deltanet": ("tab:olive", "<"), "longhorn": ("tab:orange", "D"),
+         "gru": ("tab:gray", "x")}
 
 
 def _style(model: str) -> dict[str, Any]:
