@@ -5,11 +5,19 @@ each ``(pairs, length)`` point for ``train.steps`` steps or ``seconds`` of wall
 time, stopping early at ``train.target_accuracy``, and scored on the same
 held-out batches. A second sweep trains OBS alone at ``state_point`` for each
 size in ``state_sizes`` (accuracy vs state size N).
+
+The Zoology protocol (Arora et al. 2023; ``configs/eval_mqar_zoology.toml``) is
+a config of the same sweep: ``train_examples`` fixes the data (steps =
+examples / batch, the same sequences for every model), ``widths`` gives the
+baselines' ``d_model`` values instead of matching OBS's parameter count, and
+``lrs`` trains every model at each learning rate; ``best`` keeps, per point,
+model and width, the run with the highest held-out accuracy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,11 @@ class MQARSweepConfig(SuiteConfig):
         state_sizes: N values of the OBS-only state-size sweep (empty: none).
         state_point: ``[pairs, length]`` of the state-size sweep.
         seed: seed of the data.
+        train_examples: training sequences per run (0: ``train.steps`` steps); the
+            steps are ``ceil(train_examples / batch)``.
+        widths: baseline ``d_model`` values (empty: matched to OBS's parameters).
+        lrs: learning rates, each model trained at each (empty: ``train.lr`` and
+            ``baseline_lr``).
     """
 
     vocab: int = 256
@@ -55,9 +68,16 @@ class MQARSweepConfig(SuiteConfig):
     state_sizes: list[int] = field(default_factory=list)
     state_point: list[int] = field(default_factory=lambda: [32, 256])
     seed: int = 0
+    train_examples: int = 0
+    widths: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.train_examples < 0:
+            raise ValueError(f"train_examples must be >= 0, got {self.train_examples}")
+        if any(w < 1 for w in self.widths) or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"widths must be >= 1 and lrs > 0, got {self.widths}, {self.lrs}")
         for point in [*self.points, self.state_point]:
             if len(point) != 2:
                 raise ValueError(f"points must be [pairs, length] pairs, got {point}")
@@ -89,16 +109,53 @@ def _train_and_score(cfg: MQARSweepConfig, name: str, pairs: int, length: int,
             "curve": res.curve}
 
 
+def _variants(cfg: MQARSweepConfig, name: str) -> list[MQARSweepConfig]:
+    """``cfg`` at each width (baselines) and learning rate, with steps from examples."""
+    train = cfg.train
+    if cfg.train_examples:
+        train = dataclasses.replace(train, steps=math.ceil(cfg.train_examples / cfg.batch))
+    base = dataclasses.replace(cfg, train=train)
+    widths: list[int | None] = [None]
+    if cfg.widths and not name.startswith("obs"):
+        widths = list(cfg.widths)
+    out = []
+    for width in widths:
+        at = base
+        if width is not None:
+            at = dataclasses.replace(base, match_parameters=False,
+                                     baseline=dataclasses.replace(cfg.baseline, d_model=width))
+        for lr in cfg.lrs or [None]:
+            out.append(at if lr is None else dataclasses.replace(
+                at, baseline_lr=lr, train=dataclasses.replace(at.train, lr=lr)))
+    return out
+
+
+def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ``(pairs, length, model, d_model)``, the row with the best held-out accuracy."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["pairs"], row["length"], row["model"], row.get("d_model"))
+        if key not in best or row["accuracy"] > best[key]["accuracy"]:
+            best[key] = row
+    return list(best.values())
+
+
 def run(cfg: MQARSweepConfig) -> dict[str, Any]:
-    """Train and score every model at every point; then the OBS state-size sweep."""
-    rows = [_train_and_score(cfg, name, pairs, length)
-            for pairs, length in cfg.points for name in cfg.models]
+    """Train and score every model (at each width and lr) at every point; then N sweep."""
+    rows = []
+    for pairs, length in cfg.points:
+        for name in cfg.models:
+            for variant in _variants(cfg, name):
+                row = _train_and_score(variant, name, pairs, length)
+                rows.append({**row, "lr": variant.baseline_lr or variant.train.lr,
+                             "examples": row["steps"] * cfg.batch})
     state_rows = []
     obs_name = next((m for m in cfg.models if m.startswith("obs")), "obs")
     for nodes in cfg.state_sizes:
         pairs, length = cfg.state_point
         state_rows.append(_train_and_score(cfg, obs_name, pairs, length, nodes=nodes))
-    return {"results": rows, "state_sweep": state_rows, "chance": 2.0 / cfg.vocab}
+    return {"results": rows, "best": best_rows(rows) if cfg.lrs else [],
+            "state_sweep": state_rows, "chance": 2.0 / cfg.vocab}
 
 
 def targets(result: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from obs_dist.baselines.attention import CausalSelfAttention
 from obs_dist.baselines.common import KINDS, BaselineConfig, SequenceBaseline, count_parameters
-from obs_dist.baselines.deltanet import DeltaNetMixer
+from obs_dist.baselines.deltanet import DeltaNetMixer, ShortConvMixer
 from obs_dist.baselines.gated_deltanet import GatedDeltaNetMixer
 from obs_dist.baselines.gru import GRUMixer
 from obs_dist.baselines.longhorn import LonghornMixer
@@ -29,4 +29,5 @@ _MIXERS: dict[str, type[nn.Module]] = {
 
 def build_baseline(cfg: BaselineConfig, vocab: int, classes: int) -> SequenceBaseline:
     """The baseline ``cfg.kind`` for a task with ``vocab`` inputs and ``classes`` outputs."""
-    return SequenceBaseline(cfg, vocab, classes, _MIXERS[cfg.kind])
+    first = ShortConvMixer if cfg.conv_first else None
+    return SequenceBaseline(cfg, vocab, classes, _MIXERS[cfg.kind], first)

@@ -37,6 +37,9 @@ class BaselineConfig:
         delta_form: (gated) DeltaNet's delta rule ``chunked`` (WY form, for
             training) or ``recurrent`` (the step-by-step reference); same outputs.
         chunk_size: steps per chunk of the chunked form.
+        conv_first: the first block's mixer is a short convolution
+            (``ShortConvMixer``), the others are ``kind`` (Zoology's MQAR models:
+            two layers, convolution then mixer).
         encoder: ``tokens`` or ``av`` (as ``model.encoder`` of OBS).
         n_mels: log-mel bands (``av``).
         image_size: frame side (``av``).
@@ -50,6 +53,7 @@ class BaselineConfig:
     mlp_ratio: int = 2
     delta_form: Literal["chunked", "recurrent"] = "chunked"
     chunk_size: int = 64
+    conv_first: bool = False
     encoder: Literal["tokens", "av"] = "tokens"
     n_mels: int = 64
     image_size: int = 64
@@ -76,6 +80,9 @@ class BaselineConfig:
                              f"got {self.delta_form!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.conv_first and self.layers < 2:
+            raise ValueError(f"conv_first needs layers >= 2 (a convolution, then the mixer), "
+                             f"got {self.layers}")
         if self.encoder not in ("tokens", "av"):
             raise ValueError(f"encoder must be 'tokens' or 'av', got {self.encoder!r}")
 
@@ -115,10 +122,12 @@ class SequenceBaseline(nn.Module):
         vocab: input tokens (``tokens`` encoder).
         classes: outputs of the head.
         make_mixer: builds one block's mixer from ``cfg``.
+        make_first: builds the first block's mixer instead (``cfg.conv_first``).
     """
 
     def __init__(self, cfg: BaselineConfig, vocab: int, classes: int,
-                 make_mixer: Callable[[BaselineConfig], nn.Module]) -> None:
+                 make_mixer: Callable[[BaselineConfig], nn.Module],
+                 make_first: Callable[[BaselineConfig], nn.Module] | None = None) -> None:
         super().__init__()
         if classes < 2:
             raise ValueError(f"classes must be >= 2, got {classes}")
@@ -127,8 +136,11 @@ class SequenceBaseline(nn.Module):
         self.config = cfg
         self.encoder = build_encoder(cfg.encoder, cfg.d_model, vocab, cfg.n_mels,
                                      cfg.image_size)
-        self.blocks = nn.ModuleList(Block(cfg.d_model, make_mixer(cfg), cfg.mlp_ratio)
-                                    for _ in range(cfg.layers))
+        makers = [make_mixer] * cfg.layers
+        if make_first is not None:
+            makers[0] = make_first
+        self.blocks = nn.ModuleList(Block(cfg.d_model, make(cfg), cfg.mlp_ratio)
+                                    for make in makers)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, classes)
 

@@ -42,6 +42,31 @@ class CausalConv1d(nn.Module):
         return self.conv(y).transpose(1, 2)
 
 
+class ShortConvMixer(nn.Module):
+    """``[B, T, d] → [B, T, d]``: a gated short causal convolution, Zoology's first layer.
+
+    Zoology's MQAR models (Arora et al. 2023) put a short-convolution layer
+    before the sequence mixer, so a key can be bound to the token next to it;
+    ``x ↦ W_o (conv(W_u x) ⊙ W_g x)`` with a depthwise kernel of 3, as its
+    ``BaseConv``.
+
+    Args:
+        cfg: ``d_model`` is used.
+    """
+
+    def __init__(self, cfg: BaselineConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.inp = nn.Linear(d, 2 * d)
+        self.conv = CausalConv1d(d, kernel=3)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mix each step with its two predecessors."""
+        u, gate = self.inp(x).chunk(2, dim=-1)
+        return self.out(self.conv(u) * gate)
+
+
 class DeltaNetMixer(nn.Module):
     """``[B, T, d] → [B, T, d]`` through multi-head delta-rule memory.
 
