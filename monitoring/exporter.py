@@ -16,16 +16,24 @@ the table is in ``docs/monitoring.md``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
+import platform
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Info,
+    ProcessCollector,
+    delete_from_gateway,
+    push_to_gateway,
+)
 from prometheus_client.exposition import start_http_server
 
 from monitoring.collector import TrainerMetricsCollector
@@ -139,6 +147,11 @@ class PrometheusSink:
         self._collector = TrainerMetricsCollector(cfg.job, rank, self.node)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._collector)
+        # The Pushgateway gets the training metrics only: a finished process's
+        # process_* values left there would read as a live process.
+        self._push_registry = CollectorRegistry(auto_describe=False)
+        self._push_registry.register(self._collector)
+        register_process_and_info(self.registry, cfg.job, rank, self.node)
         try:
             server, thread = start_http_server(wanted, addr=cfg.host, registry=self.registry)
         except OSError as exc:
@@ -199,7 +212,7 @@ class PrometheusSink:
             push_to_gateway(
                 gateway,
                 job=self.cfg.job,
-                registry=self.registry,
+                registry=self._push_registry,
                 grouping_key=grouping,
                 timeout=_PUSH_TIMEOUT_S,
             )
@@ -225,6 +238,35 @@ class PrometheusSink:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def obs_version() -> str:
+    """The installed ``obs`` package's version (``0+unknown`` when run from a bare tree)."""
+    try:
+        return importlib.metadata.version("obs")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def register_process_and_info(registry: CollectorRegistry, job: str, rank: int,
+                              node: str) -> None:
+    """``process_*`` (CPU, memory, open files, start time), ``obs_build_info`` and
+    ``obs_run_info`` on ``registry``.
+
+    The process metrics are what an operator reads first when a rank slows down
+    or leaks; the info metrics (value 1, the facts in labels) let dashboards
+    join a run's series with the code and the process that produced them.
+    """
+    ProcessCollector(registry=registry)
+    build = Info("obs_build", "Version of OBS and of the Python and PyTorch it runs on.",
+                 registry=registry)
+    import torch  # already imported by the trainer; here only for its version
+
+    build.info({"version": obs_version(), "python": platform.python_version(),
+                "torch": str(torch.__version__)})
+    run = Info("obs_run", "The run this exporter serves: job, rank, node and process id.",
+               registry=registry)
+    run.info({"job": job, "rank": str(rank), "node": node, "pid": str(os.getpid())})
 
 
 def _url_host(host: str) -> str:

@@ -64,13 +64,20 @@ CATALOG: tuple[MetricSpec, ...] = (
     _c("tokens_total", "tokens_total", "Time steps (tokens) trained on, cumulative."),
     _g("samples_per_s", "samples_per_second", "Training throughput in samples per second."),
     _g("tokens_per_s", "tokens_per_second", "Training throughput in time steps per second."),
-    _g("loss", "loss", "Training loss over the last log interval."),
-    _g("accuracy", "accuracy", "Task accuracy over the last log interval (0..1)."),
+    _g("loss", "loss", "Training loss of the last batch (mean over its scored positions)."),
+    _g("accuracy", "accuracy", "Task accuracy of the last batch (0..1)."),
+    _g("scored", "scored_positions", "Target positions scored in the last batch."),
     _g("eval_loss", "eval_loss", "Loss on the held-out evaluation batches."),
     _g("eval_accuracy", "eval_accuracy", "Accuracy on the held-out evaluation batches (0..1)."),
     _g("phase", "phase", "Scheduler phase of the current window (0 = parallel, 1 = sequential)."),
     _c("sync_bytes_total", "sync_bytes_total", "Bytes moved by state-delta synchronisation."),
     _c("sync_seconds_total", "sync_seconds_total", "Wall time spent in state-delta sync."),
+    _c("sync_calls_total", "sync_calls_total", "State-delta synchronisations (one per commit)."),
+    _c(
+        "sync_dense_partitions_total",
+        "sync_dense_partitions_total",
+        "Partitions summed as a dense all-reduce (above the sparse/dense crossover).",
+    ),
     _g("delta_nnz", "delta_nnz", "Non-zero entries in the last committed sparse delta."),
     _g("delta_density", "delta_density", "Density of the last committed delta (nnz / N^2)."),
     _g("write_conflict", "write_conflict", "Overlap of entries written by different streams."),
@@ -112,6 +119,13 @@ CATALOG: tuple[MetricSpec, ...] = (
         "phase",
     ),
     _g("nodes_written", "nodes_written", "Nodes selected for writing in the last step."),
+    # The writer's window statistics: named after what they are, and never with a
+    # summary's _count suffix on a gauge (promtool refuses that).
+    _g("mean_count", "writer_nodes_mean", "Writer's learned node count k-hat, mean over the "
+                                          "last batch."),
+    _g("mean_eta", "writer_eta_mean", "Writer's learned write strength eta, mean over the "
+                                      "last batch."),
+    _c("replay_steps_total", "replay_steps_total", "Rehearsed (replayed) batches trained on."),
     _g("step_seconds", "step_duration_seconds", "Wall time of the last training step."),
     _g(
         "last_step_timestamp",
@@ -136,6 +150,9 @@ RESERVED_NAMES: frozenset[str] = frozenset(
     | {family_name(spec) for spec in CATALOG}
     | {family_name(spec) + "_created" for spec in CATALOG if spec.kind == "counter"}
 )
+
+# Suffixes of histogram/summary/info parts; a plain gauge named so fails promtool.
+RESERVED_SUFFIXES = ("_count", "_sum", "_bucket", "_created", "_info")
 
 _INVALID_NAME_CHARS = re.compile(r"[^a-z0-9_]+")
 _REPEATED_UNDERSCORES = re.compile(r"_{2,}")
@@ -163,6 +180,8 @@ def generic_spec(key: str) -> MetricSpec | None:
         return None
     name = PREFIX + suffix
     kind: MetricKind = "counter" if name.endswith("_total") else "gauge"
+    if kind == "gauge" and name.endswith(RESERVED_SUFFIXES):
+        name += "_value"  # a gauge may not look like a histogram's or summary's part
     return MetricSpec(key, name, kind, f"Trainer metric {key!r} (not in the OBS catalogue).")
 
 

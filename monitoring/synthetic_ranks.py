@@ -73,6 +73,12 @@ def synthetic_metrics(rank: int, step: int, elapsed_s: float, now: float) -> dic
         "nonfinite_steps": 0.0,
         "data_unknown_labels_total.object": 0.0,
         "nodes_written": 8.0,
+        "scored": 64.0 * 8.0,
+        "sync_calls_total": float(step),
+        "sync_dense_partitions_total": 0.0,
+        "mean_count": 8.0,
+        "mean_eta": 0.5 + 0.01 * math.sin(step / 5.0),
+        "replay_steps_total": 0.0,
         "step_seconds": 1.0 / samples_per_s * 64.0,
         "last_step_timestamp": now,
     }

@@ -73,6 +73,8 @@ def test_every_contract_key_is_exported_with_job_rank_node(sink: PrometheusSink)
     for spec in CATALOG:
         assert spec.name in samples, f"{spec.key} -> {spec.name} missing from the exposition"
     for name, rows in samples.items():
+        if name.startswith("process_") or name in ("obs_build_info", "obs_run_info"):
+            continue  # the process's own metrics and the info metrics carry their own labels
         assert name.startswith("obs_"), name
         for labels, _ in rows:
             assert (labels["job"], labels["rank"], labels["node"]) == ("unit", "3", "n7"), name
@@ -250,3 +252,32 @@ def test_close_pushes_to_pushgateway_then_deletes(tmp_path: Path) -> None:
         assert s.closed
     finally:
         gateway.stop()
+
+
+def test_process_metrics_and_info_metrics_are_exposed(sink: PrometheusSink) -> None:
+    sink({"loss": 1.0}, step=1)
+    samples = samples_by_name(scrape(sink))
+    assert samples["process_resident_memory_bytes"][0][1] > 0
+    assert "process_cpu_seconds_total" in samples
+    (build_labels, one), = samples["obs_build_info"]
+    assert one == 1.0 and set(build_labels) == {"version", "python", "torch"}
+    (run_labels, _), = samples["obs_run_info"]
+    assert (run_labels["job"], run_labels["rank"], run_labels["node"]) == ("unit", "3", "n7")
+
+
+def test_a_generic_gauge_never_takes_a_summary_suffix(sink: PrometheusSink) -> None:
+    sink({"foo_count": 1.0, "bar_sum": 2.0}, step=1)
+    samples = samples_by_name(scrape(sink))
+    assert "obs_foo_count_value" in samples and "obs_bar_sum_value" in samples
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool (Debian package prometheus) not installed")
+def test_live_scrape_passes_promtool_check_metrics(sink: PrometheusSink) -> None:
+    # Every key the trainer reports (the contract) plus an unknown one, then lint.
+    sink({**synthetic_metrics(rank=3, step=120, elapsed_s=10.0, now=1.7e9),
+          "some_new_key": 1.0}, step=120)
+    done = subprocess.run(["promtool", "check", "metrics"], input=scrape(sink),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
+        done.stdout + done.stderr)
