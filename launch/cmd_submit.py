@@ -38,14 +38,14 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="training config (TOML)")
+    p.add_argument("--config", default=None, help="training config (TOML, or JSON)")
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value (repeatable), e.g. --set trainer.steps=100",
+        help="override a config value (repeatable), e.g. --set train.steps=100",
     )
     p.add_argument("--executor", choices=EXECUTORS, default=defaults.executor)
     p.add_argument("--nodes", type=int, default=defaults.nodes)
@@ -59,6 +59,20 @@ def register(subparsers: Any) -> None:
         help="time limit in minutes",
     )  # fmt: skip
     p.add_argument("--mem-gb", type=float, default=defaults.mem_gb, help="memory per node")
+    p.add_argument("--mem", default=defaults.mem, help="memory per node as sbatch takes it (16G)")
+    p.add_argument("--gpus-per-node", type=int, default=defaults.gpus_per_node,
+                   help="GPUs per node (sbatch --gpus-per-node)")
+    p.add_argument("--account", default=defaults.account, help="SLURM account to charge")
+    p.add_argument("--qos", default=defaults.qos, help="SLURM quality of service")
+    p.add_argument("--constraint", default=defaults.constraint,
+                   help="node features the job needs (sbatch --constraint)")
+    p.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before the tasks, e.g. 'module load cuda' "
+                        "(repeatable, in order)")
+    p.add_argument("--sbatch-option", dest="sbatch_options", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --sbatch-option exclude=node3 "
+                        "(repeatable; KEY alone for a flag)")
     p.add_argument(
         "--max-requeues", type=int, default=defaults.max_requeues,
         help="requeues after preemption/timeout before giving up",
@@ -78,13 +92,27 @@ def register(subparsers: Any) -> None:
 
 
 def _check_training_config(path: str | None, overrides: list[str]) -> None:
-    """Refuse a missing/broken config file or a malformed override before submitting."""
-    from obs_dist.config import load_toml, parse_override
+    """Resolve and validate the whole training config before anything is queued.
 
-    if path is not None:
-        load_toml(path)
-    for text in overrides:
-        parse_override(text)
+    The same check ``obs train`` makes at start (unknown keys, types, cross-section
+    rules), so a typo is refused here and not on the node after the queue wait.
+    """
+    from launch.run_config import RunConfig
+    from obs_dist.config import load_config
+
+    load_config(RunConfig, path, overrides)
+
+
+def parse_sbatch_options(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` (or a bare ``KEY`` flag) strings as a dict; ``--`` in front is allowed."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not key:
+            raise ValueError(f"--sbatch-option {item!r} must look like key=value")
+        out[key] = value.strip()
+    return out
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -97,6 +125,7 @@ def run_submit(args: argparse.Namespace) -> int:
     Raises:
         ValueError: bad arguments, or the scheduler refused the job (with its reason).
     """
+    _check_training_config(args.config, args.overrides)  # before any folder or sbatch
     cfg = SubmitConfig(
         executor=args.executor,
         folder=args.folder,
@@ -107,11 +136,17 @@ def run_submit(args: argparse.Namespace) -> int:
         partition=args.partition,
         time_min=args.time_min,
         mem_gb=args.mem_gb,
+        mem=args.mem,
+        gpus_per_node=args.gpus_per_node,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        setup=list(args.setup),
+        sbatch_options=parse_sbatch_options(args.sbatch_options),
         max_requeues=args.max_requeues,
         signal_delay_s=args.signal_delay_s,
         preempt_grace_s=args.preempt_grace_s,
     )
-    _check_training_config(args.config, args.overrides)
     job = TrainingJob(args.config, args.overrides, cfg.job_settings())
     run = submit(job, cfg)
     print(run.describe(), flush=True)

@@ -192,7 +192,7 @@ def test_obs_submit_prints_job_id_and_logs(
     argv = [
         "submit", "--config", str(config), "--partition", support.PARTITION,
         "--tasks-per-node", "2", "--time", "2", "--signal-delay-s", "30",
-        "--folder", str(tmp_path / "runs"), "--set", "trainer.steps=3",
+        "--folder", str(tmp_path / "runs"), "--set", "train.steps=3",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
@@ -218,3 +218,44 @@ def test_obs_submit_bad_partition_reports_sbatch(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "obs: error: sbatch refused the job" in err and "invalid partition" in err
+
+
+def test_obs_submit_passes_gpus_account_mem_setup_and_sbatch_options(
+    slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "submit", "--partition", support.PARTITION, "--time", "2", "--signal-delay-s", "30",
+        "--folder", str(tmp_path / "runs"), "--set", "train.steps=3",
+        "--gpus-per-node", "0", "--account", "acct7", "--mem", "100M",
+        "--setup", "export OBS_SETUP_X=1", "--sbatch-option", "comment=from-obs",
+        "--sbatch-option", "exclusive",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    job_id = out[0].split()[2]
+    try:
+        fields = support.SlurmCluster.job_fields(job_id)
+        assert fields["Account"] == "acct7" and fields["Comment"] == "from-obs"
+        assert fields["TresPerNode"] == "gres:gpu:0" and fields["MinMemoryNode"] == "100M"
+        assert fields["OverSubscribe"] == "NO"  # --exclusive
+        script = (Path(out[1].removeprefix("job folder: ")) / f"{job_id}_submission.sh")
+        text = script.read_text()
+        assert "#SBATCH --requeue" in text  # the pass-through keeps what OBS owns
+        assert text.index("export OBS_SETUP_X=1") < text.index("srun ")
+    finally:
+        subprocess.run(["scancel", job_id], check=False, timeout=30)
+
+
+def test_obs_submit_refuses_an_unknown_config_key_before_sbatch(
+    slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def jobs() -> str:
+        return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+
+    before = jobs()
+    argv = ["submit", "--partition", support.PARTITION, "--folder", str(tmp_path / "runs"),
+            "--set", "trainer.steps=100"]
+    assert cli.main(argv) == 2
+    assert "unknown config key trainer" in capsys.readouterr().err
+    assert jobs() == before and not (tmp_path / "runs").exists()

@@ -230,3 +230,19 @@ def test_local_executor_runs_the_training_job(training_reference: TrainingScenar
     assert metrics["step"] == TRAIN_STEPS and metrics["world_size"] == 2
     log = run.stderr[0].read_text()
     assert "task environment" in log and "'world_size': 2" in log
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sbatch_options": {"requeue": ""}}, "set by obs submit itself"),
+        ({"sbatch_options": {"ntasks-per-node": "4"}}, "set by obs submit itself"),
+        ({"sbatch_options": {"Bad Key": "1"}}, "long option name"),
+        ({"mem": "16G", "mem_gb": 4.0}, "not both"),
+        ({"mem": "lots"}, "mem must look like"),
+        ({"gpus_per_node": -1}, "gpus_per_node must be >= 0"),
+    ],
+)
+def test_submit_config_refuses_bad_slurm_options(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SubmitConfig(**kwargs)

@@ -67,6 +67,15 @@ __all__ = [
 EXECUTORS = ("slurm", "local")
 
 
+# sbatch options that obs submit writes from its own flags (requeue and signal:
+# the preemption protocol depends on them); a pass-through may not change them.
+OWNED_SBATCH_OPTIONS = frozenset({
+    "job_name", "nodes", "ntasks_per_node", "cpus_per_task", "time", "signal", "requeue",
+    "partition", "mem", "gpus_per_node", "account", "qos", "constraint", "output", "error",
+    "open_mode", "wckey",
+})
+
+
 @dataclass
 class SubmitConfig:
     """How ``obs submit`` launches a run.
@@ -81,6 +90,15 @@ class SubmitConfig:
         partition: SLURM partition; empty uses the cluster's default partition.
         time_min: time limit in minutes.
         mem_gb: memory per node in GB; 0 leaves the cluster default.
+        mem: memory per node as SLURM writes it (``16G``, ``500M``); instead of ``mem_gb``.
+        gpus_per_node: GPUs per node (``--gpus-per-node``); None asks for none.
+        account: SLURM account to charge (empty: the user's default).
+        qos: quality of service (empty: the partition's default).
+        constraint: node features the job needs (``--constraint``, e.g. ``a100``).
+        setup: shell lines run in the batch script before the tasks start
+            (``module load …``, activating an environment).
+        sbatch_options: further ``#SBATCH --key=value`` options, passed through
+            as given (``{"exclusive": ""}`` writes a bare ``--exclusive``).
         max_requeues: requeues after preemption/timeout before giving up.
         signal_delay_s: the timeout signal comes this many seconds before the limit.
         preempt_grace_s: see :class:`JobSettings`.
@@ -96,6 +114,13 @@ class SubmitConfig:
     partition: str = ""
     time_min: int = 60
     mem_gb: float = 0.0
+    mem: str = ""
+    gpus_per_node: int | None = None
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    setup: list[str] = field(default_factory=list)
+    sbatch_options: dict[str, str] = field(default_factory=dict)
     max_requeues: int = 3
     signal_delay_s: int = 120
     preempt_grace_s: float = 60.0
@@ -111,6 +136,19 @@ class SubmitConfig:
             raise ValueError(f"nodes must be 1 with the local executor, got {self.nodes}")
         if self.mem_gb < 0:
             raise ValueError(f"mem_gb must be >= 0 (0 = cluster default), got {self.mem_gb}")
+        if self.mem and self.mem_gb:
+            raise ValueError(f"give mem ({self.mem!r}) or mem_gb ({self.mem_gb}), not both")
+        if self.mem and not re.fullmatch(r"\d+[KMGT]?", self.mem):
+            raise ValueError(f"mem must look like 16G or 500M, got {self.mem!r}")
+        if self.gpus_per_node is not None and self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        for key in self.sbatch_options:
+            if key.replace("-", "_") in OWNED_SBATCH_OPTIONS:
+                raise ValueError(f"sbatch option {key!r} is set by obs submit itself; use its "
+                                 "own flag")
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+                raise ValueError(f"sbatch option {key!r} must be a long option name "
+                                 "(letters, digits, '-')")
         if self.max_requeues < 0:
             raise ValueError(f"max_requeues must be >= 0, got {self.max_requeues}")
         if not 0 <= self.signal_delay_s < 60 * self.time_min:
@@ -189,6 +227,9 @@ def make_executor(cfg: SubmitConfig, folder: Path) -> submitit.Executor:
             "use executor 'local' to run on this machine"
         ) from exc
     extra: dict[str, Any] = {"requeue": True}  # scontrol requeue needs a requeueable job
+    # submitit writes "--key=value", and a bare "--key" for True
+    extra.update({k.replace("-", "_"): (v if v != "" else True)
+                  for k, v in cfg.sbatch_options.items()})
     params: dict[str, Any] = {
         "job_name": cfg.job_name,
         "nodes": cfg.nodes,
@@ -202,6 +243,15 @@ def make_executor(cfg: SubmitConfig, folder: Path) -> submitit.Executor:
         params["partition"] = cfg.partition
     if cfg.mem_gb > 0:
         params["mem"] = f"{max(1, round(cfg.mem_gb * 1024))}M"
+    if cfg.mem:
+        params["mem"] = cfg.mem
+    if cfg.gpus_per_node is not None:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    for key in ("account", "qos", "constraint"):
+        if getattr(cfg, key):
+            params[key] = getattr(cfg, key)
+    if cfg.setup:
+        params["setup"] = list(cfg.setup)
     slurm.update_parameters(**params)
     return slurm
 
