@@ -13,7 +13,7 @@ from monitoring.exporter import MetricsConfig
 from monitoring.history import HistoryConfig
 from obs_dist.checkpoint.manager import CheckpointConfig
 from obs_dist.engine.scheduler import SchedulerConfig
-from obs_dist.engine.slow_weights import DeepSpeedConfig, DistConfig
+from obs_dist.engine.slow_weights import DeepSpeedConfig, DistConfig, deepspeed_config
 from obs_dist.engine.sync import SyncConfig
 from obs_dist.model.model import ModelConfig
 from obs_dist.model.state import StateConfig
@@ -77,6 +77,8 @@ class RunConfig:
                              f"{self.train.device!r}")
         if self.task.name in ("av", "av-stream"):
             self._check_av()
+        if self.deepspeed.config:  # a conflicting key is refused before any work
+            deepspeed_config(self.train, self.deepspeed, self.task.batch)
         if self.model.encoder == "tokens":
             # 0 means "as the task needs"; an explicit value must be large enough.
             self.model.vocab = self.model.vocab or self.task.input_vocab

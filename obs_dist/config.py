@@ -41,21 +41,37 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         ValueError: if the file is missing or is not valid TOML (JSON for ``.json``).
     """
     p = Path(path)
+    if p.suffix == ".json":
+        return load_json_object(p, "config file")
     if not p.is_file():
         raise ValueError(f"config file not found: {p}")
-    if p.suffix == ".json":
-        try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {p} is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise ValueError(f"config file {p} must hold one JSON object")
-        return doc
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {p} is not valid TOML: {exc}") from exc
+
+
+def load_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a JSON file that must hold one object.
+
+    Args:
+        path: file to read.
+        what: how messages name the file (``config file``, ``deepspeed.config``).
+
+    Raises:
+        ValueError: the file is missing, not valid JSON, or not one object.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} not found: {p}")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {p} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what} {p} must hold one JSON object")
+    return doc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from obs_dist.config import load_json_object
 from obs_dist.engine.collectives import mean_in_rank_order
 from obs_dist.engine.dist import destroy, get_world_size, init_from_env, is_initialized
 from obs_dist.trainer import SlowWeights, TorchSlowWeights, TrainConfig
@@ -83,6 +84,9 @@ class DeepSpeedConfig:
         cpu_shm_comm: build DeepSpeed's CPU shared-memory comm op (slow JIT build).
         overlap_comm: overlap gradient reduction with backward (ZeRO 1/2).
         bucket_size: ZeRO reduce/all-gather bucket size in elements.
+        config: a user's DeepSpeed JSON file (bf16/fp16, offload, ...), merged under
+            what OBS sets (:func:`deepspeed_config`); a key it sets to another value
+            than OBS's is refused, naming the key. Empty: OBS's settings only.
     """
 
     zero_stage: int = 1
@@ -90,8 +94,11 @@ class DeepSpeedConfig:
     cpu_shm_comm: bool = False
     overlap_comm: bool = False
     bucket_size: int = 50_000_000
+    config: str = ""
 
     def __post_init__(self) -> None:
+        if self.config:
+            read_user_config(self.config)  # a missing or broken file is refused at start
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"zero_stage must be 0, 1 or 2 (3 is not supported by the window "
                              f"loop), got {self.zero_stage}")
@@ -122,7 +129,21 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, micro_batch: int) 
         train: learning rate, schedule, clipping, steps.
         ds: ZeRO settings.
         micro_batch: streams per rank and step (DeepSpeed's bookkeeping only).
+
+    Raises:
+        ValueError: ``ds.config``'s JSON sets a key OBS sets, to another value.
     """
+    user = {**USER_MAY_SET, **(read_user_config(ds.config) if ds.config else {})}
+    return merge_user_config(user, _obs_deepspeed_config(train, ds, micro_batch))
+
+
+# OBS's choices that a user's JSON may change (logging only).
+USER_MAY_SET: dict[str, Any] = {"steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+
+
+def _obs_deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig,
+                          micro_batch: int) -> dict[str, Any]:
+    """What OBS itself sets in the DeepSpeed config (see :func:`deepspeed_config`)."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage > 0:
         zero.update({"overlap_comm": ds.overlap_comm, "reduce_bucket_size": ds.bucket_size,
@@ -144,9 +165,39 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, micro_batch: int) 
         }},
         "gradient_clipping": train.grad_clip,
         "zero_optimization": zero,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
     }
+
+
+def read_user_config(path: str) -> dict[str, Any]:
+    """The JSON object of ``deepspeed.config`` (ValueError if missing or not one object)."""
+    return load_json_object(path, "deepspeed.config")
+
+
+def merge_user_config(user: dict[str, Any], ours: dict[str, Any],
+                      prefix: str = "") -> dict[str, Any]:
+    """``user`` with every key of ``ours`` laid over it.
+
+    OBS owns what it sets (the window loop steps the engine itself, the
+    learning-rate schedule and ZeRO stage come from ``train``/``deepspeed``): a
+    user key that OBS sets too must agree with it (or be ``"auto"``, as
+    Hugging Face's configs write it). Every other user key passes through.
+
+    Raises:
+        ValueError: naming the first conflicting dotted key and both values.
+    """
+    out = dict(user)
+    for key, value in ours.items():
+        name = prefix + key
+        if key not in user or user[key] == "auto":
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(user[key], dict):
+            out[key] = merge_user_config(user[key], value, name + ".")
+        elif user[key] != value:
+            raise ValueError(
+                f"deepspeed.config sets {name} = {user[key]!r}, but OBS sets it to {value!r} "
+                "from its own settings (train.*, deepspeed.*); remove the key from the JSON "
+                "or change the OBS setting")
+    return out
 
 
 class DeepSpeedSlowWeights:
