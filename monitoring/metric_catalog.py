@@ -102,6 +102,11 @@ CATALOG: tuple[MetricSpec, ...] = (
         "Clips whose label is not in classes.json, by label kind (object).",
         "kind",
     ),
+    _c(
+        "data_store_retries_total",
+        "data_store_retries_total",
+        "Transient S3 failures of shard reads retried (an outage waited out).",
+    ),
     _g("nonfinite_steps", "nonfinite_steps", "Consecutive steps with NaN/inf loss or weights."),
     _g(
         "data_clips_per_s",

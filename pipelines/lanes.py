@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from obs_dist.storage import StoreUnavailable
 from pipelines.decode import DecodedClip, SampleError, decode_sample
-from pipelines.sources import ShardSet, open_shard
+from pipelines.sources import ShardSet, open_shard, store_retries
 from pipelines.tario import TarFormatError, TarSample, iter_samples
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class LanePlan:
     audio_frames: int
     endpoint_url: str | None
     retries: int
+    patience_s: float = 0.0
 
     @property
     def lanes_per_worker(self) -> int:
@@ -100,6 +102,7 @@ class WorkerLanes:
         self.unknown_new: list[tuple[str, str, str]] = []
         self._unknown_seen: set[tuple[str, str]] = set()
         self.fruitless_epochs = 0
+        self._retries_reported = store_retries()
 
     def count_error(self, kind: str, where: str, message: str) -> None:
         """Count and log one skipped sample or shard."""
@@ -170,11 +173,14 @@ class WorkerLanes:
         errors, self.errors = self.errors, {}
         unknown, self.unknown = self.unknown, {}
         unknown_new, self.unknown_new = self.unknown_new, []
+        retried = store_retries()
+        retries, self._retries_reported = retried - self._retries_reported, retried
         return {"video": video, "video_mask": video_mask, "audio": audio,
                 "audio_mask": audio_mask, "objects": objects, "targets": targets,
                 "continuous": continuous, "reset": reset, "keys": keys, "words": words,
                 "worker": self.worker, "state": self.state_dict(), "errors": errors,
                 "unknown": unknown, "unknown_new": unknown_new, "clips": clips, "bytes": nbytes,
+                "store_retries": retries,
                 "exhausted": all(lane.exhausted for lane in self.lanes)}
 
 
@@ -251,7 +257,7 @@ class _Lane:
             try:
                 if self.samples is None:
                     self.handle = open_shard(url, self.offset, self.plan.endpoint_url,
-                                             self.plan.retries)
+                                             self.plan.retries, self.plan.patience_s)
                     self.samples = iter_samples(self.handle, self.offset)
                     self.read_count = 0 if self.offset == 0 else None
                 raw = next(self.samples)
@@ -261,8 +267,12 @@ class _Lane:
             except StopIteration:
                 self._check_count(url)
                 self._advance()
+            except StoreUnavailable:
+                # An outage beyond data.patience_s: stop, for a skipped shard would
+                # change the data order (a resume continues at this lane's cursor).
+                raise
             except (TarFormatError, OSError, ValueError) as exc:
-                # A damaged or unreachable shard: count it, keep the run going.
+                # A damaged or missing shard: count it, keep the run going.
                 self.owner.count_error("shard_read", url, str(exc))
                 self._advance()
 

@@ -57,6 +57,10 @@ class DataConfig:
         loop: start a new epoch instead of ending (ordered/shuffled).
         prefetch: partial batches each worker prepares ahead.
         retries: retries of transient S3 errors.
+        patience_s: besides ``retries``, keep retrying a failing S3 read until
+            it has been failing this long (an outage): training waits at the
+            exact byte rather than skip a shard; past it the run stops
+            (:class:`obs_dist.storage.StoreUnavailable`). 0: ``retries`` only.
         eval_source: shards of held-out streams for evaluation (same forms as
             ``source``; empty: no evaluation). Read in order from the start each time.
     """
@@ -75,6 +79,7 @@ class DataConfig:
     loop: bool = False
     prefetch: int = 2
     retries: int = 5
+    patience_s: float = 120.0
     eval_source: str = ""
 
     def __post_init__(self) -> None:
@@ -89,6 +94,8 @@ class DataConfig:
         if self.workers and self.streams % self.workers:
             raise ValueError(f"streams ({self.streams}) must be a multiple of workers "
                              f"({self.workers}): each worker fills the same number of rows")
+        if not self.patience_s >= 0:
+            raise ValueError(f"patience_s must be >= 0, got {self.patience_s}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.audio_seconds <= 0:
@@ -133,6 +140,9 @@ class StreamLoader:
 
     Attributes:
         errors: skipped samples by kind, cumulative over the run (resumed too).
+        store_retries: transient S3 failures retried by the workers in this process
+            (I/O, not data position: not in the cursor, so a run that waited out
+            an outage saves the same state as one that did not).
         clips_seen: clips delivered in batches so far.
         bytes_seen: compressed bytes of those clips.
         batches: batches delivered so far.
@@ -143,18 +153,20 @@ class StreamLoader:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
-        shards = resolve_shards(cfg.source, cfg.endpoint_url, cfg.retries)
+        shards = resolve_shards(cfg.source, cfg.endpoint_url, cfg.retries, cfg.patience_s)
         self.classes = shards.classes
         workers = max(1, cfg.workers)
         self.plan = LanePlan(shards, cfg.mode, cfg.streams, cfg.window, workers, rank,
                              world_size, cfg.seed, cfg.loop, cfg.frames, cfg.image_size,
-                             cfg.n_mels, cfg.audio_frames, cfg.endpoint_url, cfg.retries)
+                             cfg.n_mels, cfg.audio_frames, cfg.endpoint_url, cfg.retries,
+                             cfg.patience_s)
         units = len(shards.chains)
         if cfg.mode != "resampled" and units < world_size * cfg.streams:
             log.warning("%d shard chains for %d ranks × %d rows: some rows stay empty; write "
                         "smaller shards for full batches", units, world_size, cfg.streams)
         self._states: list[dict[str, Any] | None] = [None] * workers
         self.errors: dict[str, int] = {}
+        self.store_retries = 0
         # Labels outside classes.json by kind (``object``): counts, and the names in
         # the order they were first seen.
         self.unknown_labels: dict[str, int] = {}
@@ -259,6 +271,7 @@ class StreamLoader:
         """A partial batch's skipped samples and unknown labels (each name logged once)."""
         for kind, n in part["errors"].items():
             self.errors[kind] = self.errors.get(kind, 0) + int(n)
+        self.store_retries += int(part.get("store_retries", 0))
         for kind, n in part.get("unknown", {}).items():
             self.unknown_labels[kind] = self.unknown_labels.get(kind, 0) + int(n)
         for kind, name, where in part.get("unknown_new", []):

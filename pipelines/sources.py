@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from braceexpand import braceexpand
 
-from obs_dist.storage import ObjectStore, open_store
+from obs_dist.storage import ObjectStore, S3Store, open_store
 from pipelines.schema import (
     CLASSES,
     CLASSES_FILE,
@@ -68,15 +68,29 @@ def _split_url(url: str) -> tuple[str, str]:
     return str(path.parent), path.name
 
 
-_STORES: dict[tuple[str, str | None, int], ObjectStore] = {}
+_STORES: dict[tuple[str, str | None, int, float], ObjectStore] = {}
 
 
-def store_for(root: str, endpoint_url: str | None, retries: int = 5) -> ObjectStore:
-    """A cached store per (root, endpoint) — one S3 bucket check per process."""
-    key = (root, endpoint_url, retries)
+def store_for(root: str, endpoint_url: str | None, retries: int = 5,
+              patience_s: float = 0.0) -> ObjectStore:
+    """A cached store per (root, endpoint, retry policy) — one S3 bucket check per process.
+
+    Args:
+        root: the store's root (a directory or ``s3://bucket``).
+        endpoint_url: S3 endpoint, or None for the environment's.
+        retries: retries of a transient S3 failure.
+        patience_s: besides ``retries``, wait out an S3 outage this long.
+    """
+    key = (root, endpoint_url, retries, patience_s)
     if key not in _STORES:
-        _STORES[key] = open_store(root, endpoint_url=endpoint_url, retries=retries)
+        _STORES[key] = open_store(root, endpoint_url=endpoint_url, retries=retries,
+                                  patience_s=patience_s)
     return _STORES[key]
+
+
+def store_retries() -> int:
+    """Transient S3 failures retried so far by this process's data stores (a metric)."""
+    return sum(s.retried for s in _STORES.values() if isinstance(s, S3Store))
 
 
 def _read_optional(store: ObjectStore, key: str) -> bytes | None:
@@ -86,7 +100,8 @@ def _read_optional(store: ObjectStore, key: str) -> bytes | None:
         return None
 
 
-def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 5) -> ShardSet:
+def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 5,
+                   patience_s: float = 0.0) -> ShardSet:
     """The shards, chains and classes of ``source``.
 
     Raises:
@@ -102,7 +117,7 @@ def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 
         first = urls[0]
         if not first.startswith("pipe:"):
             root, key = _split_url(first)
-            store = store_for(root, endpoint_url, retries)
+            store = store_for(root, endpoint_url, retries, patience_s)
             parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
             raw = _read_optional(store, parent + CLASSES_FILE)
             if raw is not None:
@@ -111,7 +126,7 @@ def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 
     path = local_path(source)
     if path is not None and not path.is_dir():
         raise ValueError(f"data source {source!r} is not a directory")
-    store = store_for(source.rstrip("/"), endpoint_url, retries)
+    store = store_for(source.rstrip("/"), endpoint_url, retries, patience_s)
     raw_classes = _read_optional(store, CLASSES_FILE)
     classes = parse_classes_json(raw_classes) if raw_classes is not None else CLASSES
     raw_index = _read_optional(store, INDEX_FILE)
@@ -180,8 +195,13 @@ class _PipeReader(io.RawIOBase):
 
 
 def open_shard(url: str, start: int = 0, endpoint_url: str | None = None,
-               retries: int = 5) -> BinaryIO:
-    """Open a shard as a binary stream positioned at byte ``start``."""
+               retries: int = 5, patience_s: float = 0.0) -> BinaryIO:
+    """Open a shard as a binary stream positioned at byte ``start``.
+
+    On S3 the open and every read retry a transient failure ``retries`` times
+    and for ``patience_s`` (:class:`obs_dist.storage.S3Store`), resuming at the
+    byte where a read broke.
+    """
     if url.startswith("pipe:"):
         reader = io.BufferedReader(_PipeReader(url[len("pipe:"):]), buffer_size=1 << 20)
         left = start
@@ -192,4 +212,4 @@ def open_shard(url: str, start: int = 0, endpoint_url: str | None = None,
             left -= len(chunk)
         return reader  # type: ignore[return-value]
     root, key = _split_url(url)
-    return store_for(root, endpoint_url, retries).open_read(key, start)
+    return store_for(root, endpoint_url, retries, patience_s).open_read(key, start)
