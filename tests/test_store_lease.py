@@ -129,6 +129,7 @@ def test_writers_racing_for_an_unleased_store_exactly_one_wins(
     assert (read_lease(store) or {})["run_id"] == won[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=needs_moto)])
 def test_two_concurrent_runs_on_one_store_second_refused_first_intact(
         where: str, tmp_path: Path, request: pytest.FixtureRequest,

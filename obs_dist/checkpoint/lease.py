@@ -19,10 +19,11 @@ the run id, and ``--resume auto`` only continues checkpoints of the same run.
 A store without a lease is taken with an atomic create-if-absent
 (:meth:`obs_dist.storage.ObjectStore.put_if_absent`: ``link`` on a local disk,
 S3's conditional put ``If-None-Match: *``), so of two runs started at once on
-an empty store exactly one wins. Taking over a released or expired lease, and
-renewing one, overwrite it and read it back (best-effort: a conditional
-overwrite on the ETag is not honoured by every S3 implementation); a writer
-that finds another run's id there gives way.
+an empty store exactly one wins (the lease is read first, so a store that
+ignores the condition still never loses a live lease). Taking over a released
+or expired lease, and renewing one, overwrite it and read it back
+(best-effort: a conditional overwrite on the ETag is not honoured by every S3
+implementation); a writer that finds another run's id there gives way.
 """
 
 from __future__ import annotations
@@ -99,9 +100,12 @@ def acquire(store: ObjectStore, run_id: str, lease_s: float) -> None:
             or another writer took the lease at the same moment; names the owner.
     """
     now = time.time()
-    if store.put_if_absent(LEASE_KEY, _document(run_id, now)):
-        return  # the store was unleased, and the atomic create made it ours alone
     held = read_lease(store)
+    # Read first, so a store that ignores conditional puts never loses a live lease.
+    if held is None:
+        if store.put_if_absent(LEASE_KEY, _document(run_id, now)):
+            return  # the store was unleased, and the atomic create made it ours alone
+        held = read_lease(store)  # another writer created it a moment ago
     if held is not None and held.get("run_id") != run_id and not held.get("released"):
         if now - float(held.get("renewed", 0.0)) < lease_s:
             raise StoreInUse(
