@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import launch
 import launch.bench
+from monitoring.exporter import obs_version
 from obs_dist.guards import RunFailed
 from obs_dist.storage import redact
 
@@ -31,6 +32,7 @@ def _modules(path: list[str], prefix: str = "") -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``obs`` parser with every discovered subcommand and benchmark."""
     parser = argparse.ArgumentParser(prog="obs", description="OBS: One Big State training system")
+    parser.add_argument("--version", action="version", version=f"obs {obs_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _modules(launch.__path__, "cmd_"):
         importlib.import_module(f"launch.{name}").register(sub)

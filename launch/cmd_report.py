@@ -1,13 +1,17 @@
-"""``obs report``: turn evaluation results into ``docs/results.md`` and PNG plots.
+"""``obs report``: turn evaluation results into a markdown report and PNG plots.
 
-Reads every suite result JSON written by ``obs eval --task … --out F`` in
-``--results`` (default ``docs/results/json``), draws the figures under
-``--figures`` (default ``docs/results``) and writes ``--out`` (default
-``docs/results.md``): per result, the exact command, the machine, the table of
-figures, the plots, and the headline targets of the issue checked against the
-numbers (met or missed, with the figure reached). A hand-written notes file
-(``--notes``, default ``docs/results/notes.md``), if present, is appended
-verbatim: that is where what limits a missed target is explained.
+Reads every suite result JSON in ``--results`` (default ``runs/eval``, where
+``obs eval --task T`` writes), draws the figures under ``--figures`` (default
+``runs/report``) and writes ``--out`` (default ``runs/report/results.md``): per
+result, the exact command, the machine, the table of figures, the plots, and
+the headline targets of the issue checked against the numbers (met or missed,
+with the figure reached). A hand-written notes file (``--notes``), if given and
+present, is appended verbatim: that is where what limits a missed target is
+explained. So ``obs eval --task T; obs report`` works as written and touches no
+tracked file; the repository's ``docs/results.md`` is regenerated with::
+
+    obs report --results docs/results/json --out docs/results.md \
+        --figures docs/results --notes docs/results/notes.md
 """
 
 from __future__ import annotations
@@ -100,13 +104,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``obs report``."""
-    p = sub.add_parser("report", help="write docs/results.md and plots from eval results")
-    p.add_argument("--results", default="docs/results/json",
-                   help="folder of `obs eval --task` result JSON files")
-    p.add_argument("--out", default="docs/results.md", help="markdown file to write")
-    p.add_argument("--figures", default="docs/results", help="folder for the PNG plots")
-    p.add_argument("--notes", default="docs/results/notes.md",
-                   help="markdown appended verbatim if it exists (analysis of the figures)")
+    p = sub.add_parser("report", help="write a results report and plots from eval results",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="runs/eval",
+                   help="folder of `obs eval --task` result JSON files (runs/eval)")
+    p.add_argument("--out", default="runs/report/results.md",
+                   help="markdown file to write (runs/report/results.md)")
+    p.add_argument("--figures", default="runs/report",
+                   help="folder for the PNG plots (runs/report)")
+    p.add_argument("--notes", default=None,
+                   help="markdown appended verbatim if it exists (docs/results/notes.md for "
+                        "the repository's report)")
     p.add_argument("--include-quick", action="store_true",
                    help="also report --quick results (tiny sizes)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -180,3 +180,28 @@ def test_report_shard_tables_and_state_sweep_only_result(tmp_path: Path) -> None
     assert "object accuracy 0.990; posterior temperature 0.1" in text
     assert "_(no rows)_" not in text  # a state-sweep-only result shows just its sweep
     assert any(p.endswith("n_state_size.png") for p in report["figures"])
+
+
+def test_readme_eval_then_report_meet_under_runs(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from launch import cli
+
+    monkeypatch.chdir(tmp_path)  # a fresh clone's working directory
+    # what `obs eval --task continual` writes by default (runs/eval/continual.json)
+    write_result({"suite": "continual", "command": "obs eval --task continual",
+                  "results": [{"model": "obs", "first_set_final": 0.9}],
+                  "details": {"obs": {"matrix": [[1.0, 0.0], [0.9, 1.0]],
+                                      "first_set_curve": [1.0, 0.9]}}},
+                 Path("runs/eval/continual.json"))
+    assert cli.main(["report", "--json"]) == 0
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    assert "obs eval --task continual" in text
+    assert not (tmp_path / "docs").exists()  # no tracked file is written by default
+
+
+def test_obs_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from launch import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("obs ")
