@@ -40,6 +40,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:
+        # A bad key is refused once, here, not by every rank after it started.
+        from launch.runner import resolve_config
+
+        resolve_config(args.config, args.overrides)
         return _spawn(args)
     from launch.runner import run_training
     from obs_dist.engine.dist import is_rank_zero

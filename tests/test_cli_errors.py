@@ -74,3 +74,10 @@ def test_bad_metrics_host_is_an_obs_error(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "obs: error: cannot serve metrics on no-such-host.invalid" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_key_under_nproc_2_is_reported_once_before_any_rank_starts() -> None:
+    proc = obs("train", "--nproc", "2", "--set", "trainer.steps=1")
+    assert proc.returncode == 2
+    assert proc.stderr.count("unknown config key trainer") == 1, proc.stderr
+    assert "rank" not in proc.stderr.lower().replace("known keys", "")

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from support.tiny_run import obs, tiny_args
 
 from launch.cmd_plot import plot_runs
 from launch.run_config import RunConfig
 from monitoring.history import METRICS_FILE, read_metrics, run_dirs
 from obs_dist.config import from_dict, load_config, load_toml, to_dict, to_toml
-from tests.support.tiny_run import obs, tiny_args
 
 
 def test_resolved_config_round_trips_through_toml_and_json(tmp_path: Path) -> None:
