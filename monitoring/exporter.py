@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -37,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.exposition import start_http_server
 
 from monitoring.collector import TrainerMetricsCollector
+from monitoring.file_sd import remove_file_sd_targets, write_file_sd_targets
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,10 @@ class MetricsConfig:
         pushgateway_keep_s: seconds the pushed values stay on the Pushgateway
             before ``close()`` deletes them; keep it above twice the
             Pushgateway's scrape interval so Prometheus sees them.
+        file_sd_dir: a directory Prometheus' ``file_sd_configs`` watches (on a
+            file system its host sees); each rank writes ``<job>-rank<r>.json``
+            there listing its own endpoint while it serves, and removes it at
+            the end. Empty: none written. Use with ``host = "0.0.0.0"``.
     """
 
     enabled: bool = False
@@ -68,6 +74,7 @@ class MetricsConfig:
     job: str = "obs"
     pushgateway: str | None = None
     pushgateway_keep_s: float = 30.0
+    file_sd_dir: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -165,6 +172,9 @@ class PrometheusSink:
         self.port: int = int(server.server_address[1])
         self.url = f"http://{_url_host(cfg.host)}:{self.port}/metrics"
         log.info("rank %d serves metrics on %s", rank, self.url)
+        self.file_sd_path: Path | None = None
+        if cfg.file_sd_dir:
+            self.file_sd_path = self._register_file_sd(Path(cfg.file_sd_dir))
 
     def __call__(self, metrics: Mapping[str, float], step: int) -> None:
         """Record the metrics of one log interval (the trainer's sink call).
@@ -177,6 +187,19 @@ class PrometheusSink:
             ValueError: if a value is not a number (the key is named).
         """
         self._collector.update(metrics, step)
+
+    def _register_file_sd(self, folder: Path) -> Path:
+        """Write this rank's file_sd entry: the address another host reaches it at."""
+        host = self.cfg.host
+        if host in ("0.0.0.0", "::", ""):  # bound to every interface: name this host
+            host = socket.getfqdn()
+        labels = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get(
+            "SLURM_JOB_ID") else None
+        path = write_file_sd_targets(folder / f"{self.cfg.job}-rank{self.rank}.json",
+                                     [(host, self.port)], labels)
+        log.info("rank %d registered %s:%d for Prometheus in %s", self.rank, host, self.port,
+                 path)
+        return path
 
     @property
     def closed(self) -> bool:
@@ -198,6 +221,8 @@ class PrometheusSink:
             return
         if self.cfg.pushgateway:
             self._push_then_delete(self.cfg.pushgateway)
+        if self.file_sd_path is not None:
+            remove_file_sd_targets(self.file_sd_path)  # Prometheus stops scraping this rank
         server, self._server = self._server, None
         server.shutdown()
         server.server_close()

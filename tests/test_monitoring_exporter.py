@@ -281,3 +281,23 @@ def test_live_scrape_passes_promtool_check_metrics(sink: PrometheusSink) -> None
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
         done.stdout + done.stderr)
+
+
+def test_each_rank_registers_its_endpoint_for_file_sd_while_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cfg = MetricsConfig(base_port=0, job="sdjob", host="0.0.0.0",
+                        file_sd_dir=str(tmp_path / "targets"))
+    s = PrometheusSink(cfg, rank=2, local_rank=0, node="n1")
+    path = tmp_path / "targets" / "sdjob-rank2.json"
+    try:
+        assert s.file_sd_path == path
+        (group,) = json.loads(path.read_text())
+        assert group["targets"] == [f"{socket.getfqdn()}:{s.port}"]
+        assert group["labels"] == {"slurm_job_id": "4242"}
+    finally:
+        s.close()
+    assert not path.exists()  # a finished rank is no longer scraped
