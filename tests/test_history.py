@@ -67,6 +67,11 @@ def test_tensorboard_events_when_enabled(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path / "out")
     assert list(run.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]  # one point per log step
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path) -> None:
