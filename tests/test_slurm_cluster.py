@@ -144,7 +144,7 @@ def test_preempted_training_job_saves_requeues_and_matches_an_uninterrupted_run(
     # Saved at the very step the signal was seen (not a periodic checkpoint's), resumed there.
     assert f"preemption requested: saving at step {stopped_at} and stopping" in log
     assert f"resumed from the checkpoint of step {stopped_at}" in log
-    assert f"requeued job {scenario.run.job_id} (requeue 1)" in log
+    assert f"requeueing job {scenario.run.job_id} (requeue 1)" in log
     assert "'cluster': 'slurm'" in log and "'world_size': 2" in log
 
 

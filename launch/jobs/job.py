@@ -395,6 +395,11 @@ class DistributedJob:
         if env.cluster != "slurm":
             log.info("requeue %d: restarting the local tasks", count + 1)
             return
+        # Logged before the call: the requeue ends every task of the job, this one
+        # included, often before a line written after it would reach the log.
+        log.info("requeueing job %s (requeue %d)", env.job_id, count + 1)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         done = subprocess.run(
             ["scontrol", "requeue", str(env.job_id)], capture_output=True, text=True, timeout=60
         )
@@ -403,7 +408,6 @@ class DistributedJob:
                 f"scontrol requeue {env.job_id} failed (exit {done.returncode}): "
                 f"{(done.stderr or done.stdout).strip()}"
             )
-        log.info("requeued job %s (requeue %d)", env.job_id, count + 1)
 
     @staticmethod
     def _barrier() -> None:
