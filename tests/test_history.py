@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,15 @@ def test_tensorboard_events_when_enabled(tmp_path: Path) -> None:
     assert [e.step for e in events.Scalars("loss")] == [1, 2]  # one point per log step
 
 
-def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path) -> None:
-    if importlib.util.find_spec("tensorboard") is not None:
-        pytest.skip("tensorboard is installed")
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # tensorboard is in the dev extra: hide it, as on a machine without it, with a module
+    # of the same name ahead of site-packages that fails to import
+    shim = tmp_path / "no-tensorboard"
+    shim.mkdir()
+    (shim / "tensorboard.py").write_text("raise ImportError('tensorboard hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(shim), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = obs(*tiny_args(tmp_path, 2, "history.tensorboard=true"))
     assert proc.returncode == 2
     assert "history.tensorboard = true needs the tensorboard package" in proc.stderr
