@@ -117,6 +117,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("ckpt_seconds", "checkpoint_duration_seconds", "Wall time of the last checkpoint write."),
     _g("ckpt_bytes", "checkpoint_bytes", "Bytes written by the last checkpoint."),
     _c("ckpt_failures_total", "checkpoint_failures_total", "Checkpoint writes that failed."),
+    _c("ckpt_leftovers_removed_total", "checkpoint_leftovers_removed_total",
+       "Temporary files of killed checkpoint writes deleted when the run took the store."),
     _c(
         "scheduler_decisions_total",
         "scheduler_decisions_total",

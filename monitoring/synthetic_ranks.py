@@ -70,6 +70,7 @@ def synthetic_metrics(rank: int, step: int, elapsed_s: float, now: float) -> dic
         "ckpt_seconds": 1.5,
         "ckpt_bytes": 8.0 * 1024**2,
         "ckpt_failures_total": 0.0,
+        "ckpt_leftovers_removed_total": 0.0,
         "nonfinite_steps": 0.0,
         "data_unknown_labels_total.object": 0.0,
         "nodes_written": 8.0,

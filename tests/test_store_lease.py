@@ -3,7 +3,8 @@
 A run leases its store (``lease.json``); a second writer with another run id
 is refused, naming the owner; a lease not renewed for ``lease_s`` is taken
 over; manifests record the run id and ``--resume auto`` continues only the
-same run.
+same run. The run holding the lease, the store's single writer, deletes the
+``.tmp-*`` leftovers of killed local writes (item 8).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from obs_dist.checkpoint.lease import (
     LEASE_KEY,
     StoreInUse,
     acquire,
+    collect_leftovers,
     read_lease,
     release,
     renew,
@@ -166,3 +168,32 @@ def test_two_concurrent_runs_on_one_store_second_refused_first_intact(
     endpoint = [f"--endpoint-url={sets[0].split('=', 1)[1]}"] if sets else []
     check = obs("ckpt", "verify", url, *endpoint)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_leftover_tmp_files_of_killed_writes_are_collected_when_a_run_attaches(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    leftovers = [ckpt / ".tmp-abc123", ckpt / "manifests" / ".tmp-k1ll3d",
+                 ckpt / "bases" / "0000000002" / ".tmp-part"]
+    kept = [ckpt / "notes.txt", ckpt / "tmp-not-hidden", ckpt / "manifests" / "x.tmp",
+            ckpt / ".tmpfoo", ckpt / ".tmp-dir" / "inside"]  # a .tmp-* folder's files stay
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial write")
+    proc = obs(*tiny_args(tmp_path, 2, f"checkpoint.url={ckpt}"), "--resume", "never")
+    assert proc.returncode == 0, proc.stderr
+    assert [p for p in leftovers if p.exists()] == []
+    assert all(p.read_bytes() == b"partial write" for p in kept)
+    assert f"deleted 3 leftover .tmp-* file(s) of killed writes in {ckpt}" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["ckpt_leftovers_removed_total"] == 3.0
+    assert list(ckpt.rglob(".tmp-*")) == [ckpt / ".tmp-dir"]  # the run's own writes left none
+    assert collect_leftovers(LocalStore(tmp_path / "missing")) == 0
+
+
+@needs_moto
+def test_leftover_collection_is_a_no_op_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
+    store = open_store(f"s3://{s3_bucket}/ckpt", endpoint_url=s3_endpoint)
+    store.put_bytes(".tmp-looks-like-a-leftover", b"an object, not a partial write")
+    assert collect_leftovers(store) == 0
+    assert store.list() == [".tmp-looks-like-a-leftover"]

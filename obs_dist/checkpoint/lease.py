@@ -24,6 +24,11 @@ ignores the condition still never loses a live lease). Taking over a released
 or expired lease, and renewing one, overwrite it and read it back
 (best-effort: a conditional overwrite on the ETag is not honoured by every S3
 implementation); a writer that finds another run's id there gives way.
+
+Holding the lease makes a run the store's single writer, so a ``.tmp-*``
+file in a local store is a write that was killed before its ``os.replace``:
+:func:`collect_leftovers` deletes them when the lease is taken (S3 leaves no
+partial objects, so there it does nothing).
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ import time
 from typing import Any
 
 from obs_dist.checkpoint.format import flatten_config, may_change_on_resume
-from obs_dist.storage import ObjectStore, StorageError
+from obs_dist.storage import LocalStore, ObjectStore, StorageError
 
 log = logging.getLogger("obs.checkpointing")
 
 LEASE_KEY = "lease.json"
+TMP_PREFIX = ".tmp-"  # LocalStore's temporary files (write, then os.replace)
 RUN_ID_ENV = "OBS_RUN_ID"
 
 
@@ -146,3 +152,36 @@ def release(store: ObjectStore, run_id: str) -> None:
         store.put_bytes(LEASE_KEY, json.dumps(held, indent=1).encode())
     except (StorageError, OSError) as exc:
         log.warning("could not release the lease of %s: %s", store.root, exc)
+
+
+def collect_leftovers(store: ObjectStore) -> int:
+    """Delete the ``.tmp-*`` files of killed writes in a local store; how many there were.
+
+    Call it only while holding the store's lease (no other writer is at work);
+    files not named ``.tmp-*`` are never touched. An S3 store has no partial
+    objects, so it returns 0 there. A file that cannot be deleted is logged
+    and not counted.
+
+    Args:
+        store: the checkpoint store whose lease this process holds.
+    """
+    if not isinstance(store, LocalStore) or not store.path.is_dir():
+        return 0
+    removed = 0
+    for dirpath, _dirs, files in os.walk(store.path):
+        for name in files:
+            if not name.startswith(TMP_PREFIX):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not delete the leftover %s: %s", path, exc)
+                continue
+            removed += 1
+    if removed:
+        log.info("deleted %d leftover %s* file(s) of killed writes in %s", removed,
+                 TMP_PREFIX, store.root)
+    return removed

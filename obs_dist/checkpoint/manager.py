@@ -59,6 +59,7 @@ from obs_dist.checkpoint.lease import (
     RUN_ID_ENV,
     StoreInUse,
     acquire,
+    collect_leftovers,
     release,
     renew,
     run_identity,
@@ -155,6 +156,7 @@ class Checkpointer:
         self.last_time: float | None = None
         self.failures = 0
         self.refused_nonfinite = 0  # checkpoints not written because of NaN/inf
+        self.leftovers_removed = 0  # rank 0: .tmp-* files of killed writes deleted at start
         self.last_seconds = 0.0
         self.last_bytes = 0
         # Replicas are identical, so only rank 0 writes (and tracks) the big state.
@@ -180,6 +182,7 @@ class Checkpointer:
             self.save()
         # Keys of monitoring/metric_catalog.py (obs_checkpoint_age_seconds, …).
         metrics["ckpt_failures_total"] = float(self.failures)
+        metrics["ckpt_leftovers_removed_total"] = float(self.leftovers_removed)
         if self.last_time is not None:
             metrics["ckpt_age_s"] = time.time() - self.last_time
             metrics["ckpt_seconds"] = self.last_seconds
@@ -196,6 +199,7 @@ class Checkpointer:
             self.save()
         if self.enabled:
             metrics["ckpt_failures_total"] = float(self.failures)
+            metrics["ckpt_leftovers_removed_total"] = float(self.leftovers_removed)
 
     def require_final(self) -> None:
         """Fail the run if its last step has no complete checkpoint (call after ``fit``).
@@ -503,6 +507,10 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
         config: the run's resolved configuration, recorded in each manifest.
         store: an already opened store (overrides ``cfg.url``; tests, benchmarks).
 
+    With a ``config``, rank 0 takes the store's lease
+    (:mod:`obs_dist.checkpoint.lease`) and, as its single writer, deletes the
+    ``.tmp-*`` leftovers of killed local writes (``ckpt_leftovers_removed_total``).
+
     Returns:
         The :class:`Checkpointer`, registered in ``trainer.hooks`` as ``checkpoint``.
 
@@ -524,6 +532,8 @@ def attach_checkpointing(trainer: Trainer, cfg: CheckpointConfig, *,
         if rank == 0:
             try:
                 acquire(store, ckpt.run_id, cfg.lease_s)
+                # The single writer now: .tmp-* files are killed writes (others wait here).
+                ckpt.leftovers_removed = collect_leftovers(store)
             except StoreInUse as exc:
                 problem = str(exc)
         if not all_ranks_agree(problem is None):
