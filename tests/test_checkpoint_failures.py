@@ -1,22 +1,29 @@
 """Item 3 of issue #15: checkpoint failures that must change the exit code.
 
 An unwritable store is refused before any training; a run whose final
-checkpoint is not written fails (exit 1) with the failure counted.
+checkpoint is not written fails (exit 1) with the failure counted, also end to
+end when the S3 bucket vanishes under a running ``obs train``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from support.s3_server import MotoServer, needs_moto
 from support.tiny_run import obs, tiny_args
 
 from launch.runner import run_training
+from obs_dist.checkpoint.format import list_steps
 from obs_dist.checkpoint.manager import CheckpointNotWritten, probe_store
 from obs_dist.hooks import NamedHook
-from obs_dist.storage import LocalStore, StorageError
+from obs_dist.storage import LocalStore, StorageError, open_store
 
 
 def test_unwritable_local_url_is_refused_at_start(tmp_path: Path) -> None:
@@ -59,3 +66,60 @@ def test_store_failing_at_the_final_save_fails_the_run_and_is_counted(tmp_path: 
                      hooks=[NamedHook("break_store", break_store, stage="control")])
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["ckpt_failures_total"] == 1.0
+
+
+def _remove_bucket(moto: MotoServer, bucket: str) -> None:
+    """Delete every object of ``bucket`` and the bucket (the run may still be writing)."""
+    client = moto.client()
+    for _ in range(50):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+        try:
+            client.delete_bucket(Bucket=bucket)
+            return
+        except client.exceptions.ClientError as exc:
+            if "BucketNotEmpty" not in str(exc):
+                raise
+    raise AssertionError(f"bucket {bucket} could not be deleted")
+
+
+@needs_moto
+def test_s3_bucket_vanished_mid_run_exits_nonzero_counting_every_failed_save(
+        tmp_path: Path, moto_server: MotoServer, s3_bucket: str) -> None:
+    steps, every = 40, 10
+    url = f"s3://{s3_bucket}/ckpt"
+    args = [sys.executable, "-m", "launch.cli",
+            *tiny_args(tmp_path, steps, f"checkpoint.url={url}", f"checkpoint.every={every}",
+                       f"checkpoint.endpoint_url={moto_server.url}", "checkpoint.retries=1",
+                       "checkpoint.patience_s=0"), "--resume", "never"]
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        run = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        watch = open_store(url, endpoint_url=moto_server.url)
+        deadline = time.monotonic() + 120
+        while not list_steps(watch):
+            assert run.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.02)
+        _remove_bucket(moto_server, s3_bucket)
+        code = run.wait(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = log_path.read_text()
+    assert code == 1, text[-3000:]
+    assert f"obs: error: the final checkpoint (step {steps}) was not written" in text
+    assert "Traceback" not in text
+    written = [int(s) for s in re.findall(r"checkpoint s3://\S+ step (\d+) \(", text)]
+    assert written and written[-1] < steps, written
+    # Every save after the last complete one failed (one error each), and the
+    # final save of the last step was tried again at the end and failed too.
+    failed = [int(s) for s in re.findall(
+        r"ERROR checkpoint at step (\d+): (?!writing retention)", text)]
+    assert sorted(set(failed)) == list(range(written[-1] + every, steps + 1, every))
+    assert failed.count(steps) == 2, failed
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["ckpt_failures_total"] == len(failed)
