@@ -258,7 +258,9 @@ class _Lane:
                 if self.samples is None:
                     self.handle = open_shard(url, self.offset, self.plan.endpoint_url,
                                              self.plan.retries, self.plan.patience_s)
-                    self.samples = iter_samples(self.handle, self.offset)
+                    # A shard listed in index.json was written whole, end marker included.
+                    self.samples = iter_samples(self.handle, self.offset,
+                                                require_end=self._indexed())
                     self.read_count = 0 if self.offset == 0 else None
                 raw = next(self.samples)
                 if self.read_count is not None:
@@ -274,7 +276,15 @@ class _Lane:
             except (TarFormatError, OSError, ValueError) as exc:
                 # A damaged or missing shard: count it, keep the run going.
                 self.owner.count_error("shard_read", url, str(exc))
+                if isinstance(exc, TarFormatError):
+                    self._check_count(url)  # a truncated shard lost samples
                 self._advance()
+
+    def _indexed(self) -> bool:
+        """Whether ``index.json`` lists the current shard."""
+        assert self.unit is not None
+        position = self.plan.shards.chains[self.unit][self.shard]
+        return position < len(self.plan.shards.expected)
 
     def _check_count(self, url: str) -> None:
         """At a shard's end: count a ``shard_mismatch`` if index.json lists another count."""

@@ -78,15 +78,20 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_members(fh: BinaryIO, start: int = 0) -> Iterator[tuple[str, bytes, int, int]]:
+def iter_members(fh: BinaryIO, start: int = 0, *, require_end: bool = False
+                 ) -> Iterator[tuple[str, bytes, int, int]]:
     """Yield (name, payload, header_offset, end_offset) of each regular file member.
 
     Args:
         fh: a stream positioned at byte ``start`` of the tar, on a header.
         start: that position, so offsets are absolute in the shard.
+        require_end: a stream that ends without the end-of-archive marker (two
+            zero blocks) is truncated, at a member boundary: raise instead of
+            tolerating it (shards OBS wrote, listed in ``index.json``, have it).
 
     Raises:
-        TarFormatError: on a bad checksum or a stream that ends inside a member.
+        TarFormatError: on a bad checksum, a stream that ends inside a member,
+            or (``require_end``) one that ends without the end-of-archive marker.
     """
     pos = start
     long_name: str | None = None
@@ -95,6 +100,9 @@ def iter_members(fh: BinaryIO, start: int = 0) -> Iterator[tuple[str, bytes, int
     while True:
         header = _read_exact(fh, BLOCK)
         if not header:
+            if require_end:
+                raise TarFormatError(f"tar ends at byte {pos} without its end-of-archive "
+                                     f"marker: truncated at a member boundary")
             return  # tolerate a missing end-of-archive marker
         if len(header) < BLOCK:
             raise TarFormatError(f"tar truncated inside a header at byte {pos}")
@@ -134,15 +142,22 @@ def iter_members(fh: BinaryIO, start: int = 0) -> Iterator[tuple[str, bytes, int
             yield name, payload, first_header, pos
 
 
-def iter_samples(fh: BinaryIO, start: int = 0) -> Iterator[TarSample]:
+def iter_samples(fh: BinaryIO, start: int = 0, *, require_end: bool = False
+                 ) -> Iterator[TarSample]:
     """Group consecutive members with the same key into :class:`TarSample` objects.
+
+    Args:
+        fh: a stream positioned at byte ``start`` of the tar, on a header.
+        start: that position, so offsets are absolute in the shard.
+        require_end: as :func:`iter_members`; then the last sample of a tar cut
+            at a member boundary (which may lack members) is never yielded.
 
     Raises:
         TarFormatError: as :func:`iter_members`; samples before the damage are
-        yielded first.
+        yielded first, the sample the damage is in is not.
     """
     current: TarSample | None = None
-    for name, payload, offset, end in iter_members(fh, start):
+    for name, payload, offset, end in iter_members(fh, start, require_end=require_end):
         key, ext = split_member_name(name)
         if key.rsplit("/", 1)[-1].startswith("._"):
             continue  # macOS resource forks are not samples
