@@ -301,3 +301,10 @@ def test_each_rank_registers_its_endpoint_for_file_sd_while_it_serves(
     finally:
         s.close()
     assert not path.exists()  # a finished rank is no longer scraped
+
+
+def test_exporter_binds_loopback_by_default(sink: PrometheusSink) -> None:
+    assert MetricsConfig().host == "127.0.0.1"
+    assert sink._server is not None
+    assert sink._server.server_address[0] == "127.0.0.1"  # not 0.0.0.0: nothing exposed
+    assert sink.url.startswith("http://127.0.0.1:")
