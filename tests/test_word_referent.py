@@ -70,6 +70,11 @@ def test_trials_have_distinct_silent_candidates_and_one_answer() -> None:
         assert all(by_index[c].word == "" for c in t.candidates)
         assert by_index[t.query].word == t.text
         assert all(abs(c - t.query) >= 5 for c in t.candidates)
+        # The whole utterance is heard: every clip of the run, the query first.
+        assert t.heard[0] == t.query and all(by_index[c].word == t.text for c in t.heard)
+        assert list(t.heard) == list(range(t.query, t.query + len(t.heard)))
+        assert t.query + len(t.heard) not in by_index \
+            or by_index[t.query + len(t.heard)].word != t.text
     assert len({t.answer for t in trials}) > 1  # the answer's position is shuffled
 
 

@@ -23,8 +23,10 @@ a name can only be bound in the state):
    dual encoder has no state and skips it). Trials come from the held-out
    labels (:mod:`launch.evals.word_referent_trials`): a text's audio clip alone
    is the query, four silent video clips (its referent and three other objects
-   of the same recording) the candidates; the answer is the argmax of
-   :meth:`~obs_dist.model.av_stream.AVStreamModel.scores`. Chance is 0.25.
+   of the same recording) the candidates; every clip of the query's utterance
+   is heard alone, and the answer is the candidate with the highest summed
+   log-probability under :meth:`~obs_dist.model.av_stream.AVStreamModel.scores`.
+   Chance is 0.25.
 
 Rows per (setting, learner): accuracy with a 95 % Wilson interval, trials,
 steps, trainable parameters and seconds; per-word accuracies and the confusion
@@ -330,7 +332,12 @@ def study(learner: Trained, source: str, streams: int) -> Any:
 
 def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
            query_batch: int) -> list[int]:
-    """The candidate position each trial's query picks (argmax of the model's scores)."""
+    """The candidate position each trial's query picks.
+
+    Every clip of the query's utterance (``Trial.heard``) is heard alone and
+    scored against the candidates; the utterance's score of a candidate is the
+    sum of its clips' log-probabilities (the clips are independent evidence).
+    """
     from obs_dist.model.av_stream import Candidates
     from obs_dist.model.window import WindowMemory
 
@@ -338,22 +345,27 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
     device = torch.device(learner.run_cfg.train.device)
     keys = sorted({(t.recording, c) for t in trials for c in t.candidates})
     column = {k: i for i, k in enumerate(keys)}
-    picks: list[int] = []
+    # One row per heard clip: (trial, clip).
+    heard = [(i, c) for i, t in enumerate(trials) for c in (t.heard or (t.query,))
+             if (t.recording, c) in media]
+    totals = torch.zeros(len(trials), max((len(t.candidates) for t in trials), default=0))
     with torch.no_grad():
         parts = [model.candidates(torch.stack([media[k][1] for k in keys[i:i + 512]])
                                   .to(device)) for i in range(0, len(keys), 512)]
         cands = Candidates(torch.cat([p.embed for p in parts]),
                            *(None if getattr(parts[0], f) is None else
                              torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "alpha")))
-        for i in range(0, len(trials), query_batch):
-            chunk = trials[i:i + query_batch]
-            audio = torch.stack([media[(t.recording, t.query)][0] for t in chunk]).to(device)
+        for i in range(0, len(heard), query_batch):
+            chunk = heard[i:i + query_batch]
+            audio = torch.stack([media[(trials[j].recording, c)][0] for j, c in chunk]
+                                ).to(device)
             memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
             logits = model.scores(model.probe(audio, memory), cands)
-            cols = torch.tensor([[column[(t.recording, c)] for c in t.candidates]
-                                 for t in chunk], device=device)
-            picks += logits.gather(1, cols).argmax(1).tolist()
-    return picks
+            cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
+                                 for j, _ in chunk], device=device)
+            logp = logits.gather(1, cols).log_softmax(1).cpu()
+            totals.index_add_(0, torch.tensor([j for j, _ in chunk]), logp)
+    return totals.argmax(1).tolist()
 
 
 def usable(trials: list[Trial], media: Media) -> list[Trial]:

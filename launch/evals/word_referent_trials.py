@@ -14,7 +14,10 @@ view, ``labels.object``). :func:`build_trials` turns it into trials:
   their neighbours (±1 clip); a text is kept if it occurs at least
   ``min_occurrences`` times and the referent is in view (±1 clip) in at least
   ``min_purity`` of its occurrences: fillers ("hmm", "oh") fall out;
-* a trial is one occurrence (its first clip's audio, alone, is the query) and
+* a trial is one occurrence (its clips' audio, alone, is the query: the whole
+  utterance is heard, as CVCL's query is the whole word; an utterance starting
+  late in a clip leaves only a fragment there, and a carrier phrase may put the
+  name in its second clip) and
   ``candidates`` video clips in a seeded random order: one showing the
   referent, and one each of ``candidates - 1`` *different* other objects of the
   same recording, all from clips where nothing is said, at least ``min_gap``
@@ -61,10 +64,11 @@ class Trial:
         recording: the recording the trial comes from.
         text: the spoken text of the query.
         referent: the object the text names (its majority referent).
-        query: clip index of the query (audio only).
+        query: clip index of the query's first clip (audio only).
         candidates: clip indices of the candidate videos, in presentation order.
         objects: the object shown by each candidate.
         answer: position of the referent among the candidates.
+        heard: clip indices of the whole occurrence (``query`` first).
     """
 
     recording: str
@@ -74,6 +78,7 @@ class Trial:
     candidates: tuple[int, ...]
     objects: tuple[str, ...]
     answer: int
+    heard: tuple[int, ...] = ()
 
 
 def occurrences(clips: Sequence[ClipLabel]) -> dict[str, list[list[int]]]:
@@ -177,7 +182,8 @@ def recording_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurr
             order = [int(i) for i in rng.permutation(candidates)]
             trials.append(Trial(recording, text, referent, query,
                                 tuple(clips[picks[i]].index for i in order),
-                                tuple(chosen[i] for i in order), order.index(0)))
+                                tuple(chosen[i] for i in order), order.index(0),
+                                tuple(clips[p].index for p in run)))
     return trials
 
 
