@@ -13,11 +13,11 @@ from launch.evals.front_ends import (
     object_recognizer,
     object_views,
     recognizer_front_end,
-    shift_and_flip,
     train_recognizer,
     word_recognizer,
     word_utterances,
 )
+from obs_dist.model.augment import shift_and_flip
 from obs_dist.model.av_encoders import AVEncoder, VideoClipEncoder
 from obs_dist.tasks.crossmodal import split_study_clips
 

@@ -38,14 +38,13 @@ from launch.evals.front_ends import (
     object_recognizer,
     object_views,
     recognizer_front_end,
-    shift_and_flip,
-    time_shift,
     train_recognizer,
     word_recognizer,
     word_utterances,
 )
 from launch.evals.harness import build_learner, describe, fit, score
 from launch.evals.learners import Learner
+from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.tasks import IGNORE
 from obs_dist.tasks.crossmodal import seen_candidates, split_study_clips
 

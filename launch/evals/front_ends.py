@@ -188,31 +188,6 @@ def object_recognizer(image_size: int, classes: int, width: int = 64) -> Recogni
     return Recognizer(VideoClipEncoder(width, image_size, width=width), width, classes)
 
 
-def shift_and_flip(clips: Tensor, gen: torch.Generator, max_shift: int = 4) -> Tensor:
-    """Video augmentation: each clip mirrored left-right half the time and moved by up
-    to ``max_shift`` pixels each way (wrapping round). An object's class does not
-    depend on its side or place, and the recognizer sees each clip many times.
-    """
-    out = clips.clone()
-    flip = torch.rand(len(clips), generator=gen) < 0.5
-    out[flip] = out[flip].flip(-1)
-    shifts = torch.randint(-max_shift, max_shift + 1, (len(clips), 2), generator=gen)
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        out[i] = out[i].roll((dy, dx), dims=(-2, -1))
-    return out
-
-
-def time_shift(mels: Tensor, gen: torch.Generator, max_shift: int = 10) -> Tensor:
-    """Audio augmentation: each log-mel clip moved by up to ``max_shift`` frames in
-    time (wrapping round): where in its clip a word is said does not change it.
-    """
-    out = mels.clone()
-    shifts = torch.randint(-max_shift, max_shift + 1, (len(mels),), generator=gen)
-    for i, shift in enumerate(shifts.tolist()):
-        out[i] = out[i].roll(shift, dims=-1)
-    return out
-
-
 def train_recognizer(model: Recognizer, data: Labelled, steps: int, lr: float = 3e-3,
                      batch: int = 128, held_out: float = 0.2, seed: int = 0,
                      progress: bool = True, desc: str = "recognizer",
@@ -230,7 +205,8 @@ def train_recognizer(model: Recognizer, data: Labelled, steps: int, lr: float = 
         seed: sampling seed.
         progress: show a tqdm bar.
         desc: the bar's label.
-        augment: applied to each training batch (e.g. :func:`shift_and_flip`).
+        augment: applied to each training batch (e.g.
+            :func:`obs_dist.model.augment.shift_and_flip`).
 
     Returns:
         The frozen recognizer, and ``accuracy`` (held out), ``labels``,
