@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from obs_dist.model.av_stream import AVStreamModel, speech_gate
+from obs_dist.model.av_stream import AVStreamModel, clip_positions, speech_gate
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
@@ -20,11 +20,12 @@ from pipelines.rehearsal import Rehearsal, RehearsalConfig
 NODES = 256
 
 
-def _model(state_path: bool = True) -> AVStreamModel:
+def _model(state_path: bool = True, **stream: object) -> AVStreamModel:
     torch.manual_seed(0)
     cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
                       writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                      stream=StreamConfig(state_path=state_path, embed=8))
+                      stream=StreamConfig(state_path=state_path, embed=8,
+                                          **stream))  # type: ignore[arg-type]
     return AVStreamModel(cfg, NODES)
 
 
@@ -45,6 +46,56 @@ def test_speech_gate_scores_only_loud_clips() -> None:
     assert gate[:, ::2].eq(1).all() and gate[:, 1::2].eq(0).all()
     quiet = speech_gate(batch["audio"], torch.zeros(3, 4, dtype=torch.bool), 1.5)
     assert quiet.sum() == 0  # no audio: nothing scored
+
+
+def test_clip_positions_follow_the_keys_across_a_recording_change() -> None:
+    keys = [["rec_a/000010", "rec_a/000011", "rec_b/000000"], ["rec_c/000005", "", ""]]
+    rec, when = clip_positions({"keys": keys}, 2, 3, torch.device("cpu"))
+    assert rec.tolist()[:3] == [0, 0, 1] and rec[3] not in rec[:3]
+    assert when.tolist()[:4] == [10, 11, 0, 5]
+    assert rec[4] != rec[3] and rec[4] == rec[5]  # padding: its own row, never rec_c
+    rec, when = clip_positions({}, 2, 3, torch.device("cpu"))  # no keys: row and position
+    assert rec.tolist() == [0, 0, 0, 1, 1, 1] and when.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def _negatives_seen(negatives: str) -> torch.Tensor:
+    """Which candidates each scored query of a 2-recording window is scored against."""
+    model = _model(False, negatives=negatives, negative_gap=2)
+    batch = _batch(2, 6)
+    batch["audio"][:, :] += torch.linspace(0, 6, 6)[None, :, None, None]  # every clip loud
+    batch["keys"] = [[f"rec_{r}/{i:06d}" for i in range(6)] for r in range(2)]
+    seen: list[torch.Tensor] = []
+    original = torch.nn.functional.cross_entropy
+
+    def spy(logits: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.isfinite(logits))
+        return original(logits, *args, **kwargs)  # type: ignore[arg-type]
+
+    torch.nn.functional.cross_entropy = spy  # type: ignore[assignment]
+    try:
+        model.window_objective(batch, None, model.initial_carry(2, "cpu"))  # type: ignore[arg-type]
+    finally:
+        torch.nn.functional.cross_entropy = original
+    return seen[0]
+
+
+def test_negatives_of_the_same_recording_only() -> None:
+    everyone = _negatives_seen("all")
+    own = _negatives_seen("recording")
+    # Query 0 (rec_0, clip 0): itself, then clips 2..5 of rec_0; "all" adds rec_1's six.
+    assert own[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5]
+    assert everyone[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_augmentation_only_while_training() -> None:
+    model = _model(False, augment=True)
+    batch = _batch()
+    model.eval()
+    first = model._features(batch)[1]
+    assert torch.equal(first, model._features(batch)[1])  # evaluation: no augmentation
+    model.train()
+    torch.manual_seed(3)
+    assert not torch.equal(first, model._features(batch)[1])
 
 
 @pytest.mark.parametrize("state_path", [True, False])

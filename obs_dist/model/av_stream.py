@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.writer import Writer
@@ -94,6 +95,30 @@ def speech_gate(audio: torch.Tensor, mask: torch.Tensor, threshold: float) -> to
         else energy.new_zeros(()) for i in range(b)])
     peak = energy.quantile(0.9, dim=2)
     return ((peak - floor[:, None]) > threshold).float() * present.float()
+
+
+def clip_positions(batch: dict[str, Any], b: int, t: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's recording (an id) and time (clip index), flattened ``[B·T]``.
+
+    From the batch's ``keys`` (``<stream>/<index>``) when they cover the window,
+    so a row that moves on to the next recording mid-window is told apart;
+    otherwise the row and the position in the window.
+    """
+    keys = batch.get("keys")
+    if isinstance(keys, list) and len(keys) == b and all(len(r) == t for r in keys):
+        names: dict[str, int] = {}
+        rec, when = [], []
+        for r, row in enumerate(keys):
+            for j, key in enumerate(row):
+                stream, _, index = key.rpartition("/")
+                if not stream or not index.isdigit():  # padding: its own row, its position
+                    stream, index = f"\0row{r}", str(j)
+                rec.append(names.setdefault(stream, len(names)))
+                when.append(int(index))
+        return (torch.tensor(rec, device=device), torch.tensor(when, device=device))
+    return (torch.arange(b, device=device).repeat_interleave(t),
+            torch.arange(t, device=device).repeat(b))
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -174,8 +199,12 @@ class AVStreamModel(nn.Module):
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
         b, t = batch["video_mask"].shape
-        fa = encode_present(self.audio, batch["audio"], batch["audio_mask"], self.modality[1])
-        fv = encode_present(self.video, batch["video"], batch["video_mask"], self.modality[0])
+        audio, video = batch["audio"], batch["video"]
+        if self.training and self.stream_cfg.augment:
+            audio = time_shift(audio.flatten(0, 1)).view_as(audio)
+            video = shift_and_flip(video.flatten(0, 1)).view_as(video)
+        fa = encode_present(self.audio, audio, batch["audio_mask"], self.modality[1])
+        fv = encode_present(self.video, video, batch["video_mask"], self.modality[0])
         return fa.view(b, t, -1), fv.view(b, t, -1)
 
     def _embed_audio(self, fa: torch.Tensor) -> torch.Tensor:
@@ -241,13 +270,15 @@ class AVStreamModel(nn.Module):
                            torch.stack(ids, 1).flatten(0, 1) if ids else None,
                            torch.stack(alphas, 1).flatten(0, 1) if alphas else None)
         logits = self.scores(probe, cands)
-        stream = torch.arange(b, device=fa.device).repeat_interleave(t)
-        when = torch.arange(t, device=fa.device).repeat(b)
+        stream, when = clip_positions(batch, b, t, fa.device)
         eye = torch.eye(b * t, dtype=torch.bool, device=fa.device)
         invalid = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
         gap = self.stream_cfg.negative_gap or t  # 0: none of the same recording's window
         near = (when[:, None] - when[None, :]).abs() < gap
-        invalid = invalid | ((stream[:, None] == stream[None, :]) & near)
+        same = stream[:, None] == stream[None, :]
+        invalid = invalid | (same & near)
+        if self.stream_cfg.negatives == "recording":
+            invalid = invalid | ~same
         logits = logits.masked_fill(invalid & ~eye, NEG_INF)
         gate = (gate * batch["video_mask"].float()).reshape(-1)
         target = torch.arange(b * t, device=fa.device)

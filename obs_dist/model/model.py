@@ -32,6 +32,8 @@ from torch import nn
 from obs_dist.model.encoders import build_encoder
 from obs_dist.model.writer import Writer, WriterConfig
 
+NEGATIVES = ("all", "recording")
+
 
 @dataclass
 class StreamConfig:
@@ -48,12 +50,23 @@ class StreamConfig:
             least this many clips away (nearer ones are mostly the same scene, a
             false negative); 0 excludes the whole recording's window. Negatives of
             the same recording make the task "which object", not "which recording".
+        negatives: ``all`` (other recordings' clips too) or ``recording`` (only
+            the same recording's clips ``negative_gap`` or more apart). Other
+            recordings differ in voice, room and scenery, so telling them apart
+            needs no word at all: a shortcut that fails on recordings never heard.
+            Within one recording the voice and room are shared, and only what is
+            said can pick the moment.
+        augment: while training, vary each clip in what does not change its
+            meaning (``obs_dist/model/augment.py``: video mirrored and moved,
+            audio moved in time), so rehearsed clips are not learnt by heart.
     """
 
     state_path: bool = True
     embed: int = 64
     gate: float = 1.5
     negative_gap: int = 8
+    negatives: str = "all"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.embed < 2:
@@ -62,6 +75,9 @@ class StreamConfig:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
         if self.negative_gap < 0:
             raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
+                             f"got {self.negatives!r}")
 
 
 @dataclass
