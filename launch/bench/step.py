@@ -116,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         if proc.returncode != 0:
             raise RuntimeError(f"bench step at N={n} failed:\n{proc.stderr[-4000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
-        row["rss_over_state_bytes"] = row["peak_rss_bytes"] - row["state_bytes"]
+        # The state lives where the step runs: host memory on the CPU, GPU memory on CUDA.
+        on_host = 0 if "peak_cuda_bytes" in row else row["state_bytes"]
+        row["rss_over_state_bytes"] = row["peak_rss_bytes"] - on_host
+        if "peak_cuda_bytes" in row:
+            row["cuda_over_state_bytes"] = row["peak_cuda_bytes"] - row["state_bytes"]
         versions = {k: row.pop(k) for k in ("torch", "cuda", "gpu")}
         results.append(row)
     first, last = results[0], results[-1]
@@ -128,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         "time_ratio_last_first": last["sec_per_token"] / first["sec_per_token"],
         "max_rss_over_state_gib": max(r["rss_over_state_bytes"] for r in results) / 2**30,
     }
+    if all("cuda_over_state_bytes" in r for r in results):
+        summary["max_cuda_over_state_gib"] = max(
+            r["cuda_over_state_bytes"] for r in results) / 2**30
     emit(summary, args.json)
     return 0
 
