@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from obs_dist.storage import StoreUnavailable
 from pipelines.decode import audio_frames
 from pipelines.lanes import LanePlan, WorkerLanes
 from pipelines.sources import resolve_shards
@@ -120,7 +121,15 @@ class _PartialBatches(IterableDataset):  # type: ignore[type-arg]
         lanes = WorkerLanes(self.plan, worker, self.states[worker])
         while True:
             if info is not None:
-                yield lanes.produce()
+                try:
+                    part = lanes.produce()
+                except StoreUnavailable as exc:
+                    # DataLoader would re-raise it as "Caught StoreUnavailable in
+                    # DataLoader worker process 0." and lose the message (the
+                    # endpoint, how long): the main process raises it as it was.
+                    yield {"worker": worker, "store_unavailable": str(exc)}
+                    return
+                yield part
                 continue
             # In the caller's process: decode on one thread (as DataLoader workers
             # do), then give the trainer its threads back. Per-clip STFTs are too
@@ -248,6 +257,9 @@ class StreamLoader:
         try:
             while True:
                 round_ = [next(parts) for _ in range(workers)]
+                for p in round_:
+                    if "store_unavailable" in p:
+                        raise StoreUnavailable(p["store_unavailable"])
                 assert [p["worker"] for p in round_] == list(range(workers)), \
                     "worker results out of round-robin order"
                 if all(p["exhausted"] and p["clips"] == 0 for p in round_):
