@@ -58,7 +58,7 @@ def write_report(results_dir: Path, out: Path, folder: Path, notes: Path | None,
                  include_quick: bool = False) -> dict[str, Any]:
     """Write the markdown report and figures; returns what was written."""
     files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    loaded = []
+    loaded, quick = [], 0
     for f in files:
         try:
             result = json.loads(f.read_text())
@@ -67,11 +67,14 @@ def write_report(results_dir: Path, out: Path, folder: Path, notes: Path | None,
         if not isinstance(result, dict) or "suite" not in result:
             raise ValueError(f"{f} is not an `obs eval --task` result (no 'suite' key)")
         if result.get("quick") and not include_quick:
+            quick += 1
             continue
         loaded.append((f.stem, result))
     if not loaded:
-        raise ValueError(f"no evaluation results in {results_dir}; run `obs eval --task T --out "
-                         f"{results_dir}/T.json` first")
+        left_out = (f" ({quick} --quick result(s) left out: --include-quick reports them)"
+                    if quick else "")
+        raise ValueError(f"no evaluation results in {results_dir}{left_out}; run `obs eval "
+                         f"--task T --out {results_dir}/T.json` first")
     order = {s: i for i, s in enumerate(SUITES)}
     loaded.sort(key=lambda item: (order.get(item[1]["suite"], 99), item[0]))
     doc = ["# OBS evaluation results\n",

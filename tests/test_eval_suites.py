@@ -199,6 +199,13 @@ def test_readme_eval_then_report_meet_under_runs(tmp_path: Path,
     assert not (tmp_path / "docs").exists()  # no tracked file is written by default
 
 
+def test_report_of_only_quick_results_says_how_to_include_them(tmp_path: Path) -> None:
+    write_result({"suite": "continual", "quick": True, "results": []},
+                 tmp_path / "eval" / "continual-quick.json")
+    with pytest.raises(ValueError, match=r"1 --quick result\(s\) left out: --include-quick"):
+        write_report(tmp_path / "eval", tmp_path / "r.md", tmp_path / "fig", None)
+
+
 def test_obs_version(capsys: pytest.CaptureFixture[str]) -> None:
     from launch import cli
 
