@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from obs_dist.model.av_stream import AVStreamModel, clip_positions, speech_gate
+from obs_dist.model.av_stream import AVStreamModel, above_floor, clip_positions, speech_gate
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
@@ -85,6 +85,17 @@ def test_negatives_of_the_same_recording_only() -> None:
     # Query 0 (rec_0, clip 0): itself, then clips 2..5 of rec_0; "all" adds rec_1's six.
     assert own[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5]
     assert everyone[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_above_floor_hears_the_word_not_the_room() -> None:
+    g = torch.Generator().manual_seed(0)
+    word = torch.zeros(8, 50)
+    word[2:5, 20:35] = 4.0  # a word: three bands up for 15 of 50 frames
+    quiet = torch.randn(8, 50, generator=g) * 0.1 - 9.0 + word
+    loud = quiet + 3.0  # the same word in a louder room (log-mel: a constant shift)
+    assert torch.allclose(above_floor(quiet), above_floor(loud), atol=1e-5)
+    heard = above_floor(quiet)
+    assert heard.min() >= 0 and heard[2:5, 20:35].mean() > 3.5 and heard[5:, :].mean() < 0.2
 
 
 def test_augmentation_only_while_training() -> None:

@@ -121,6 +121,18 @@ def clip_positions(batch: dict[str, Any], b: int, t: int, device: torch.device
             torch.arange(t, device=device).repeat(b))
 
 
+def above_floor(mels: torch.Tensor, q: float = 0.1) -> torch.Tensor:
+    """Log-mel ``[..., n_mels, A]`` minus each band's noise floor over time, clipped at 0.
+
+    The floor is the band's ``q`` quantile over the clip's frames (a word fills
+    less than the whole second, so its lowest frames are the room). What is
+    left is how far each band rises above the room: the sound of what is said,
+    not how loud the room is.
+    """
+    floor = mels.float().quantile(q, dim=-1, keepdim=True)
+    return (mels - floor).clamp_min(0.0)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """``x / ‖x‖`` along the last axis with a gradient that stays finite at 0."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-8)
@@ -199,13 +211,17 @@ class AVStreamModel(nn.Module):
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
         b, t = batch["video_mask"].shape
-        audio, video = batch["audio"], batch["video"]
+        audio, video = self._hearable(batch["audio"]), batch["video"]
         if self.training and self.stream_cfg.augment:
             audio = time_shift(audio.flatten(0, 1)).view_as(audio)
             video = shift_and_flip(video.flatten(0, 1)).view_as(video)
         fa = encode_present(self.audio, audio, batch["audio_mask"], self.modality[1])
         fv = encode_present(self.video, video, batch["video_mask"], self.modality[0])
         return fa.view(b, t, -1), fv.view(b, t, -1)
+
+    def _hearable(self, audio: torch.Tensor) -> torch.Tensor:
+        """What the audio encoder hears of log-mel clips (above the floor, if so configured)."""
+        return above_floor(audio) if self.stream_cfg.audio_floor else audio
 
     def _embed_audio(self, fa: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head_a(self.norm_a(fa)), dim=-1)
@@ -300,7 +316,7 @@ class AVStreamModel(nn.Module):
             memory: the state as it stands (a fresh window over it); None for the
                 dual encoder.
         """
-        fa = self.audio(audio) + self.modality[1]
+        fa = self.audio(self._hearable(audio)) + self.modality[1]
         recall = None
         if self.writer is not None:
             assert memory is not None

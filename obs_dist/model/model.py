@@ -59,6 +59,10 @@ class StreamConfig:
         augment: while training, vary each clip in what does not change its
             meaning (``obs_dist/model/augment.py``: video mirrored and moved,
             audio moved in time), so rehearsed clips are not learnt by heart.
+        audio_floor: hear each mel band above its own noise floor (the clip's
+            10th percentile over time, subtracted from the log-mel and clipped
+            at 0): the room's noise level changes from room to room and would
+            otherwise tell the moment (which room) without any word.
     """
 
     state_path: bool = True
@@ -67,6 +71,7 @@ class StreamConfig:
     negative_gap: int = 8
     negatives: str = "all"
     augment: bool = False
+    audio_floor: bool = False
 
     def __post_init__(self) -> None:
         if self.embed < 2:
