@@ -8,6 +8,8 @@ Layout under the store's root (``NNNNNNNNNN`` = a step, zero-padded)::
     step-NNNNNNNNNN/rank-RRRRR.json           per-rank state: the JSON half of the tree
     step-NNNNNNNNNN/rank-RRRRR.safetensors    per-rank state: its tensors
     step-NNNNNNNNNN/rank-RRRRR.index.json     sizes and hashes of that rank's objects
+    objects/NAME/rank-RRRRR/IIIIIIIIII.safetensors   a write-once object of component NAME
+                                              (e.g. a rehearsal batch), shared by checkpoints
 
 A manifest lists *every* object needed to restore its checkpoint — the base
 partitions, every log since the base in order, and each rank's objects — with
@@ -48,6 +50,8 @@ FORMAT = "obs-checkpoint"
 VERSION = 1
 # Larger objects go to S3 through a temporary file and multipart upload.
 LARGE_OBJECT = 64 * 1024 * 1024
+# Write-once objects of registered components (:mod:`obs_dist.checkpoint.side_objects`).
+OBJECTS_PREFIX = "objects/"
 _STEP_IN_KEY = re.compile(r"(?:^manifests/|base-|log-|^step-)(\d{10})")
 
 
@@ -75,6 +79,11 @@ def rank_keys(step: int, rank: int) -> tuple[str, str, str]:
     """Keys of a rank's JSON document, tensors and index at ``step``."""
     stem = f"step-{step:010d}/rank-{rank:05d}"
     return f"{stem}.json", f"{stem}.safetensors", f"{stem}.index.json"
+
+
+def object_key(component: str, rank: int, oid: int) -> str:
+    """Key of the write-once object ``oid`` of a registered component of ``rank``."""
+    return f"{OBJECTS_PREFIX}{component}/rank-{rank:05d}/{oid:010d}.safetensors"
 
 
 def step_of_key(key: str) -> int | None:
@@ -286,12 +295,24 @@ def write_base(store: ObjectStore, state: BigState, step: int) -> dict[str, dict
 
 
 def write_rank(store: ObjectStore, step: int, rank: int, document: bytes,
-               tensors: bytes) -> dict[str, dict[str, Any]]:
-    """Write one rank's state, then its index (the rank's 'done' marker)."""
+               tensors: bytes, shared: dict[str, dict[str, Any]] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """Write one rank's state, then its index (the rank's 'done' marker).
+
+    Args:
+        store: the checkpoint store.
+        step: the checkpoint's step.
+        rank: the writing rank.
+        document: the JSON half of the rank's tree.
+        tensors: its safetensors half.
+        shared: write-once objects (already stored, possibly by earlier
+            checkpoints) that this checkpoint needs too; listed in the index,
+            so the manifest lists, verifies and retains them.
+    """
     doc_key, tensor_key, index_key = rank_keys(step, rank)
     objects = {doc_key: put_object(store, doc_key, document),
                tensor_key: put_object(store, tensor_key, tensors)}
-    store.put_bytes(index_key, json_bytes(objects))
+    store.put_bytes(index_key, json_bytes({**(shared or {}), **objects}))
     return objects
 
 
@@ -463,8 +484,11 @@ def apply_retention(store: ObjectStore, keep_bases: int, current: Manifest) -> l
     Manifests are deleted before their objects, so an interrupted clean-up never
     leaves a manifest pointing at deleted data. Objects no kept manifest needs
     and older than the oldest kept checkpoint (e.g. from an upload that died
-    before its manifest) are swept too. Checkpoints newer than ``current`` (left
-    by a run that was rolled back) are not touched.
+    before its manifest) are swept too, and so are write-once component objects
+    (``objects/``) that no manifest left in the store lists: every rank's
+    objects of ``current`` are in its manifest, and a rank writes the next
+    checkpoint's only after the collectives of the steps in between. Checkpoints
+    newer than ``current`` (left by a run that was rolled back) are not touched.
 
     Returns:
         The deleted keys.
@@ -495,7 +519,12 @@ def apply_retention(store: ObjectStore, keep_bases: int, current: Manifest) -> l
     done = set(deleted)
     for key in store.list():
         owner = step_of_key(key)
-        if key in referenced or owner is None or owner >= oldest_kept or key in done:
+        if key in referenced or key in done:
+            continue
+        if key.startswith(OBJECTS_PREFIX):
+            if any(bad >= oldest_kept for bad in unreadable):
+                continue  # an unreadable manifest left in the store might list it
+        elif owner is None or owner >= oldest_kept:
             continue
         store.delete(key)
         deleted.append(key)

@@ -65,6 +65,7 @@ from obs_dist.checkpoint.lease import (
     run_identity,
 )
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
+from obs_dist.checkpoint.side_objects import SideObjects
 from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
 from obs_dist.engine.dist import barrier, get_rank, get_world_size
 from obs_dist.guards import RunFailed, nonfinite_path, tensors_finite
@@ -146,6 +147,8 @@ class Checkpointer:
         self.cfg = cfg
         self.store = store
         self.extra = dict(extra_state)
+        # Components with write-once objects (the rehearsal reservoir): written once each.
+        self.side = SideObjects(self.extra, rank)
         self.rank = rank
         self.world = world
         self.config = dict(config or {})
@@ -254,9 +257,15 @@ class Checkpointer:
                       "checkpoint, step %s, is kept)", step, bad or "another rank's state",
                       self.last_step)
             return None
+        # Write-once objects first (only those no complete checkpoint holds yet).
+        written = self._attempt_value(f"writing rank {self.rank}'s objects",
+                                      lambda: self.side.write(store))
+        ok = not isinstance(written, str)
+        listing, records, new_bytes = written if ok else ({}, {}, 0)
+        tree["objects"] = listing  # component → object key per slot
         document, tensors = encode_to_objects(tree)
-        ok = self._attempt(f"rank {self.rank} state",
-                           lambda: write_rank(store, step, self.rank, document, tensors))
+        ok = ok and self._attempt(f"rank {self.rank} state", lambda: write_rank(
+            store, step, self.rank, document, tensors, shared=records))
         chain: dict[str, Any] = {}
         if self.rank == 0 and ok:
             ok = self._attempt("big state", lambda: chain.update(self._write_state(force_base)))
@@ -267,17 +276,18 @@ class Checkpointer:
         if not complete:
             self.failures += 1 if (self.rank == 0 or not ok) else 0
             return None
+        self.side.committed(records)
         self.last_time = time.time()
         self.last_seconds = time.perf_counter() - t0
         if manifest is None:  # ranks other than 0: their own share
             self.last_step = step
-            self.last_bytes = len(document) + len(tensors)
+            self.last_bytes = len(document) + len(tensors) + new_bytes
             return None
         assert self.tracker is not None
         self.tracker.clear()
         self.last = manifest
         self.last_step = step
-        self.last_bytes = manifest.own_bytes()
+        self.last_bytes = manifest.own_bytes() + new_bytes
         log.info("checkpoint %s step %d (%s): %.1f MB in %.2f s", store.root, step,
                  manifest.kind, self.last_bytes / 1e6, self.last_seconds)
         self._attempt("retention", lambda: apply_retention(store, self.cfg.keep_bases, manifest))
@@ -416,7 +426,7 @@ class Checkpointer:
         return None
 
     def _try_load(self, store: ObjectStore, step: int, same_run: bool = False
-                  ) -> tuple[str | None, tuple[Manifest, Any] | None]:
+                  ) -> tuple[str | None, tuple[Manifest, Any, Any] | None]:
         """Verify and load one checkpoint's state and this rank's tree (not yet applied).
 
         Raises:
@@ -434,13 +444,15 @@ class Checkpointer:
                     f"URL) to continue another run's checkpoint, or use another checkpoint.url")
             document, tensors = read_rank(store, manifest, self.rank)
             tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
+            objects = self.side.read(store, manifest, tree.get("objects", {}))
             load_state(store, manifest, self.trainer.state)
         except CheckpointCorrupt as exc:
             return str(exc), None
-        return None, (manifest, tree)
+        return None, (manifest, tree, objects)
 
-    def _adopt(self, store: ObjectStore, manifest: Manifest, tree: Any) -> None:
+    def _adopt(self, store: ObjectStore, manifest: Manifest, tree: Any, objects: Any) -> None:
         restore_rank(self.trainer, tree, self.extra)
+        self.side.adopt(objects, manifest if store is self.store else None)
         if self.tracker is not None:
             self.tracker.clear()
         # Later checkpoints extend this one's chain of logs, unless it came from
