@@ -200,6 +200,40 @@ def merge_user_config(user: dict[str, Any], ours: dict[str, Any],
     return out
 
 
+@contextlib.contextmanager
+def scalar_parameters_broadcast() -> Iterator[None]:
+    """Let DeepSpeed's initial parameter broadcast take 0-dim parameters.
+
+    DeepSpeed (0.19) broadcasts each parameter as ``p.data.view(torch.uint8)``,
+    which a 0-dim tensor refuses ("self.dim() cannot be 0 to view Float as
+    Byte"), so a model with a scalar parameter (the ``av-stream`` model's
+    temperatures) could not start under ``obs train --nproc N``. While the engine
+    is built, its broadcast sees each scalar as a 1-element view of the same
+    storage, so the broadcast values land in the parameter; each shape is put
+    back as soon as the broadcast returns, before ``initialize`` builds the
+    optimizer.
+    """
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine._broadcast_model
+
+    def broadcast(engine: Any) -> None:
+        scalars = [(p, p.data) for p in engine.module.parameters() if p.dim() == 0]
+        for p, data in scalars:
+            p.data = data.reshape(1)  # a view: the broadcast writes into ``data``
+        try:
+            original(engine)
+        finally:
+            for p, data in scalars:
+                p.data = data
+
+    DeepSpeedEngine._broadcast_model = broadcast
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
+
+
 class DeepSpeedSlowWeights:
     """Slow weights stepped by a DeepSpeed engine.
 
@@ -225,16 +259,29 @@ class DeepSpeedSlowWeights:
             # incompatible skips a multi-minute C++ build we never use.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.config = deepspeed_config(train, ds, micro_batch)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.config)
+        with scalar_parameters_broadcast():
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                config=self.config)
+        self.params = [p for p in model.parameters() if p.requires_grad]
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients (no reduction until :meth:`step`)."""
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> float:
-        """Reduce gradients across ranks, clip, update, advance the schedule."""
+        """Reduce gradients across ranks, clip, update, advance the schedule.
+
+        A parameter that got no gradient on this rank's batch (the ``av-stream``
+        model's state path when no clip of the window is scored) gets a zero
+        one first: DeepSpeed reduces only the gradients that exist, so the ranks'
+        reductions would differ in size (a collective mismatch), and a missing
+        gradient means the same as a zero one in the mean over ranks (as in
+        :class:`AllReduceSlowWeights`).
+        """
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
