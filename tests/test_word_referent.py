@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from launch.evals import SUITES, suite_config
 from launch.evals.word_referent import learner_overrides, targets
@@ -152,4 +153,21 @@ def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:
         assert r["trials"] > 0 and 0.0 <= r["accuracy"] <= 1.0
         assert r["steps"] == rows[0]["steps"] > 0 and r["params"] > 0
     assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"]  # the writer
+    learners = result["details"]["class"]["learners"]
+    assert set(learners["obs"]["addresses"]) == {"video", "audio"}  # OBS's addresses measured
+    assert learners["dual"]["addresses"] is None  # no state, no addresses
     assert Path(result["figure"]).is_file() and result["figure"].endswith(".png")
+
+
+def test_address_agreement_tells_collapse_from_naming() -> None:
+    from launch.evals.word_referent_addresses import pair_agreement
+
+    items = [("r", 0, "ball"), ("r", 1, "ball"), ("r", 2, "cup"), ("s", 3, "ball")]
+    naming = torch.tensor([[1, 2], [1, 2], [7, 8], [5, 6]])
+    a = pair_agreement(naming, items)
+    assert a["same"] == 1.0 and a["different"] == 0.0  # the other recording is never paired
+    assert a["same_pairs"] == 1 and a["different_pairs"] == 2 and a["distinct_nodes"] == 6
+    collapsed = pair_agreement(torch.tensor([[1, 2]] * 4), items)
+    assert collapsed["same"] == collapsed["different"] == 1.0 and collapsed["distinct_nodes"] == 2
+    with pytest.raises(ValueError, match="rows"):
+        pair_agreement(naming[:2], items)

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from launch.evals.suite import Suite, verdict
+from launch.evals.word_referent_addresses import address_agreement
 from launch.evals.word_referent_trials import ClipLabel, Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
@@ -402,7 +403,8 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
         picks = choose(learner, state, trials, media, cfg.query_batch) if trials else []
         scores = tally(trials, picks)
         details[learner.name] = {"per_word": scores["per_word"],
-                                 "confusion": scores["confusion"]}
+                                 "confusion": scores["confusion"],
+                                 "addresses": address_agreement(learner.model, labels, media)}
         rows.append({"setting": setting, "model": learner.name,
                      "accuracy": scores["accuracy"], "trials": scores["trials"],
                      "ci_low": scores["ci"][0], "ci_high": scores["ci"][1],
@@ -460,7 +462,7 @@ def targets(result: dict[str, Any]) -> list[str]:
 
 
 def extras(result: dict[str, Any]) -> list[str]:
-    """Per-word accuracy of every learner, per setting."""
+    """Per-word accuracy of every learner, and its address agreement, per setting."""
     from launch.evals.suite import markdown_table
 
     parts = []
@@ -472,6 +474,15 @@ def extras(result: dict[str, Any]) -> list[str]:
         if rows:
             parts.append(f"\nWord–referent accuracy per word ({setting} names, "
                          f"{info['trials']} trials):\n\n" + markdown_table(rows))
+        agree = [{"model": name, "clips": kind, "same label": a["same"],
+                  "different label": a["different"], "distinct nodes": a["distinct_nodes"]}
+                 for name, d in info.get("learners", {}).items()
+                 for kind, a in (d.get("addresses") or {}).items()]
+        if agree:
+            parts.append(f"\nAddress agreement ({setting} names; node-set overlap of two "
+                         "held-out clips of one recording, same label vs different; "
+                         "`launch/evals/word_referent_addresses.py`):\n\n"
+                         + markdown_table(agree))
     return parts
 
 

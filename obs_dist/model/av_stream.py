@@ -331,3 +331,21 @@ class AVStreamModel(nn.Module):
             return Candidates(self._embed_video(fv), None, None)
         prop = self.writer(torch.cat([fv, torch.zeros_like(fv)], dim=1))
         return Candidates(self._embed_video(fv), prop.ids, prop.alpha)
+
+    def addresses(self, clips: torch.Tensor, kind: str) -> torch.Tensor:
+        """The nodes ``[n, k_max]`` the writer addresses for clips seen or heard alone.
+
+        Args:
+            clips: video ``[n, F, 3, H, W]`` (``kind = "video"``) or log-mel
+                ``[n, n_mels, A]`` (``kind = "audio"``).
+            kind: ``video`` or ``audio``.
+        """
+        if self.writer is None:
+            raise ValueError("the dual encoder (state_path = false) addresses no nodes")
+        if kind == "video":
+            f = self.video(clips) + self.modality[0]
+        elif kind == "audio":
+            f = self.audio(self._hearable(clips)) + self.modality[1]
+        else:
+            raise ValueError(f"kind must be 'video' or 'audio', got {kind!r}")
+        return self.writer(torch.cat([f, torch.zeros_like(f)], dim=1)).ids

@@ -1,0 +1,100 @@
+"""Do the state's addresses name what is heard and seen? (a word–referent diagnostic)
+
+OBS can bind a name to an object in its state only if the writer addresses
+*the same nodes* whenever it sees the same object (in another scene, place or
+size) or hears the same text (in another voice or phrase), and *other nodes*
+for other objects and texts. This module measures that on held-out clips,
+labels used only to group them:
+
+* for pairs of silent clips of one recording, the share of the ``k_max``
+  addressed nodes two clips have in common (Jaccard of the node sets), averaged
+  over pairs showing the same object and over pairs showing different objects;
+* the same for spoken clips, grouped by transcript text;
+* how many distinct nodes all those clips address together.
+
+Same-label agreement well above different-label agreement is what binding
+needs. Both high and few distinct nodes is *address collapse*: everything
+lands on a handful of hub nodes and the state cannot tell anything apart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from launch.evals.word_referent_trials import ClipLabel
+
+Media = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _groups(labels: Sequence[ClipLabel], media: Media, kind: str
+            ) -> list[tuple[str, int, str]]:
+    """``(recording, index, label)`` of silent clips with an object, or of spoken clips."""
+    if kind == "video":
+        return [(c.recording, c.index, c.object) for c in labels
+                if c.object and not c.word and (c.recording, c.index) in media]
+    return [(c.recording, c.index, c.word) for c in labels
+            if c.word and (c.recording, c.index) in media]
+
+
+def pair_agreement(ids: torch.Tensor, items: Sequence[tuple[str, int, str]]
+                   ) -> dict[str, float]:
+    """Mean node-set overlap of same-label and different-label pairs within a recording.
+
+    Args:
+        ids: ``[n, k]`` addressed nodes of each clip.
+        items: ``(recording, index, label)`` of each clip (same order as ``ids``).
+
+    Returns:
+        ``same``, ``different`` (mean Jaccard overlaps), their pair counts and
+        ``distinct_nodes``.
+    """
+    if ids.shape[0] != len(items):
+        raise ValueError(f"ids has {ids.shape[0]} rows for {len(items)} clips")
+    sets = [set(row.tolist()) for row in ids]
+    sums = {True: [0.0, 0], False: [0.0, 0]}
+    for a in range(len(items)):
+        for b in range(a + 1, len(items)):
+            if items[a][0] != items[b][0]:
+                continue
+            overlap = len(sets[a] & sets[b]) / max(len(sets[a] | sets[b]), 1)
+            entry = sums[items[a][2] == items[b][2]]
+            entry[0] += overlap
+            entry[1] += 1
+    return {"same": sums[True][0] / max(sums[True][1], 1), "same_pairs": sums[True][1],
+            "different": sums[False][0] / max(sums[False][1], 1),
+            "different_pairs": sums[False][1],
+            "distinct_nodes": len(set().union(*sets)) if sets else 0}
+
+
+def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
+                      clips: int = 400, seed: int = 0) -> dict[str, dict[str, float]] | None:
+    """:func:`pair_agreement` of a stream model's writer for pictures and for words.
+
+    Args:
+        model: an :class:`~obs_dist.model.av_stream.AVStreamModel` in eval mode.
+        labels: the held-out clips' labels.
+        media: their audio and video.
+        clips: at most this many clips per modality (a seeded sample).
+        seed: seed of the sample.
+
+    Returns:
+        ``{"video": ..., "audio": ...}``, or None for a model without a state.
+    """
+    if getattr(model, "writer", None) is None:
+        return None
+    rng = random.Random(seed)
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for kind in ("video", "audio"):
+            items = _groups(labels, media, kind)
+            items = rng.sample(items, min(clips, len(items)))
+            if not items:
+                continue
+            x = torch.stack([media[(r, i)][1 if kind == "video" else 0] for r, i, _ in items])
+            ids = model.addresses(x, kind)
+            out[kind] = pair_agreement(ids, items)
+    return out
