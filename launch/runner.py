@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,16 @@ class RunData:
         position: the stream's resumable position (``state_dict``/``load_state_dict``),
             saved in every checkpoint.
         loader: the shard loader of ``av`` runs (for its error counts), else None.
+        stages: further stateful stages between the stream and the trainer (name →
+            component), checkpointed beside the position: ``rehearsal`` in
+            ``av-stream`` runs.
     """
 
     train: Iterator[dict[str, Any]]
     evals: Callable[[], Iterable[dict[str, Any]]] | None
     position: Any
     loader: StreamLoader | None = None
+    stages: dict[str, Any] = field(default_factory=dict)
 
 
 def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
@@ -128,8 +132,10 @@ def build_data(cfg: RunConfig, rank: int = 0, world: int = 1) -> RunData:
         # past batches in between; held-out recordings are scored by
         # `obs eval --task word-referent`, not during training.
         loader = build_loader(cfg.data, rank=rank, world_size=world)
-        rehearse = replace(cfg.rehearsal, seed=cfg.rehearsal.seed + rank)
-        return RunData(iter(Rehearsal(iter(loader), rehearse)), None, loader, loader)
+        # The rehearsal stage's reservoir and draws are checkpointed (its batches as
+        # write-once objects), so a resumed run rehearses what an uninterrupted one would.
+        rehearsal = Rehearsal(iter(loader), replace(cfg.rehearsal, seed=cfg.rehearsal.seed + rank))
+        return RunData(rehearsal, None, loader, loader, {"rehearsal": rehearsal})
     if cfg.task.name == "av":
         ensure_local_shards(cfg.data, cfg.synthetic if cfg.make_synthetic else None, rank)
         if world > 1:
@@ -263,7 +269,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         trainer.hooks.add("nodes_written", _nodes_written, stage="report")
         if data.loader is not None:
             trainer.hooks.add("data_metrics", _data_metrics(data.loader), stage="report")
-        ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position},
+        ckpt = attach_checkpointing(trainer, cfg.checkpoint, extra_state={"data": data.position,
+                                                                 **data.stages},
                                     rank=rank, world=world,
                                     config=redact_tree(to_dict(cfg)))
         resumed = ckpt.resume(resume)

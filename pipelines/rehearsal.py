@@ -12,16 +12,21 @@ stream's carried activity: the big state still sees every moment exactly once
 and in order, while the encoders and the writer get ``1 + ratio`` optimizer
 steps per new window.
 
-The stage is deterministic from its seed and the stream. Its buffer (clips, so
-hundreds of MB) is not checkpointed: a resumed run starts with an empty buffer,
-so rehearsal draws after a resume differ from an uninterrupted run's
-(``docs/decisions.md``).
+The stage is deterministic from its seed and the stream, and checkpointed
+exactly, so a run resumed from a checkpoint rehearses the same batches in the
+same order as an uninterrupted one (``docs/decisions.md`` §8). Its small state
+(:meth:`Rehearsal.state_dict`: draws so far, the generator's state, where in
+the new-batch/rehearsal cycle it is, which batch is in which slot) goes into the
+rank's checkpoint tree; the reservoir's batches (clips, so hundreds of MB) are
+write-once objects (:class:`obs_dist.checkpoint.side_objects.ObjectBacked`),
+each stored once, keyed by its sequence number in the stream and the rank, and
+shared by every checkpoint whose reservoir holds it (``docs/checkpoints.md``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +34,8 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
 
 
 @dataclass
@@ -67,10 +74,15 @@ def _detach_cpu(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class Rehearsal:
-    """Wraps an iterator of batches: each new batch, then ``ratio`` rehearsed ones.
+    """An iterator of batches: each new batch, then ``ratio`` rehearsed ones.
+
+    Its state is checkpointed through ``state_dict``/``load_state_dict`` and the
+    write-once objects of :class:`obs_dist.checkpoint.side_objects.ObjectBacked`
+    (one per reservoir batch, named by the batch's sequence number).
 
     Args:
-        batches: the chronological stream (ends when the data ends).
+        batches: the chronological stream (ends when the data ends); its own
+            position is checkpointed by its owner (the loader's cursor).
         cfg: ratio, capacity and seed.
     """
 
@@ -79,32 +91,102 @@ class Rehearsal:
         self.cfg = cfg
         self.rng = np.random.default_rng([cfg.seed, 17])
         self.buffer: list[dict[str, Any]] = []
+        self.slots: list[int] = []  # sequence number (0-based) of the batch in each slot
         self.seen = 0
         self.rehearsed = 0
+        self.pending = 0  # rehearsals still due after the last new batch
+        self.ended = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self._run()
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.pending:
+            self.pending -= 1
+            past = self.buffer[int(self.rng.integers(0, len(self.buffer)))]
+            self.rehearsed += 1
+            return {**past, "replay": True, "replay_over_state": self.cfg.over_state}
+        batch = next(self.batches, None)
+        if batch is None:
+            if self.cfg.ratio and not self.ended:
+                log.info("stream ended after %d new batches and %d rehearsed ones",
+                         self.seen, self.rehearsed)
+            self.ended = True
+            raise StopIteration
+        if self.cfg.ratio:
+            # Kept before it is trained on: the draws come in the same order as if it
+            # were kept after, and a checkpoint after its step already holds it.
+            self._keep(batch)
+            self.pending = self.cfg.ratio
+        return batch
 
     def _keep(self, batch: dict[str, Any]) -> None:
         """Reservoir sampling: every past batch stays with probability capacity/seen."""
+        seq = self.seen
         self.seen += 1
         if len(self.buffer) < self.cfg.capacity:
             self.buffer.append(_detach_cpu(batch))
+            self.slots.append(seq)
             return
         j = int(self.rng.integers(0, self.seen))
         if j < self.cfg.capacity:
             self.buffer[j] = _detach_cpu(batch)
+            self.slots[j] = seq
 
-    def _run(self) -> Iterator[dict[str, Any]]:
-        for batch in self.batches:
-            yield batch
-            if self.cfg.ratio == 0:
-                continue
-            self._keep(batch)
-            for _ in range(self.cfg.ratio):
-                past = self.buffer[int(self.rng.integers(0, len(self.buffer)))]
-                self.rehearsed += 1
-                yield {**past, "replay": True, "replay_over_state": self.cfg.over_state}
-        if self.cfg.ratio:
-            log.info("stream ended after %d new batches and %d rehearsed ones",
-                     self.seen, self.rehearsed)
+    # ------------------------------------------------------------ checkpoint
+    def _config(self) -> dict[str, Any]:
+        return {"ratio": self.cfg.ratio, "capacity": self.cfg.capacity, "seed": self.cfg.seed,
+                "over_state": self.cfg.over_state}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the reservoir's batches (JSON: numbers, the generator's state)."""
+        return {"version": _STATE_VERSION, "config": self._config(), "seen": self.seen,
+                "rehearsed": self.rehearsed, "pending": self.pending, "ended": self.ended,
+                "rng": self.rng.bit_generator.state, "slots": list(self.slots)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; :meth:`load_objects` then fills the reservoir.
+
+        Raises:
+            ValueError: not a rehearsal state of this version, or saved with
+                another ratio, capacity, seed or ``over_state``.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"rehearsal state must be a dict of version {_STATE_VERSION}")
+        saved = state.get("config", {})
+        for key, value in self._config().items():
+            if saved.get(key) != value:
+                raise ValueError(f"rehearsal state was saved with {key}={saved.get(key)!r} "
+                                 f"but this run has {key}={value!r}; resume needs the same")
+        self.seen = int(state["seen"])
+        self.rehearsed = int(state["rehearsed"])
+        self.pending = int(state["pending"])
+        self.ended = bool(state["ended"])
+        self.rng.bit_generator.state = state["rng"]
+        self.slots = [int(s) for s in state["slots"]]
+        self.buffer = []
+
+    def object_ids(self) -> list[int]:
+        """The sequence numbers of the batches in the reservoir, in slot order."""
+        return list(self.slots)
+
+    def object_tree(self, oid: int) -> dict[str, Any]:
+        """The reservoir batch with sequence number ``oid``.
+
+        Raises:
+            ValueError: no slot holds that batch.
+        """
+        if oid not in self.slots:
+            raise ValueError(f"the reservoir holds no batch {oid}")
+        return self.buffer[self.slots.index(oid)]
+
+    def load_objects(self, trees: Mapping[int, Any]) -> None:
+        """The reservoir's batches, by sequence number (after :meth:`load_state_dict`).
+
+        Raises:
+            ValueError: a slot's batch is missing.
+        """
+        missing = [seq for seq in self.slots if seq not in trees]
+        if missing:
+            raise ValueError(f"rehearsal batches {missing[:5]} of the checkpoint are missing")
+        self.buffer = [dict(trees[seq]) for seq in self.slots]
