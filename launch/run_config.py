@@ -77,6 +77,9 @@ class RunConfig:
                              f"{self.train.device!r}")
         if self.task.name in ("av", "av-stream"):
             self._check_av()
+        if self.model.writer.balance > 0 and self.task.name != "av-stream":
+            raise ValueError(f"model.writer.balance is used by task.name = 'av-stream' only, "
+                             f"not {self.task.name!r}")
         if self.deepspeed.config:  # a conflicting key is refused before any work
             deepspeed_config(self.train, self.deepspeed, self.task.batch)
         if self.model.encoder == "tokens":

@@ -98,6 +98,25 @@ def test_above_floor_hears_the_word_not_the_room() -> None:
     assert heard.min() >= 0 and heard[2:5, 20:35].mean() > 3.5 and heard[5:, :].mean() < 0.2
 
 
+def test_address_balance_is_zero_when_sub_keys_are_used_evenly() -> None:
+    from obs_dist.model.writer import Writer, WriterConfig
+
+    writer = Writer(WriterConfig(k_max=4, key_dim=32, balance=1.0), 256, context_dim=4)
+    n1 = writer.keys1.shape[0]  # 16 sub-keys of width 16 in each codebook
+    with torch.no_grad():  # one query per sub-key, pointing at it: usage is flat
+        writer.keys1.copy_(torch.eye(n1) * 50)
+        writer.keys2.copy_(torch.eye(n1) * 50)
+    even = torch.cat([torch.eye(n1), torch.eye(n1)], dim=1)
+    with torch.no_grad():
+        assert float(writer.address_balance(even)) < 0.05
+        collapsed = even[:1].expand(n1, -1)  # every query on the first sub-key
+        assert float(writer.address_balance(collapsed)) > n1 - 2
+    writer.train()
+    writer(torch.randn(3, 4, requires_grad=True))
+    term = writer.pop_balance()
+    assert term is not None and term.requires_grad and writer.pop_balance() is None
+
+
 def test_augmentation_only_while_training() -> None:
     model = _model(False, augment=True)
     batch = _batch()

@@ -305,6 +305,9 @@ class AVStreamModel(nn.Module):
         else:
             loss = (fa.sum() + fv.sum()) * 0.0  # logits hold -inf: their sum is not 0
             correct = 0
+        balance = self.writer.pop_balance() if self.writer is not None else None
+        if balance is not None:  # per scored clip, as the loss is summed over them
+            loss = loss + balance * int(keep.sum())
         return WindowResult(loss, int(keep.sum()), correct, carry, {})
 
     # -------------------------------------------------------------- trials

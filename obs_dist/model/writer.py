@@ -37,6 +37,12 @@ class WriterConfig:
         backward_links: also write new → previously-active links (symmetric
             association, e.g. sound ↔ image), with a learned gain.
         key_dim: width of the product-key query (split in two halves).
+        balance: weight of the address-balance loss (0: off). Addresses learnt
+            from encoder features tend to collapse onto a few hub nodes (most
+            inputs share a large common component, and hubs read back whatever
+            was written); the loss is the switch-transformer load-balancing term
+            on each codebook, ``n · Σ_i p_i² − 1`` with ``p_i`` the batch's mean
+            softmax over sub-keys: 0 when every sub-key is used equally.
     """
 
     k_min: int = 2
@@ -46,6 +52,7 @@ class WriterConfig:
     count_tau: float = 0.5
     backward_links: bool = False
     key_dim: int = 64
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k_min < 1:
@@ -58,6 +65,8 @@ class WriterConfig:
             raise ValueError(f"rule must be 'hebbian' or 'delta', got {self.rule!r}")
         if self.count_tau <= 0:
             raise ValueError(f"count_tau must be > 0, got {self.count_tau}")
+        if not math.isfinite(self.balance) or self.balance < 0:
+            raise ValueError(f"balance must be a finite number >= 0, got {self.balance}")
         if self.key_dim < 2 or self.key_dim % 2:
             raise ValueError(f"key_dim must be an even number >= 2, got {self.key_dim}")
 
@@ -151,6 +160,7 @@ class Writer(nn.Module):
         self.keys1 = nn.Parameter(torch.randn(n1, half) / math.sqrt(half))
         self.keys2 = nn.Parameter(torch.randn(n2, half) / math.sqrt(half))
         self.count = nn.Linear(context_dim, 1)
+        self.balance_terms: list[torch.Tensor] = []  # address-balance terms since pop_balance
         self.sign = nn.Linear(context_dim, config.k_max)
         self.strength = nn.Linear(context_dim, 1)
         with torch.no_grad():
@@ -168,6 +178,23 @@ class Writer(nn.Module):
             self.strength.bias.fill_(1.0)
             self.count.bias.zero_()
 
+    def address_balance(self, query: torch.Tensor) -> torch.Tensor:
+        """``n · Σ p² − 1`` per codebook, summed: how unevenly the batch uses the sub-keys."""
+        h = self.keys1.shape[1]
+        total = query.new_zeros(())
+        for q, keys in ((query[:, :h], self.keys1), (query[:, h:], self.keys2)):
+            p = torch.softmax(q @ keys.t(), dim=1).mean(0)
+            total = total + keys.shape[0] * (p * p).sum() - 1.0
+        return total
+
+    def pop_balance(self) -> torch.Tensor | None:
+        """The balance loss of the steps since the last call (mean), None if none."""
+        if not self.balance_terms:
+            return None
+        out = torch.stack(self.balance_terms).mean() * self.config.balance
+        self.balance_terms = []
+        return out
+
     def forward(self, context: torch.Tensor) -> WriteProposal:
         """Propose this step's write for every stream.
 
@@ -175,7 +202,10 @@ class Writer(nn.Module):
             context: ``[B, context_dim]``.
         """
         cfg = self.config
-        scores, ids = product_key_topk(self.query(context), self.keys1, self.keys2, cfg.k_max)
+        query = self.query(context)
+        scores, ids = product_key_topk(query, self.keys1, self.keys2, cfg.k_max)
+        if cfg.balance > 0 and self.training and torch.is_grad_enabled():
+            self.balance_terms.append(self.address_balance(query))
         weights = torch.softmax(scores, dim=1)
         count = cfg.k_min + (cfg.k_max - cfg.k_min) * torch.sigmoid(self.count(context)[:, 0])
         ranks = torch.arange(cfg.k_max, device=context.device, dtype=context.dtype)
