@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from obs_dist.model.av_stream import AVStreamModel, above_floor, clip_positions, speech_gate
+from obs_dist.model.av_stream import (
+    AVStreamModel,
+    above_floor,
+    clip_positions,
+    speech_gate,
+    with_neighbours,
+)
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
@@ -115,6 +121,27 @@ def test_address_balance_is_zero_when_sub_keys_are_used_evenly() -> None:
     writer(torch.randn(3, 4, requires_grad=True))
     term = writer.pop_balance()
     assert term is not None and term.requires_grad and writer.pop_balance() is None
+
+
+def test_audio_context_hears_each_clip_with_its_neighbours() -> None:
+    model = _model(False, audio_context=1, audio_floor=True)
+    batch = _batch(2, 5)
+    batch["audio_mask"][1, 3] = False  # a clip without audio: heard as silence
+    heard = model._hearable(model._in_context(batch["audio"], batch["audio_mask"]))
+    a = batch["audio"].shape[-1]
+    assert heard.shape == (2, 5, 8, 3 * a)
+    assert torch.equal(heard[0, 2, :, a:2 * a], above_floor(batch["audio"][0, 2]))
+    assert torch.equal(heard[0, 2, :, :a], above_floor(batch["audio"][0, 1]))
+    assert torch.equal(heard[0, 2, :, 2 * a:], above_floor(batch["audio"][0, 3]))
+    assert heard[0, 0, :, :a].abs().sum() == 0 and heard[1, 2, :, 2 * a:].abs().sum() == 0
+    # The word-referent probe hears a held-out clip the same way.
+    row = {i: batch["audio"][0, i] for i in range(5)}
+    alone = model._hearable(with_neighbours(row.get, 2, 1)[None])[0]
+    assert torch.equal(alone, heard[0, 2])
+    edge = model._hearable(with_neighbours(row.get, 0, 1)[None])[0]
+    assert torch.equal(edge, heard[0, 0])  # silence beyond the recording's first clip
+    with pytest.raises(ValueError, match="audio_context"):
+        StreamConfig(audio_context=9)
 
 
 def test_augmentation_only_while_training() -> None:

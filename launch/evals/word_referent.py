@@ -358,7 +358,8 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
                              torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "alpha")))
         for i in range(0, len(heard), query_batch):
             chunk = heard[i:i + query_batch]
-            audio = torch.stack([media[(trials[j].recording, c)][0] for j, c in chunk]
+            audio = torch.stack([heard_audio(media, trials[j].recording, c,
+                                             model.audio_context) for j, c in chunk]
                                 ).to(device)
             memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
             logits = model.scores(model.probe(audio, memory), cands)
@@ -367,6 +368,17 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
             logp = logits.gather(1, cols).log_softmax(1).cpu()
             totals.index_add_(0, torch.tensor([j for j, _ in chunk]), logp)
     return totals.argmax(1).tolist()
+
+
+def heard_audio(media: Media, recording: str, index: int, context: int) -> torch.Tensor:
+    """A held-out clip's log-mel as the model hears it (with ``context`` neighbours)."""
+    from obs_dist.model.av_stream import with_neighbours
+
+    def clip(i: int) -> torch.Tensor | None:
+        entry = media.get((recording, i))
+        return None if entry is None else entry[0]
+
+    return with_neighbours(clip, index, context)
 
 
 def usable(trials: list[Trial], media: Media) -> list[Trial]:

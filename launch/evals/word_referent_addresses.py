@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from launch.evals.word_referent_trials import ClipLabel
+from obs_dist.model.av_stream import with_neighbours
 
 Media = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -94,7 +95,13 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
             items = rng.sample(items, min(clips, len(items)))
             if not items:
                 continue
-            x = torch.stack([media[(r, i)][1 if kind == "video" else 0] for r, i, _ in items])
+            if kind == "video":
+                x = torch.stack([media[(r, i)][1] for r, i, _ in items])
+            else:  # heard as the model hears a clip (with its neighbours, if so configured)
+                context = getattr(model, "audio_context", 0)
+                x = torch.stack([with_neighbours(
+                    lambda j, r=r: media[(r, j)][0] if (r, j) in media else None, i, context)
+                    for r, i, _ in items])
             ids = model.addresses(x, kind)
             out[kind] = pair_agreement(ids, items)
     return out

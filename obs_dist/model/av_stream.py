@@ -37,6 +37,7 @@ activity) and :meth:`candidates` (frames seen alone) with :meth:`scores`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -133,6 +134,25 @@ def above_floor(mels: torch.Tensor, q: float = 0.1) -> torch.Tensor:
     return (mels - floor).clamp_min(0.0)
 
 
+def with_neighbours(clip: Callable[[int], torch.Tensor | None], index: int,
+                    context: int) -> torch.Tensor:
+    """Clip ``index``'s log-mel ``[M, A]`` with ``context`` neighbours each side, ``[M, (2c+1)·A]``.
+
+    Args:
+        clip: a clip's log-mel by index, None where there is none (heard as the
+            quietest frame of the clips there are, as in training).
+        index: the clip heard.
+        context: neighbours on each side (``model.stream.audio_context``).
+    """
+    parts = [clip(index + j) for j in range(-context, context + 1)]
+    present = [p for p in parts if p is not None]
+    if not present:
+        raise ValueError(f"clip {index} has no audio")
+    quiet = torch.stack([p.amin() for p in present]).amin()
+    return torch.cat([p if p is not None else quiet.expand_as(present[0])
+                      for p in parts], dim=-1)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """``x / ‖x‖`` along the last axis with a gradient that stays finite at 0."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-8)
@@ -211,7 +231,8 @@ class AVStreamModel(nn.Module):
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
         b, t = batch["video_mask"].shape
-        audio, video = self._hearable(batch["audio"]), batch["video"]
+        audio = self._in_context(batch["audio"], batch["audio_mask"])
+        audio, video = self._hearable(audio), batch["video"]
         if self.training and self.stream_cfg.augment:
             audio = time_shift(audio.flatten(0, 1)).view_as(audio)
             video = shift_and_flip(video.flatten(0, 1)).view_as(video)
@@ -219,9 +240,37 @@ class AVStreamModel(nn.Module):
         fv = encode_present(self.video, video, batch["video_mask"], self.modality[0])
         return fa.view(b, t, -1), fv.view(b, t, -1)
 
+    @property
+    def audio_context(self) -> int:
+        """Clips heard on each side of a clip (``model.stream.audio_context``)."""
+        return self.stream_cfg.audio_context
+
+    def _in_context(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T, M, A]`` → ``[B, T, M, (2c+1)·A]``: each clip with its neighbours' log-mel.
+
+        A neighbour outside the window or without audio is heard as the quietest
+        frame of the window (silence), so it adds nothing above the floor.
+        """
+        c = self.audio_context
+        if c == 0:
+            return audio
+        b, t = mask.shape
+        quiet = audio[mask.bool()].amin() if bool(mask.any()) else audio.new_zeros(())
+        padded = torch.where(mask.bool()[:, :, None, None], audio, quiet)
+        pad = quiet.expand(b, c, *audio.shape[2:])
+        padded = torch.cat([pad, padded, pad], dim=1)
+        return torch.cat([padded[:, j:j + t] for j in range(2 * c + 1)], dim=-1)
+
     def _hearable(self, audio: torch.Tensor) -> torch.Tensor:
-        """What the audio encoder hears of log-mel clips (above the floor, if so configured)."""
-        return above_floor(audio) if self.stream_cfg.audio_floor else audio
+        """What the audio encoder hears of log-mel clips (above the floor, if so configured).
+
+        With context the floor is taken per clip of the concatenation, as each
+        clip would be heard alone.
+        """
+        if not self.stream_cfg.audio_floor:
+            return audio
+        parts = audio.chunk(2 * self.audio_context + 1, dim=-1)
+        return torch.cat([above_floor(p) for p in parts], dim=-1)
 
     def _embed_audio(self, fa: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head_a(self.norm_a(fa)), dim=-1)
@@ -313,6 +362,9 @@ class AVStreamModel(nn.Module):
     # -------------------------------------------------------------- trials
     def probe(self, audio: torch.Tensor, memory: Memory | None) -> Probe:
         """Hear ``audio`` ``[Q, n_mels, A]`` alone, from no carried activity, and recall.
+
+        With ``audio_context`` c, each query is ``2c+1`` clips' log-mel in time
+        order, ``[Q, n_mels, (2c+1)·A]`` (:func:`with_neighbours`).
 
         Args:
             audio: log-mel clips.

@@ -63,6 +63,10 @@ class StreamConfig:
             10th percentile over time, subtracted from the log-mel and clipped
             at 0): the room's noise level changes from room to room and would
             otherwise tell the moment (which room) without any word.
+        audio_context: clips heard on each side of a clip with it (its log-mel
+            and theirs, in time order, as one input). A one-second clip cuts
+            words and phrases at arbitrary places; a name said within a second
+            of its object is then heard whole.
     """
 
     state_path: bool = True
@@ -72,6 +76,7 @@ class StreamConfig:
     negatives: str = "all"
     augment: bool = False
     audio_floor: bool = False
+    audio_context: int = 0
 
     def __post_init__(self) -> None:
         if self.embed < 2:
@@ -80,6 +85,9 @@ class StreamConfig:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
         if self.negative_gap < 0:
             raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
+        if not 0 <= self.audio_context <= 4:
+            raise ValueError(f"model.stream.audio_context must be in [0, 4], "
+                             f"got {self.audio_context}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
