@@ -155,7 +155,8 @@ def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:
     assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"]  # the writer
     learners = result["details"]["class"]["learners"]
     assert set(learners["obs"]["addresses"]) == {"video", "audio"}  # OBS's addresses measured
-    assert learners["dual"]["addresses"] is None  # no state, no addresses
+    assert 0.0 <= learners["obs"]["hebbian_ceiling"] <= 1.0
+    assert learners["dual"]["addresses"] is None and learners["dual"]["hebbian_ceiling"] is None
     assert Path(result["figure"]).is_file() and result["figure"].endswith(".png")
 
 
@@ -171,3 +172,36 @@ def test_address_agreement_tells_collapse_from_naming() -> None:
     assert collapsed["same"] == collapsed["different"] == 1.0 and collapsed["distinct_nodes"] == 2
     with pytest.raises(ValueError, match="rows"):
         pair_agreement(naming[:2], items)
+
+
+class _FakeAddresses:
+    """A stand-in learner whose writer addresses one node set per object or word."""
+
+    writer = True
+    audio_context = 0
+
+    def __init__(self, collapsed: bool = False) -> None:
+        self.collapsed = collapsed
+
+    def addresses(self, clips: torch.Tensor, kind: str) -> torch.Tensor:
+        code = clips.flatten(1)[:, 0].round().long()  # the clip's identity, planted below
+        base = torch.zeros_like(code) if self.collapsed else code * 4
+        return base[:, None] + torch.arange(4)[None, :] + (100 if kind == "audio" else 0)
+
+
+def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
+    from launch.evals.word_referent_addresses import hebbian_ceiling
+
+    clips = _recording()
+    names = sorted({c.object for c in clips if c.object})
+    words = sorted({c.word for c in clips if c.word})
+    media = {}
+    for c in clips:
+        video = torch.full((1, 3, 4, 4), float(names.index(c.object) + 1 if c.object else 0))
+        audio = torch.full((2, 5), float(words.index(c.word) + 1 if c.word else 0))
+        media[(c.recording, c.index)] = (audio, video)
+    trials = build_trials(clips, candidates=4, min_gap=5, seed=3)
+    assert trials
+    assert hebbian_ceiling(_FakeAddresses(), clips, media, trials) == 1.0
+    collapsed = hebbian_ceiling(_FakeAddresses(collapsed=True), clips, media, trials)
+    assert collapsed is not None and collapsed < 1.0

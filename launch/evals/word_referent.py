@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from launch.evals.suite import Suite, verdict
-from launch.evals.word_referent_addresses import address_agreement
+from launch.evals.word_referent_addresses import address_agreement, hebbian_ceiling
 from launch.evals.word_referent_trials import ClipLabel, Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
@@ -416,7 +416,9 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
         scores = tally(trials, picks)
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
-                                 "addresses": address_agreement(learner.model, labels, media)}
+                                 "addresses": address_agreement(learner.model, labels, media),
+                                 "hebbian_ceiling": hebbian_ceiling(learner.model, labels, media,
+                                                                    trials)}
         rows.append({"setting": setting, "model": learner.name,
                      "accuracy": scores["accuracy"], "trials": scores["trials"],
                      "ci_low": scores["ci"][0], "ci_high": scores["ci"][1],
@@ -487,13 +489,16 @@ def extras(result: dict[str, Any]) -> list[str]:
             parts.append(f"\nWord–referent accuracy per word ({setting} names, "
                          f"{info['trials']} trials):\n\n" + markdown_table(rows))
         agree = [{"model": name, "clips": kind, "same label": a["same"],
-                  "different label": a["different"], "distinct nodes": a["distinct_nodes"]}
+                  "different label": a["different"], "distinct nodes": a["distinct_nodes"],
+                  "Hebbian ceiling": d.get("hebbian_ceiling")}
                  for name, d in info.get("learners", {}).items()
                  for kind, a in (d.get("addresses") or {}).items()]
         if agree:
             parts.append(f"\nAddress agreement ({setting} names; node-set overlap of two "
-                         "held-out clips of one recording, same label vs different; "
-                         "`launch/evals/word_referent_addresses.py`):\n\n"
+                         "held-out clips of one recording, same label vs different; the "
+                         "accuracy a frequency-normalised Hebbian binding over these "
+                         "addresses would reach; `launch/evals/word_referent_addresses.py`):"
+                         "\n\n"
                          + markdown_table(agree))
     return parts
 

@@ -105,3 +105,67 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
             ids = model.addresses(x, kind)
             out[kind] = pair_agreement(ids, items)
     return out
+
+
+def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
+                    trials: Sequence[Any], lag: int = 1) -> float | None:
+    """What a plain Hebbian binding over this learner's addresses would score.
+
+    Within each held-out recording, every spoken clip's audio nodes are linked
+    to the video nodes of the clips ``lag`` either side of it (counts), and a
+    trial's candidate is scored by the links from its query's audio nodes to
+    the candidate's video nodes, each divided by how often that video node was
+    linked at all (so nodes that every picture uses count for little). No
+    learning, no state dynamics: an upper reference for what the addresses
+    alone allow, to tell weak addresses from a weak write/read rule.
+
+    Args:
+        model: an :class:`~obs_dist.model.av_stream.AVStreamModel` in eval mode.
+        labels: the held-out clips' labels (only which clips are spoken is used).
+        media: their audio and video.
+        trials: the word–referent trials (``recording``, ``heard``/``query``,
+            ``candidates``, ``answer``).
+        lag: clips either side of a spoken clip whose pictures it is linked to.
+
+    Returns:
+        Accuracy over ``trials``, or None for a model without a state or no trial.
+    """
+    if getattr(model, "writer", None) is None or not trials:
+        return None
+    context = getattr(model, "audio_context", 0)
+    keys = sorted(media)
+    video: dict[tuple[str, int], list[int]] = {}
+    audio: dict[tuple[str, int], list[int]] = {}
+    with torch.no_grad():
+        for i in range(0, len(keys), 256):
+            part = keys[i:i + 256]
+            v = model.addresses(torch.stack([media[k][1] for k in part]), "video")
+            a = model.addresses(torch.stack([with_neighbours(
+                lambda j, r=k[0]: media[(r, j)][0] if (r, j) in media else None, k[1], context)
+                for k in part]), "audio")
+            for k, vi, ai in zip(part, v.tolist(), a.tolist(), strict=True):
+                video[k], audio[k] = vi, ai
+    links: dict[tuple[str, int, int], float] = {}
+    linked: dict[tuple[str, int], float] = {}
+    for c in labels:
+        key = (c.recording, c.index)
+        if not c.word or key not in audio:
+            continue
+        for dt in range(-lag, lag + 1):
+            for vn in video.get((c.recording, c.index + dt), ()):
+                linked[(c.recording, vn)] = linked.get((c.recording, vn), 0.0) + len(audio[key])
+                for an in audio[key]:
+                    links[(c.recording, an, vn)] = links.get((c.recording, an, vn), 0.0) + 1.0
+    right = 0
+    for t in trials:
+        scores = []
+        for cand in t.candidates:
+            total = 0.0
+            for q in (t.heard or (t.query,)):
+                for an in audio.get((t.recording, q), ()):
+                    for vn in video[(t.recording, cand)]:
+                        total += links.get((t.recording, an, vn), 0.0) / (
+                            linked.get((t.recording, vn), 0.0) + 1.0)
+            scores.append(total)
+        right += int(max(range(len(scores)), key=scores.__getitem__) == t.answer)
+    return right / len(trials)
