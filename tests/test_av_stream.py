@@ -144,6 +144,25 @@ def test_audio_context_hears_each_clip_with_its_neighbours() -> None:
         StreamConfig(audio_context=9)
 
 
+def test_addressed_carry_and_normalised_recall() -> None:
+    model = _model(True, carry="addressed", recall_norm=True)
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    x = torch.zeros(NODES, NODES)
+    x[:, 7] = 5.0  # node 7 is linked to from everywhere: a hub
+    state.matrix().copy_(x)
+    memory = WindowMemory(state.matrix(), 2)
+    f = torch.randn(2, 16)
+    carry = model.initial_carry(2, "cpu")
+    h0, carry, ids, alpha = model._state_step(f, memory, carry, recall=True)
+    k = ids.shape[1]
+    assert torch.equal(carry.ids[:, :k], ids)  # the step's own addressed nodes are passed on
+    assert torch.allclose(carry.vals[:, :k].norm(dim=1), torch.ones(2))
+    assert carry.vals[:, k:].abs().sum() == 0
+    assert torch.allclose(memory.column_mass()[7], torch.tensor(5.0 * NODES))
+    raw = WindowMemory(state.matrix(), 2).read(ids, alpha)
+    assert h0 is not None and torch.allclose(h0, raw / (1.0 + memory.column_mass()))
+
+
 def test_augmentation_only_while_training() -> None:
     model = _model(False, augment=True)
     batch = _batch()

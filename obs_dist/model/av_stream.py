@@ -212,6 +212,8 @@ class AVStreamModel(nn.Module):
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
         h0 = memory.read(prop.ids, prop.alpha) if recall else None
+        if h0 is not None and self.stream_cfg.recall_norm:
+            h0 = h0 / (1.0 + memory.column_mass())
         rows = torch.cat([prop.ids, carry.ids], dim=1)
         key = _unit(torch.cat([prop.alpha, carry.vals], dim=1))
         eta = prop.eta if gate is None else prop.eta * gate
@@ -221,6 +223,10 @@ class AVStreamModel(nn.Module):
         h = memory.read(prop.ids, prop.alpha)
         vals, ids = h.topk(self.config.writer.active, dim=1)
         vals = _unit(vals)
+        if self.stream_cfg.carry == "addressed":  # its own nodes, padded to m with weight 0
+            m, k = ids.shape[1], prop.ids.shape[1]
+            ids = torch.cat([prop.ids, ids[:, k:]], dim=1)[:, :m]
+            vals = torch.cat([_unit(prop.alpha), torch.zeros_like(vals[:, k:])], dim=1)[:, :m]
         memory.next_step()
         if gate is not None:
             heard = gate[:, None] > 0

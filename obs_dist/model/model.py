@@ -77,6 +77,8 @@ class StreamConfig:
     augment: bool = False
     audio_floor: bool = False
     audio_context: int = 0
+    carry: str = "propagated"
+    recall_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.embed < 2:
@@ -88,6 +90,9 @@ class StreamConfig:
         if not 0 <= self.audio_context <= 4:
             raise ValueError(f"model.stream.audio_context must be in [0, 4], "
                              f"got {self.audio_context}")
+        if self.carry not in ("propagated", "addressed"):
+            raise ValueError(f"model.stream.carry must be 'propagated' or 'addressed', "
+                             f"got {self.carry!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
@@ -146,6 +151,8 @@ class Memory(Protocol):
               b: torch.Tensor) -> None: ...
 
     def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor: ...
+
+    def column_mass(self) -> torch.Tensor: ...
 
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor: ...

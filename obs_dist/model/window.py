@@ -78,6 +78,7 @@ class WindowMemory:
         self.foreign: dict[str, BlockSeq] = {}  # other ranks' blocks, as one pseudo-stream
         self._this_step: Blocks = {}
         self.step = 0
+        self._column_mass: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ writing
     def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
@@ -195,6 +196,16 @@ class WindowMemory:
                 o = o * mask.to(o.dtype)
             out = out.scatter_add(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
         return out
+
+    def column_mass(self) -> torch.Tensor:
+        """``Σ_i |X[i, j]|`` of the committed state per column ``[N]`` (cached, no gradient).
+
+        How strongly every node is linked *to* at all: a node that every input
+        links to carries no information about any one of them.
+        """
+        if self._column_mass is None:
+            self._column_mass = self.base.detach().abs().sum(0)
+        return self._column_mass
 
     def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``h[b] = Σ_i weights[b,i] · X_eff[rows[b,i], :]`` as a dense ``[B, N]``."""
