@@ -34,7 +34,9 @@ from obs_dist.storage import ObjectStore, open_store
 
 
 def _open(args: argparse.Namespace) -> ObjectStore:
-    return open_store(args.url, endpoint_url=args.endpoint_url)
+    # An inspection command answers at once: one retry for a blip, then the error
+    # naming the endpoint (a training run waits out outages; a person should not).
+    return open_store(args.url, endpoint_url=args.endpoint_url, retries=1)
 
 
 def _when(ts: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,20 @@ def test_a_bad_key_under_nproc_2_is_reported_once_before_any_rank_starts() -> No
     assert proc.returncode == 2
     assert proc.stderr.count("unknown config key trainer") == 1, proc.stderr
     assert "rank" not in proc.stderr.lower().replace("known keys", "")
+
+
+def test_ckpt_list_with_no_endpoint_reachable_fails_fast_naming_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    endpoint = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    proc = obs("ckpt", "list", "s3://bucket/run1", "--endpoint-url", endpoint, timeout=120)
+    took = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"obs: error: head_bucket bucket: bucket 'bucket' at endpoint {endpoint} still " \
+           "failing after 2 attempts" in proc.stderr
+    assert "Traceback" not in proc.stderr and took < 60  # no 120 s of patience
