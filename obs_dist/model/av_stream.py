@@ -31,7 +31,15 @@ speech-activity gate: silence predicts nothing). The dual-encoder peer is the
 same model with ``stream.state_path = false``: same encoders, same loss, no state.
 
 Word–referent trials use :meth:`probe` (a word heard alone, cold: no carried
-activity) and :meth:`candidates` (frames seen alone) with :meth:`scores`.
+activity) and :meth:`candidates` (frames seen alone) with :meth:`scores`;
+:meth:`addresses` gives the nodes a clip lands on (the suite's address diagnostic).
+
+Options against what measuring found (``model.stream``, ``model.writer.balance``;
+``docs/decisions.md`` §8): negatives from the same recording only
+(``negatives``), the room's noise floor removed (``audio_floor``), augmentation
+(``augment``), each clip heard with its neighbours (``audio_context``), a word
+linked to the picture's own nodes (``carry = "addressed"``), recall divided by
+each node's column mass (``recall_norm``), and balanced product-key addresses.
 """
 
 from __future__ import annotations
