@@ -71,6 +71,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty word without '/', got {self.name!r}")
+        # Data paths may follow the run's folder: "{out_dir}/shards" in a config
+        # goes wherever --set out_dir=... puts the run.
+        for key in ("source", "eval_source"):
+            value = getattr(self.data, key)
+            if "{out_dir}" in value:
+                setattr(self.data, key, value.replace("{out_dir}", self.out_dir))
         self.model.writer.check_nodes(self.state.nodes)
         if self.dist.backend == "nccl" and not self.train.device.startswith("cuda"):
             raise ValueError(f"dist.backend = 'nccl' needs train.device = 'cuda', got "

@@ -99,3 +99,4 @@ def test_ckpt_list_with_no_endpoint_reachable_fails_fast_naming_it(
     assert f"obs: error: head_bucket bucket: bucket 'bucket' at endpoint {endpoint} still " \
            "failing after 2 attempts" in proc.stderr
     assert "Traceback" not in proc.stderr and took < 60  # no 120 s of patience
+

@@ -64,3 +64,14 @@ def test_missing_and_malformed_files_are_refused(tmp_path: Path) -> None:
         load_config(RunConfig, tmp_path / "nope.toml")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(RunConfig, _write(tmp_path, "[train\nsteps=1"))
+
+
+def test_demo_data_paths_follow_out_dir() -> None:
+    from launch.runner import resolve_config
+
+    default = resolve_config("configs/demo.toml", [])
+    assert (default.data.source, default.data.eval_source) == ("runs/demo/shards",
+                                                               "runs/demo/shards-eval")
+    moved = resolve_config("configs/demo.toml", ["out_dir=runs/elsewhere"])
+    assert moved.data.source == "runs/elsewhere/shards"
+    assert moved.data.eval_source == "runs/elsewhere/shards-eval"
