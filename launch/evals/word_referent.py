@@ -362,7 +362,7 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
                                              model.audio_context) for j, c in chunk]
                                 ).to(device)
             memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
-            logits = model.scores(model.probe(audio, memory), cands)
+            logits = model.answer_scores(model.probe(audio, memory), cands)
             cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
                                  for j, _ in chunk], device=device)
             logp = logits.gather(1, cols).log_softmax(1).cpu()

@@ -308,6 +308,19 @@ class AVStreamModel(nn.Module):
                 probe.recall, cands.ids, cands.alpha)
         return logits
 
+    def answer_scores(self, probe: Probe, cands: Candidates) -> torch.Tensor:
+        """Logits ``[Q, C]`` a word–referent trial is answered with (``stream.answer``).
+
+        ``both`` is :meth:`scores`; ``state`` keeps only the state path (for a
+        model with a state), whose scale is then irrelevant to the choice but
+        kept so summed log-probabilities over an utterance's clips stay calibrated.
+        """
+        if (self.stream_cfg.answer == "state" and probe.recall is not None
+                and cands.ids is not None and cands.alpha is not None):
+            return self.state_scale.exp().clamp(max=100.0) * self._state_scores(
+                probe.recall, cands.ids, cands.alpha)
+        return self.scores(probe, cands)
+
     # ------------------------------------------------------------ objective
     def count_scored(self, batch: dict[str, Any]) -> int:
         """Clips of the batch the objective scores (sound above the floor, picture present)."""

@@ -67,6 +67,16 @@ class StreamConfig:
             and theirs, in time order, as one input). A one-second clip cuts
             words and phrases at arbitrary places; a name said within a second
             of its object is then heard whole.
+        carry: what a step hands on as the active nodes: ``propagated`` (the
+            top-m of what it recalls) or ``addressed`` (its own nodes).
+        recall_norm: divide the recalled activity by each node's column mass
+            (how strongly everything links to it), so hub nodes that every input
+            links to do not outvote the specific ones.
+        answer: how a word–referent trial is answered: ``both`` (the training
+            objective's logits: direct path plus state path) or ``state`` (the
+            state path alone: what the state bound, the only path that can know
+            a name first heard in the recording being tested; the direct path
+            then only trains the encoders, as an auxiliary head).
     """
 
     state_path: bool = True
@@ -79,6 +89,7 @@ class StreamConfig:
     audio_context: int = 0
     carry: str = "propagated"
     recall_norm: bool = False
+    answer: str = "both"
 
     def __post_init__(self) -> None:
         if self.embed < 2:
@@ -93,6 +104,8 @@ class StreamConfig:
         if self.carry not in ("propagated", "addressed"):
             raise ValueError(f"model.stream.carry must be 'propagated' or 'addressed', "
                              f"got {self.carry!r}")
+        if self.answer not in ("both", "state"):
+            raise ValueError(f"model.stream.answer must be 'both' or 'state', got {self.answer!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
