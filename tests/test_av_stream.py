@@ -163,6 +163,31 @@ def test_addressed_carry_and_normalised_recall() -> None:
     assert h0 is not None and torch.allclose(h0, raw / (1.0 + memory.column_mass()))
 
 
+def test_answer_through_the_state_alone() -> None:
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    state.matrix().normal_()
+    for answer in ("both", "state"):
+        torch.manual_seed(0)
+        model = _model(True, answer=answer).eval()
+        with torch.no_grad():
+            probe = model.probe(torch.randn(3, 8, 20), WindowMemory(state.matrix(), 3))
+            cands = model.candidates(torch.randint(0, 255, (4, 2, 3, 16, 16), dtype=torch.uint8))
+            got = model.answer_scores(probe, cands)
+            both = model.scores(probe, cands)
+        assert probe.recall is not None and cands.ids is not None and cands.alpha is not None
+        state_only = model.state_scale.exp() * model._state_scores(probe.recall, cands.ids,
+                                                                   cands.alpha)
+        assert torch.allclose(got, both if answer == "both" else state_only)
+        assert not torch.allclose(both, state_only)  # the direct path is really left out
+    dual = _model(False, answer="state").eval()  # no state: the direct path answers
+    with torch.no_grad():
+        probe = dual.probe(torch.randn(3, 8, 20), None)
+        cands = dual.candidates(torch.randint(0, 255, (4, 2, 3, 16, 16), dtype=torch.uint8))
+        assert torch.equal(dual.answer_scores(probe, cands), dual.scores(probe, cands))
+    with pytest.raises(ValueError, match="model.stream.answer"):
+        StreamConfig(answer="direct")
+
+
 def test_augmentation_only_while_training() -> None:
     model = _model(False, augment=True)
     batch = _batch()
