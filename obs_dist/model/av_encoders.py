@@ -75,18 +75,23 @@ class AudioClipEncoder(nn.Module):
         d_model: output width.
         n_mels: mel bands of the input.
         width: channels of the convolutions.
+        layers: strided convolutions over time. Each doubles the span a feature
+            sees before pooling: 2 layers see 13 frames (a phoneme at 10 ms
+            frames), 4 see 61 (a syllable sequence: a short word).
     """
 
-    def __init__(self, d_model: int, n_mels: int = 64, width: int = 96) -> None:
+    def __init__(self, d_model: int, n_mels: int = 64, width: int = 96,
+                 layers: int = 2) -> None:
         super().__init__()
         if n_mels < 1:
             raise ValueError(f"n_mels must be >= 1, got {n_mels}")
-        self.convs = nn.Sequential(
-            nn.Conv1d(n_mels, width, kernel_size=5, stride=2, padding=2),
-            nn.GELU(),
-            nn.Conv1d(width, width, kernel_size=5, stride=2, padding=2),
-            nn.GELU(),
-        )
+        if not 1 <= layers <= 6:
+            raise ValueError(f"audio layers must be in [1, 6], got {layers}")
+        convs: list[nn.Module] = []
+        for i in range(layers):
+            convs += [nn.Conv1d(n_mels if i == 0 else width, width, kernel_size=5, stride=2,
+                                padding=2), nn.GELU()]
+        self.convs = nn.Sequential(*convs)
         self.proj = nn.Linear(2 * width, d_model)
 
     def forward(self, mels: Tensor) -> Tensor:

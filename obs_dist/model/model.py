@@ -122,6 +122,8 @@ class ModelConfig:
         classes: outputs of the task head; 0 = taken from the task (or the data).
         n_mels: log-mel bands (``av`` encoder).
         image_size: frame side in pixels (``av`` encoder).
+        audio_layers: strided convolutions of the audio clip encoder
+            (:class:`~obs_dist.model.av_encoders.AudioClipEncoder`; ``av-stream``).
         writer: the writer.
         stream: the label-free objective (``task.name = "av-stream"`` only).
     """
@@ -132,6 +134,7 @@ class ModelConfig:
     classes: int = 0
     n_mels: int = 64
     image_size: int = 64
+    audio_layers: int = 2
     writer: WriterConfig = field(default_factory=WriterConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -144,6 +147,8 @@ class ModelConfig:
             raise ValueError(f"vocab must be 0 (from the task) or >= 2, got {self.vocab}")
         if self.classes < 0 or self.classes == 1:
             raise ValueError(f"classes must be 0 (from the task) or >= 2, got {self.classes}")
+        if not 1 <= self.audio_layers <= 6:
+            raise ValueError(f"model.audio_layers must be in [1, 6], got {self.audio_layers}")
 
 
 class Carry(NamedTuple):
