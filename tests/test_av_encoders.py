@@ -100,6 +100,22 @@ def _colour_batch(n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Ten
     return batch, labels
 
 
+def test_deeper_audio_encoder_sees_a_longer_stretch_before_pooling() -> None:
+    torch.manual_seed(0)
+    shallow, deep = AudioClipEncoder(8, n_mels=4), AudioClipEncoder(8, n_mels=4, layers=4)
+    assert deep(torch.randn(3, 4, 101)).shape == (3, 8)
+    # A change 40 frames after a click: the shallow features (13 frames) never see both
+    # together; the deep ones (61 frames) do. Probe one feature position's receptive field.
+    x = torch.zeros(1, 4, 101, requires_grad=True)
+    for enc, span in ((shallow, 13), (deep, 61)):
+        h = enc.convs(x)
+        (grad,) = torch.autograd.grad(h[0, :, h.shape[-1] // 2].sum(), x)
+        seen = (grad.abs().sum(1)[0] > 0).nonzero().squeeze(1)
+        assert int(seen[-1] - seen[0]) + 1 == span
+    with pytest.raises(ValueError, match="audio layers"):
+        AudioClipEncoder(8, n_mels=4, layers=0)
+
+
 def test_encoder_learns_to_tell_colours_apart() -> None:
     torch.manual_seed(0)
     enc = AVEncoder(d_model=32, n_mels=M, image_size=S)
