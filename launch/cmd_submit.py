@@ -91,16 +91,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_submit)
 
 
-def _check_training_config(path: str | None, overrides: list[str]) -> None:
+def _check_training_config(path: str | None, overrides: list[str], nodes: int) -> None:
     """Resolve and validate the whole training config before anything is queued.
 
     The same check ``obs train`` makes at start (unknown keys, types, cross-section
-    rules), so a typo is refused here and not on the node after the queue wait.
+    rules), so a typo is refused here and not on the node after the queue wait. A
+    job on several nodes must also checkpoint where every node sees it
+    (:func:`launch.jobs.shared_storage.check_checkpoint_store`).
     """
+    from launch.jobs.shared_storage import check_checkpoint_store
     from launch.run_config import RunConfig
     from obs_dist.config import load_config
 
-    load_config(RunConfig, path, overrides)
+    config = load_config(RunConfig, path, overrides)
+    check_checkpoint_store(config.checkpoint.url, config.checkpoint.shared, nodes)
 
 
 def parse_sbatch_options(items: list[str]) -> dict[str, str]:
@@ -125,7 +129,7 @@ def run_submit(args: argparse.Namespace) -> int:
     Raises:
         ValueError: bad arguments, or the scheduler refused the job (with its reason).
     """
-    _check_training_config(args.config, args.overrides)  # before any folder or sbatch
+    _check_training_config(args.config, args.overrides, args.nodes)  # before folder, sbatch
     cfg = SubmitConfig(
         executor=args.executor,
         folder=args.folder,
