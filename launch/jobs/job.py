@@ -173,6 +173,9 @@ def export_distributed_env(
 ) -> DistributedEnv:
     """Set ``MASTER_ADDR/PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` from submitit.
 
+    Also ``OBS_NODE_ADDR``: this node's address on the route to ``MASTER_ADDR``,
+    where the other nodes reach it (``metrics.host = "node"`` binds it).
+
     Args:
         env: ``submitit.JobEnvironment()`` of this task.
         settings: port range.
