@@ -113,7 +113,6 @@ def check_checkpoint_store(
         f"checkpoint.url {url!r} is on a node-local file system ({mount.fs_type} mounted at "
         f"{mount.path}), but the job runs on {nodes} nodes: ranks on the other nodes could "
         "not see each other's checkpoint parts, and a requeued job could not resume from "
-        "them. Use an s3:// url, a path on a shared file system ("
-        f"{', '.join(sorted(SHARED_FILESYSTEMS)[:6])}, …), or set checkpoint.shared = true "
-        "if every node mounts this path."
+        "them. Use an s3:// url, a path on a shared file system (NFS, Lustre, GPFS, "
+        "BeeGFS, CephFS, …), or set checkpoint.shared = true if every node mounts this path."
     )
