@@ -178,6 +178,7 @@ def test_prometheus_scrapes_all_four_ranks_on_both_nodes_through_the_jobs_file_s
     )
 
 
+@pytest.mark.slow  # starts the namespace cluster (~10 s); tests/test_shared_storage.py is fast
 def test_multi_node_job_with_a_node_local_checkpoint_dir_is_refused_before_sbatch(
     multinode_cluster: MultiNodeCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
