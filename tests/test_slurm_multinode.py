@@ -139,7 +139,8 @@ def test_requeued_two_node_job_matches_an_uninterrupted_two_node_run(
     fields = _final_fields(scenario.run.job_id)
     assert (fields.get("JobState"), fields.get("Restarts")) == ("COMPLETED", "1"), fields
     # Every rank ran where SLURM put it: ranks 0-1 on obsnode1, 2-3 on obsnode2, and
-    # all of them met at obsnode1's bridge address, not at a loopback one.
+    # all of them met at obsnode1's bridge address, not at the loopback address that
+    # obsnode1's own /etc/hosts gives its name.
     first = multinode_cluster.nodes["obsnode1"]
     for rank, stderr in enumerate(scenario.run.stderr):
         text = stderr.read_text()
@@ -149,6 +150,8 @@ def test_requeued_two_node_job_matches_an_uninterrupted_two_node_run(
         assert env["hostname"] == node
         assert env["node_addr"] == multinode_cluster.nodes[node]
         assert env["master_addr"] == first
+        # Each node's own name is 127.0.1.1 there (as on Debian): gloo must not use it.
+        assert env["gloo_interface"] == "eth0"
     assert f"resumed from the checkpoint of step {resumed}" in scenario.run.stderr[0].read_text()
 
 

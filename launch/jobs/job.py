@@ -28,6 +28,7 @@ but a distributed checkpoint is a collective every rank must enter at the same s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -88,6 +89,7 @@ class DistributedEnv:
     restart_count: int
     hostname: str = ""
     node_addr: str = ""
+    gloo_interface: str = ""
 
 
 def master_port_for(job_id: str, restart_count: int, base: int, span: int) -> int:
@@ -151,6 +153,27 @@ def _master_addr(first_host: str, multi_node: bool = False) -> str:
     return addr
 
 
+def interface_of(addr: str) -> str | None:
+    """The name of the network interface that holds IPv4 ``addr`` (Linux), or None."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(probe.fileno(), siocgifaddr, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if socket.inet_ntoa(answer[20:24]) == addr:
+                return name
+    finally:
+        probe.close()
+    return None
+
+
 def node_address(peer: str) -> str:
     """This node's address on the route to ``peer`` (the rendezvous host).
 
@@ -174,7 +197,9 @@ def export_distributed_env(
     """Set ``MASTER_ADDR/PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` from submitit.
 
     Also ``OBS_NODE_ADDR``: this node's address on the route to ``MASTER_ADDR``,
-    where the other nodes reach it (``metrics.host = "node"`` binds it).
+    where the other nodes reach it (``metrics.host = "node"`` binds it); and in a
+    multi-node job, unless already set, ``GLOO_SOCKET_IFNAME``: the interface of
+    that address, so gloo never binds a loopback address the hostname resolves to.
 
     Args:
         env: ``submitit.JobEnvironment()`` of this task.
@@ -203,6 +228,15 @@ def export_distributed_env(
         hostname=socket.gethostname(),
         node_addr=node_address(addr),
     )
+    if multi_node and not os.environ.get("GLOO_SOCKET_IFNAME"):
+        # gloo binds the address this host's name resolves to, which is loopback where
+        # /etc/hosts maps the machine's own name to 127.0.1.1: the other nodes could
+        # not connect. The interface of the node's address on the rendezvous route
+        # is the one they reach.
+        interface = interface_of(denv.node_addr)
+        if interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    denv = dataclasses.replace(denv, gloo_interface=os.environ.get("GLOO_SOCKET_IFNAME", ""))
     os.environ.update(
         MASTER_ADDR=denv.master_addr,
         MASTER_PORT=str(denv.master_port),

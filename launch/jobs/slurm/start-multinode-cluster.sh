@@ -10,7 +10,7 @@
 # Traffic stays on the bridge, between the namespaces and this machine. Inside a node,
 # /etc/hosts is /etc/netns/<node>/hosts (bind-mounted in the node's own mount namespace),
 # which names every node and the controller, so a job resolves its node list as on a
-# real cluster.
+# real cluster; like a Debian machine's, it maps the node's own name to 127.0.1.1.
 # It coexists with the one-node cluster (start-cluster.sh): its own controller port,
 # state directory, slurm.conf and munged socket.
 #
@@ -29,6 +29,8 @@
 #   OBS_SLURM_MN_CPUS       CPUs every node offers           (default 4)
 #   OBS_SLURM_MN_CTLD_PORT  slurmctld's port                 (default 6917)
 #   OBS_SLURM_MN_WAIT_S     how long to wait for the nodes   (default 60)
+#   OBS_SLURM_MN_SELF_LOOPBACK  1: a node's own name is 127.0.1.1 in its /etc/hosts,
+#                           as on Debian machines (default 1; 0: its bridge address)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +41,7 @@ CPUS="${OBS_SLURM_MN_CPUS:-4}"
 CTLD_PORT="${OBS_SLURM_MN_CTLD_PORT:-6917}"
 SLURMD_PORT=6818  # every slurmd has its own address, so they all use the default port
 WAIT_S="${OBS_SLURM_MN_WAIT_S:-60}"
+SELF_LOOPBACK="${OBS_SLURM_MN_SELF_LOOPBACK:-1}"
 CTLD_HOST="$(hostname -s)"
 
 say() { echo "start-multinode-cluster: $*" >&2; }
@@ -66,11 +69,18 @@ ip link set "$BRIDGE" up
 HOSTS_FILE="$(mktemp)"
 NEW_CONF="$(mktemp)"
 trap 'rm -f "$HOSTS_FILE" "$NEW_CONF"' EXIT
-{
+hosts_of() { # hosts_of I: /etc/hosts of node I
     echo "127.0.0.1 localhost"
+    # As Debian's installer writes it: the machine's own name is 127.0.1.1. This is
+    # what makes jobs on real clusters pick a loopback rendezvous address or bind
+    # gloo to loopback; the test cluster keeps it so the jobs must cope (0 turns it off).
+    [ "$SELF_LOOPBACK" = 1 ] && echo "127.0.1.1 $(node_name "$1")"
     echo "$BRIDGE_ADDR $CTLD_HOST"
-    for i in $(seq "$NODES"); do echo "$(node_addr "$i") $(node_name "$i")"; done
-} >"$HOSTS_FILE"
+    for j in $(seq "$NODES"); do
+        [ "$SELF_LOOPBACK" = 1 ] && [ "$j" = "$1" ] && continue
+        echo "$(node_addr "$j") $(node_name "$j")"
+    done
+}
 
 for i in $(seq "$NODES"); do
     node="$(node_name "$i")"
@@ -90,7 +100,12 @@ for i in $(seq "$NODES"); do
     ip -n "$node" link set lo up
     ip -n "$node" link set eth0 up
     mkdir -p "/etc/netns/$node"
-    cmp -s "$HOSTS_FILE" "/etc/netns/$node/hosts" || install -m 0644 "$HOSTS_FILE" "/etc/netns/$node/hosts"
+    hosts_of "$i" >"$HOSTS_FILE"
+    if ! cmp -s "$HOSTS_FILE" "/etc/netns/$node/hosts"; then
+        install -m 0644 "$HOSTS_FILE" "/etc/netns/$node/hosts"
+        # A running slurmd keeps the old file bind-mounted: restart it below.
+        stop_pidfile "slurmd on $node (hosts changed)" "$STATE/slurmd-$node.pid"
+    fi
 done
 
 # --- munge: our own munged, its socket under the state directory --------------------------
