@@ -1,17 +1,18 @@
-"""``obs submit --nodes 2 --tasks-per-node 2`` on a real two-node SLURM cluster.
+"""``obs submit --nodes 2 --tasks-per-node 2`` on a real multi-node SLURM cluster.
 
-The cluster (``tests/support/multinode_cluster.py``) is two network namespaces of this
-machine, ``obsnode1`` (10.77.0.11) and ``obsnode2`` (10.77.0.12), each with its own
-hostname and slurmd, on a bridge whose machine side (10.77.0.1) runs slurmctld, the S3
-server (moto) and Prometheus. The tests skip, saying why, only where that cannot run
+The cluster (``tests/support/multinode_cluster.py``) is three network namespaces of this
+machine, ``obsnode1`` … ``obsnode3`` (10.77.0.11 …), each with its own hostname and
+slurmd, on a bridge whose machine side (10.77.0.1) runs slurmctld, the S3 server (moto)
+and Prometheus. The tests skip, saying why, only where that cannot run
 (not root, binaries absent, network namespaces not permitted).
 
 Two runs of the real training job (``TrainingJob``: ``run_training`` with
 ``resume="auto"``, gloo, DeepSpeed slow weights, sparse sync, both phases) of 2 nodes ×
 2 tasks are submitted side by side: the reference, uninterrupted, serving metrics on its
 nodes' addresses (``metrics.host = "node"``) with file_sd targets for Prometheus; and one
-requeued with ``scontrol requeue`` mid-run, which must end with a final checkpoint
-bit-identical to the reference's.
+requeued with ``scontrol requeue`` mid-run after its first node was drained, so it comes
+back on another node set; it must end with a final checkpoint bit-identical to the
+reference's.
 """
 
 from __future__ import annotations
@@ -48,9 +49,29 @@ def _two_node_config(folder: Path) -> SubmitConfig:
     )  # fmt: skip
 
 
-def _hard_requeue(scenario: one_node.Scenario) -> None:
-    """An operator's requeue: every task on both nodes is killed with no chance to save."""
-    subprocess.run(["scontrol", "requeue", scenario.run.job_id], check=True, timeout=30)
+def job_nodes(job_id: str) -> list[str]:
+    """The nodes SLURM gave ``job_id``, in order (``scontrol show hostnames``)."""
+    node_list = one_node.SlurmCluster.job_fields(job_id)["NodeList"]
+    done = subprocess.run(["scontrol", "show", "hostnames", node_list], capture_output=True,
+                          text=True, check=True, timeout=30)
+    return done.stdout.split()
+
+
+DRAINED: dict[str, str] = {}  # job id -> the node drained before its requeue
+
+
+def _drain_first_node_and_requeue(scenario: one_node.Scenario) -> None:
+    """An operator takes the job's first node out and requeues the job.
+
+    Every task on both nodes is killed with no chance to save; the job can only come
+    back on another node set, where the rendezvous host is another node.
+    """
+    job_id = scenario.run.job_id
+    first = job_nodes(job_id)[0]
+    subprocess.run(["scontrol", "update", f"NodeName={first}", "State=DRAIN",
+                    "Reason=obs-test-requeue-elsewhere"], check=True, timeout=30)
+    DRAINED[job_id] = first
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +111,42 @@ def two_node_runs(
         ),
         "requeued": one_node.launch_training(
             bridge_s3_url, requeued, _two_node_config(requeued),
-            interrupt_at=INTERRUPT_AT, interrupt=_hard_requeue,
+            interrupt_at=INTERRUPT_AT, interrupt=_drain_first_node_and_requeue,
         ),
     }  # fmt: skip
 
 
-def task_environment(log_text: str) -> dict[str, Any]:
-    """The first ``task environment: {…}`` a task logged (``DistributedJob``)."""
-    found = re.search(r"task environment: (\{.*\})", log_text)
+def task_environments(log_text: str) -> list[dict[str, Any]]:
+    """Every ``task environment: {…}`` a task logged (``DistributedJob``), one per attempt."""
+    found = re.findall(r"task environment: (\{.*\})", log_text)
     assert found, "the task logged no environment"
-    env: dict[str, Any] = ast.literal_eval(found.group(1))
-    return env
+    return [ast.literal_eval(text) for text in found]
+
+
+def placement(run_stderr: list[Path], attempt: int) -> list[dict[str, Any]]:
+    """Every rank's task environment in ``attempt`` (0: first start, 1: after a requeue)."""
+    envs = []
+    for rank, path in enumerate(run_stderr):
+        mine = [e for e in task_environments(path.read_text()) if e["restart_count"] == attempt]
+        assert mine, f"rank {rank} logged no environment for attempt {attempt}"
+        envs.append(mine[-1])
+    return envs
+
+
+def assert_placed_on_two_nodes(envs: list[dict[str, Any]], nodes: dict[str, str]) -> list[str]:
+    """Ranks 0-1 on one node, 2-3 on another, all meeting at the first one's bridge address.
+
+    Not at the loopback address that the first node's own /etc/hosts gives its name,
+    and gloo on the bridge interface. Returns the two node names.
+    """
+    hosts = [e["hostname"] for e in envs]
+    assert hosts[0] == hosts[1] != hosts[2] == hosts[3], hosts
+    for rank, env in enumerate(envs):
+        assert env["rank"] == rank and env["world_size"] == WORLD
+        assert env["node_addr"] == nodes[env["hostname"]], env
+        assert env["master_addr"] == nodes[hosts[0]], env
+        assert env["gloo_interface"] == "eth0", env
+    return [hosts[0], hosts[2]]
 
 
 def _final_fields(job_id: str, timeout_s: float = 30.0) -> dict[str, str]:
@@ -138,21 +184,17 @@ def test_requeued_two_node_job_matches_an_uninterrupted_two_node_run(
     one_node.assert_identical(final, reference.final_checkpoint(world=WORLD))
     fields = _final_fields(scenario.run.job_id)
     assert (fields.get("JobState"), fields.get("Restarts")) == ("COMPLETED", "1"), fields
-    # Every rank ran where SLURM put it: ranks 0-1 on obsnode1, 2-3 on obsnode2, and
-    # all of them met at obsnode1's bridge address, not at the loopback address that
-    # obsnode1's own /etc/hosts gives its name.
-    first = multinode_cluster.nodes["obsnode1"]
-    for rank, stderr in enumerate(scenario.run.stderr):
-        text = stderr.read_text()
-        env = task_environment(text)
-        node = "obsnode1" if rank < 2 else "obsnode2"
-        assert env["rank"] == rank and env["world_size"] == WORLD
-        assert env["hostname"] == node
-        assert env["node_addr"] == multinode_cluster.nodes[node]
-        assert env["master_addr"] == first
-        # Each node's own name is 127.0.1.1 there (as on Debian): gloo must not use it.
-        assert env["gloo_interface"] == "eth0"
+    # Both attempts ran where SLURM put them, on two nodes each; the first node was
+    # drained before the requeue, so the second attempt ran on another node set and
+    # met at another rendezvous address.
+    nodes = multinode_cluster.nodes
+    before = assert_placed_on_two_nodes(placement(scenario.run.stderr, 0), nodes)
+    after = assert_placed_on_two_nodes(placement(scenario.run.stderr, 1), nodes)
+    drained = DRAINED[scenario.run.job_id]
+    assert drained == before[0] and drained not in after, (before, after)
     assert f"resumed from the checkpoint of step {resumed}" in scenario.run.stderr[0].read_text()
+    subprocess.run(["scontrol", "update", f"NodeName={drained}", "State=RESUME"], check=True,
+                   timeout=30)
 
 
 @pytest.mark.slow
@@ -167,18 +209,16 @@ def test_prometheus_scrapes_all_four_ranks_on_both_nodes_through_the_jobs_file_s
         return series if len({s["rank"] for s in series}) == WORLD else None
 
     series = wait_for("all four ranks scraped", four_ranks_up, timeout_s=600.0, every_s=1.0)
-    job_id = two_node_runs["reference"].run.job_id
+    reference = two_node_runs["reference"].run
+    envs = placement(reference.stderr, 0)
+    assert_placed_on_two_nodes(envs, multinode_cluster.nodes)
     by_rank = {int(s["rank"]): s for s in series}
     assert sorted(by_rank) == list(range(WORLD))
     for rank, labels in by_rank.items():
-        host = labels["instance"].rsplit(":", 1)[0]
-        node = "obsnode1" if rank < 2 else "obsnode2"
-        # The target came from the rank's own file_sd entry: its node's address.
-        assert host == multinode_cluster.nodes[node], labels
-        assert labels["slurm_job_id"] == job_id, labels
-    assert {s["instance"].rsplit(":", 1)[0] for s in series} == set(
-        multinode_cluster.nodes.values()
-    )
+        # The target came from the rank's own file_sd entry: its node's bridge address.
+        assert labels["instance"].rsplit(":", 1)[0] == envs[rank]["node_addr"], labels
+        assert labels["slurm_job_id"] == reference.job_id, labels
+    assert len({s["instance"].rsplit(":", 1)[0] for s in series}) == 2
 
 
 @pytest.mark.slow  # starts the namespace cluster (~10 s); tests/test_shared_storage.py is fast

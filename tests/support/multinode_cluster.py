@@ -1,11 +1,12 @@
-"""Test support: a real two-node SLURM cluster in network namespaces, and S3 it can reach.
+"""Test support: a real multi-node SLURM cluster in network namespaces, and S3 it can reach.
 
 ``launch/jobs/slurm/start-multinode-cluster.sh`` makes every node a network namespace
-of this machine with its own address on a bridge (``10.77.0.11``, ``10.77.0.12``; the
-machine is ``10.77.0.1``), its own hostname and its own slurmd; one slurmctld and one
-munged serve them. The fixtures here start it, point the SLURM client commands at it
-and tear it down (daemons, tasks, namespaces, bridge) after the module, also when a
-test or the start itself failed.
+of this machine with its own address on a bridge (``obsnode1`` … ``obsnode3`` at
+``10.77.0.11`` … ``10.77.0.13``; the machine is ``10.77.0.1``), its own hostname and its
+own slurmd; one slurmctld and one munged serve them. Three nodes, so that a two-node
+job that is requeued can come back on another node set. The fixtures here start it,
+point the SLURM client commands at it and tear it down (daemons, tasks, namespaces,
+bridge) after the module, also when a test or the start itself failed.
 
 Fixtures (module scope, for ``tests/test_slurm_multinode.py``):
 
@@ -38,7 +39,8 @@ SCRIPTS = REPO / "launch" / "jobs" / "slurm"
 START_SCRIPT = SCRIPTS / "start-multinode-cluster.sh"
 STOP_SCRIPT = SCRIPTS / "stop-multinode-cluster.sh"
 PARTITION = "multi"
-NODES = {"obsnode1": "10.77.0.11", "obsnode2": "10.77.0.12"}
+# Three nodes for jobs of two: a requeued job can come back on another node set.
+NODES = {"obsnode1": "10.77.0.11", "obsnode2": "10.77.0.12", "obsnode3": "10.77.0.13"}
 BRIDGE = "obsbr0"
 BRIDGE_ADDR = "10.77.0.1"
 STATE = Path("/var/spool/obs-slurm-multinode")
@@ -53,7 +55,8 @@ def _which(name: str) -> str | None:
 
 
 def _script_env() -> dict[str, str]:
-    env = dict(os.environ, OBS_SLURM_MN_STATE=str(STATE), OBS_SLURM_MN_PARTITION=PARTITION)
+    env = dict(os.environ, OBS_SLURM_MN_STATE=str(STATE), OBS_SLURM_MN_PARTITION=PARTITION,
+               OBS_SLURM_MN_NODES=str(len(NODES)))
     env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
     return env
 
@@ -126,7 +129,7 @@ def stop_multinode_cluster(timeout_s: float = 120.0) -> str:
 
 @pytest.fixture(scope="module")
 def multinode_cluster() -> Iterator[MultiNodeCluster]:
-    """The two-node cluster for one test module; ``SLURM_CONF`` points at it meanwhile."""
+    """The namespace cluster for one test module; ``SLURM_CONF`` points at it meanwhile."""
     reason = multinode_skip_reason()
     if reason is not None:
         pytest.skip(reason)
