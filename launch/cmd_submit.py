@@ -5,7 +5,8 @@ stderr file of every task, then returns (or, with ``--wait``, waits for the resu
 Each task exports the torch.distributed environment and runs the training entry
 point, which joins the process group; on preemption or timeout the job saves a
 checkpoint and is requeued, resuming from the newest complete checkpoint in the store
-(see ``docs/slurm.md``).
+(see ``docs/slurm.md``). A job on several nodes is refused before ``sbatch`` if its
+``checkpoint.url`` is a node-local directory (:mod:`launch.jobs.shared_storage`).
 
 Example::
 
