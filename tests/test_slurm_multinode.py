@@ -18,9 +18,11 @@ reference's.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,8 @@ def two_node_runs(
         "requeued": one_node.launch_training(
             bridge_s3_url, requeued, _two_node_config(requeued),
             interrupt_at=INTERRUPT_AT, interrupt=_drain_first_node_and_requeue,
+            # Eight training processes start at once on a few shared cores.
+            interrupt_wait_s=480.0,
         ),
     }  # fmt: skip
 
@@ -219,6 +223,43 @@ def test_prometheus_scrapes_all_four_ranks_on_both_nodes_through_the_jobs_file_s
         assert labels["instance"].rsplit(":", 1)[0] == envs[rank]["node_addr"], labels
         assert labels["slurm_job_id"] == reference.job_id, labels
     assert len({s["instance"].rsplit(":", 1)[0] for s in series}) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_obs_submit_two_nodes_two_tasks_trains_across_both_nodes(
+    multinode_cluster: MultiNodeCluster,
+    bridge_s3_url: str,
+    s3_job_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bucket = f"cli-{uuid.uuid4().hex[:12]}"
+    one_node.s3_client(bridge_s3_url).create_bucket(Bucket=bucket)
+    argv = ["submit", "--nodes", "2", "--tasks-per-node", "2", "--partition", "multi",
+            "--time", "10", "--folder", str(tmp_path / "runs"), "--wait"]
+    sets = [*one_node.TRAIN_SETS, "train.steps=6", "checkpoint.every=3",
+            f"checkpoint.url=s3://{bucket}/run", f"checkpoint.endpoint_url={bridge_s3_url}",
+            f"out_dir={tmp_path / 'out'}"]
+    for item in sets:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["world_size"] == WORLD and result["step"] == 6, result
+    job_id = out.split()[2]
+    # Results are written just before the tasks exit: the job then ends COMPLETED.
+    assert _final_fields(job_id).get("JobState") == "COMPLETED"
+    folder = Path(out.splitlines()[1].removeprefix("job folder: "))
+    logs = sorted(folder.glob("*_log.err"))
+    assert len(logs) == WORLD
+    assert_placed_on_two_nodes(placement(sorted(logs, key=_task_index), 0),
+                               multinode_cluster.nodes)
+
+
+def _task_index(path: Path) -> int:
+    """Task number of a submitit log ``<job>_<task>_log.err``."""
+    return int(path.name.split("_")[1])
 
 
 @pytest.mark.slow  # starts the namespace cluster (~10 s); tests/test_shared_storage.py is fast

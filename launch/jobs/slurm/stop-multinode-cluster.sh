@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the multi-node test cluster of start-multinode-cluster.sh and remove its network:
-# every process inside the node namespaces (slurmd, job steps, tasks), slurmctld, its
-# munged, then the namespaces, their veth pairs, the bridge and /etc/netns/<node>.
+# every job (scancel), every process inside the node namespaces (slurmd, job steps,
+# tasks), slurmctld, its munged, then the namespaces, their veth pairs, the bridge and
+# /etc/netns/<node>.
 # Safe to run on a half-started or already stopped cluster. The state directory is kept
 # (--purge deletes it too).
 #
@@ -14,6 +15,23 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/multinode-common.sh"
 say() { echo "stop-multinode-cluster: $*" >&2; }
 [ "$(id -u)" = "0" ] || { say "error: must run as root"; exit 1; }
+
+# Cancel every job first. slurmctld keeps its state across a restart: a job left
+# running (or still completing) would come back as a node failure and be requeued
+# into the next cluster, holding its CPUs and talking to services long gone.
+export SLURM_CONF="$CONF"
+if [ -s "$STATE/slurmctld.pid" ] && kill -0 "$(cat "$STATE/slurmctld.pid")" 2>/dev/null; then
+    jobs="$(timeout 30 squeue -h -o %i 2>/dev/null | tr '\n' ' ')"
+    if [ -n "${jobs// /}" ]; then
+        say "cancelling jobs: $jobs"
+        # shellcheck disable=SC2086
+        timeout 30 scancel $jobs 2>/dev/null || true
+        for _ in $(seq 60); do
+            [ -z "$(timeout 30 squeue -h -o %i 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+    fi
+fi
 
 for i in $(seq "$NODES"); do
     node="$(node_name "$i")"
