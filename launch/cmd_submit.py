@@ -5,7 +5,8 @@ stderr file of every task, then returns (or, with ``--wait``, waits for the resu
 Each task exports the torch.distributed environment and runs the training entry
 point, which joins the process group; on preemption or timeout the job saves a
 checkpoint and is requeued, resuming from the newest complete checkpoint in the store
-(see ``docs/slurm.md``).
+(see ``docs/slurm.md``). A job on several nodes is refused before ``sbatch`` if its
+``checkpoint.url`` is a node-local directory (:mod:`launch.jobs.shared_storage`).
 
 Example::
 
@@ -91,16 +92,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_submit)
 
 
-def _check_training_config(path: str | None, overrides: list[str]) -> None:
+def _check_training_config(path: str | None, overrides: list[str], nodes: int) -> None:
     """Resolve and validate the whole training config before anything is queued.
 
     The same check ``obs train`` makes at start (unknown keys, types, cross-section
-    rules), so a typo is refused here and not on the node after the queue wait.
+    rules), so a typo is refused here and not on the node after the queue wait. A
+    job on several nodes must also checkpoint where every node sees it
+    (:func:`launch.jobs.shared_storage.check_checkpoint_store`).
     """
+    from launch.jobs.shared_storage import check_checkpoint_store
     from launch.run_config import RunConfig
     from obs_dist.config import load_config
 
-    load_config(RunConfig, path, overrides)
+    config = load_config(RunConfig, path, overrides)
+    check_checkpoint_store(config.checkpoint.url, config.checkpoint.shared, nodes)
 
 
 def parse_sbatch_options(items: list[str]) -> dict[str, str]:
@@ -125,7 +130,7 @@ def run_submit(args: argparse.Namespace) -> int:
     Raises:
         ValueError: bad arguments, or the scheduler refused the job (with its reason).
     """
-    _check_training_config(args.config, args.overrides)  # before any folder or sbatch
+    _check_training_config(args.config, args.overrides, args.nodes)  # before folder, sbatch
     cfg = SubmitConfig(
         executor=args.executor,
         folder=args.folder,

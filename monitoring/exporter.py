@@ -56,6 +56,9 @@ class MetricsConfig:
             the operating system choose a free port for every rank (tests).
         host: address to bind; loopback by default so nothing is exposed
             unless asked (``"0.0.0.0"`` for a Prometheus on another host).
+            ``"node"``: this node's own address, the one the other nodes of a
+            multi-node job reach it at (:func:`node_bind_address`); the file_sd
+            entry then names that address.
         job: value of the ``job`` label on every series (one name per run).
         pushgateway: ``http://host:port`` of a Pushgateway that receives the
             final values at ``close()``; None for no push.
@@ -109,6 +112,36 @@ class MetricsConfig:
             )
 
 
+def node_bind_address(env: Mapping[str, str] | None = None) -> str:
+    """The address ``metrics.host = "node"`` binds: where other hosts reach this node.
+
+    Inside ``obs submit``'s tasks this is ``OBS_NODE_ADDR`` (the node's address on
+    the route to the rendezvous host, see :func:`launch.jobs.job.node_address`).
+    Elsewhere the source address of the route to ``MASTER_ADDR``, and without one
+    the address this host's name resolves to.
+
+    Raises:
+        ValueError: if no address can be found.
+    """
+    env = os.environ if env is None else env
+    if env.get("OBS_NODE_ADDR"):
+        return env["OBS_NODE_ADDR"]
+    peer = env.get("MASTER_ADDR")
+    if peer:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect((peer, 9))  # a UDP connect sends nothing; it picks the route
+            return str(probe.getsockname()[0])
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError as exc:
+        raise ValueError(f'metrics.host = "node": no address for this node: {exc}') from exc
+
+
 def default_node_name() -> str:
     """The node label: SLURM's node name inside a SLURM job, else the host name."""
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
@@ -159,18 +192,19 @@ class PrometheusSink:
         self._push_registry = CollectorRegistry(auto_describe=False)
         self._push_registry.register(self._collector)
         register_process_and_info(self.registry, cfg.job, rank, self.node)
+        self.host = node_bind_address() if cfg.host == "node" else cfg.host
         try:
-            server, thread = start_http_server(wanted, addr=cfg.host, registry=self.registry)
+            server, thread = start_http_server(wanted, addr=self.host, registry=self.registry)
         except OSError as exc:
             raise OSError(
                 exc.errno,
-                f"cannot serve metrics on {cfg.host}:{wanted} (metrics.base_port "
+                f"cannot serve metrics on {self.host}:{wanted} (metrics.base_port "
                 f"{cfg.base_port} + local_rank {local_rank}): {exc.strerror or exc}",
             ) from exc
         self._server: WSGIServer | None = server
         self._thread = thread
         self.port: int = int(server.server_address[1])
-        self.url = f"http://{_url_host(cfg.host)}:{self.port}/metrics"
+        self.url = f"http://{_url_host(self.host)}:{self.port}/metrics"
         log.info("rank %d serves metrics on %s", rank, self.url)
         self.file_sd_path: Path | None = None
         if cfg.file_sd_dir:
@@ -190,7 +224,7 @@ class PrometheusSink:
 
     def _register_file_sd(self, folder: Path) -> Path:
         """Write this rank's file_sd entry: the address another host reaches it at."""
-        host = self.cfg.host
+        host = self.host
         if host in ("0.0.0.0", "::", ""):  # bound to every interface: name this host
             host = socket.getfqdn()
         labels = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get(

@@ -10,4 +10,4 @@ import pytest
 
 pytest.register_assert_rewrite("support")
 
-pytest_plugins = ["support.s3_server", "support.slurm_cluster"]
+pytest_plugins = ["support.s3_server", "support.slurm_cluster", "support.multinode_cluster"]

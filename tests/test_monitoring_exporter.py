@@ -182,6 +182,26 @@ def test_close_stops_serving_and_is_idempotent() -> None:
         http_get(s.url, timeout_s=2.0)
 
 
+def test_host_node_binds_the_nodes_address_and_names_it_in_file_sd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBS_NODE_ADDR", "127.0.0.1")  # what obs submit's task exports
+    cfg = MetricsConfig(base_port=0, host="node", file_sd_dir=str(tmp_path), job="j")
+    s = PrometheusSink(cfg, rank=3, local_rank=1, node="n")
+    try:
+        assert s.host == "127.0.0.1" and s.url == f"http://127.0.0.1:{s.port}/metrics"
+        assert f'"127.0.0.1:{s.port}"' in (tmp_path / "j-rank3.json").read_text()
+    finally:
+        s.close()
+
+
+def test_node_bind_address_follows_the_route_to_master_addr() -> None:
+    from monitoring.exporter import node_bind_address
+
+    assert node_bind_address({"OBS_NODE_ADDR": "10.9.8.7"}) == "10.9.8.7"
+    assert node_bind_address({"MASTER_ADDR": "127.0.0.1"}) == "127.0.0.1"
+
+
 def test_busy_port_error_names_the_port() -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))

@@ -67,6 +67,25 @@ def test_master_port_is_in_range_and_moves_on_requeue() -> None:
     assert master_port_for("77_3", 0, 15000, 15000) != master_port_for("77_4", 0, 15000, 15000)
 
 
+def test_rendezvous_address_of_a_multi_node_job_is_never_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from launch.jobs import job as job_module
+
+    # The first node names itself 127.0.1.1 (Debian's /etc/hosts): SLURM's NodeAddr wins.
+    monkeypatch.setattr(job_module.socket, "gethostbyname",
+                        lambda name: {"node1": "127.0.1.1"}.get(name, name))
+    monkeypatch.setattr(job_module, "_slurm_node_addr", lambda node: "10.1.2.3")
+    assert job_module._master_addr("node1", multi_node=True) == "10.1.2.3"
+    assert job_module._master_addr("node1", multi_node=False) == "127.0.1.1"
+
+
+def test_node_address_is_the_source_address_toward_the_rendezvous_host() -> None:
+    from launch.jobs.job import node_address
+
+    assert node_address("127.0.0.1") == "127.0.0.1"
+
+
 def test_slurm_executor_without_slurm_tools_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,8 +28,11 @@ but a distributed checkpoint is a collective every rank must enter at the same s
 from __future__ import annotations
 
 import copy
+import dataclasses
+import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +87,9 @@ class DistributedEnv:
     job_id: str
     cluster: str
     restart_count: int
+    hostname: str = ""
+    node_addr: str = ""
+    gloo_interface: str = ""
 
 
 def master_port_for(job_id: str, restart_count: int, base: int, span: int) -> int:
@@ -107,18 +113,93 @@ def _restart_count(requeues_seen: int, cluster: str) -> int:
     return max(requeues_seen, int(slurm_count or 0))
 
 
-def _master_addr(first_host: str) -> str:
-    """An address every task can reach for ``first_host`` (IPv4 if it resolves)."""
+def _is_loopback(addr: str) -> bool:
     try:
-        return socket.gethostbyname(first_host)
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _slurm_node_addr(node: str) -> str | None:
+    """``NodeAddr`` of ``node`` as ``slurm.conf`` gives it (``scontrol show node``)."""
+    try:
+        done = subprocess.run(["scontrol", "show", "node", "-o", node],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"\bNodeAddr=(\S+)", done.stdout) if done.returncode == 0 else None
+    return found.group(1) if found else None
+
+
+def _master_addr(first_host: str, multi_node: bool = False) -> str:
+    """An address every task can reach for ``first_host`` (IPv4 if it resolves).
+
+    Many clusters map a machine's own name to a loopback address in ``/etc/hosts``
+    (Debian's ``127.0.1.1``); on the first node that would hand the other nodes a
+    rendezvous address they cannot reach. In a multi-node job a loopback answer
+    is replaced by the node's ``NodeAddr`` from SLURM.
+    """
+    try:
+        addr = socket.gethostbyname(first_host)
     except OSError:
-        return first_host
+        addr = first_host
+    if multi_node and (addr == first_host or _is_loopback(addr)):
+        node_addr = _slurm_node_addr(first_host)
+        if node_addr is not None:
+            try:
+                return socket.gethostbyname(node_addr)
+            except OSError:
+                return node_addr
+    return addr
+
+
+def interface_of(addr: str) -> str | None:
+    """The name of the network interface that holds IPv4 ``addr`` (Linux), or None."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(probe.fileno(), siocgifaddr, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if socket.inet_ntoa(answer[20:24]) == addr:
+                return name
+    finally:
+        probe.close()
+    return None
+
+
+def node_address(peer: str) -> str:
+    """This node's address on the route to ``peer`` (the rendezvous host).
+
+    The address other nodes reach this one at: the source address the kernel
+    picks to talk to ``peer`` (a UDP ``connect`` sends nothing). ``127.0.0.1``
+    when ``peer`` is loopback or unreachable.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((peer, 9))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
 
 
 def export_distributed_env(
     env: Any, settings: JobSettings, requeues_seen: int = 0
 ) -> DistributedEnv:
     """Set ``MASTER_ADDR/PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` from submitit.
+
+    Also ``OBS_NODE_ADDR``: this node's address on the route to ``MASTER_ADDR``,
+    where the other nodes reach it (``metrics.host = "node"`` binds it); and in a
+    multi-node job, unless already set, ``GLOO_SOCKET_IFNAME``: the interface of
+    that address, so gloo never binds a loopback address the hostname resolves to.
 
     Args:
         env: ``submitit.JobEnvironment()`` of this task.
@@ -130,7 +211,8 @@ def export_distributed_env(
     """
     restarts = _restart_count(requeues_seen, env.cluster)
     hosts = list(env.hostnames) or [socket.gethostname()]
-    addr = "127.0.0.1" if env.cluster == "local" else _master_addr(hosts[0])
+    multi_node = env.num_nodes > 1
+    addr = "127.0.0.1" if env.cluster == "local" else _master_addr(hosts[0], multi_node)
     denv = DistributedEnv(
         rank=env.global_rank,
         local_rank=env.local_rank,
@@ -143,7 +225,18 @@ def export_distributed_env(
         job_id=str(env.job_id),
         cluster=env.cluster,
         restart_count=restarts,
+        hostname=socket.gethostname(),
+        node_addr=node_address(addr),
     )
+    if multi_node and not os.environ.get("GLOO_SOCKET_IFNAME"):
+        # gloo binds the address this host's name resolves to, which is loopback where
+        # /etc/hosts maps the machine's own name to 127.0.1.1: the other nodes could
+        # not connect. The interface of the node's address on the rendezvous route
+        # is the one they reach.
+        interface = interface_of(denv.node_addr)
+        if interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    denv = dataclasses.replace(denv, gloo_interface=os.environ.get("GLOO_SOCKET_IFNAME", ""))
     os.environ.update(
         MASTER_ADDR=denv.master_addr,
         MASTER_PORT=str(denv.master_port),
@@ -152,6 +245,7 @@ def export_distributed_env(
         LOCAL_RANK=str(denv.local_rank),
         LOCAL_WORLD_SIZE=str(denv.local_world_size),
         NODE_RANK=str(env.node),
+        OBS_NODE_ADDR=denv.node_addr,
     )
     return denv
 

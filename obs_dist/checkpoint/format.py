@@ -191,7 +191,7 @@ RESUME_MAY_CHANGE = (
     "name", "out_dir", "metrics.", "history.", "make_synthetic",
     "train.progress", "train.log_every", "train.moments_every",
     "checkpoint.every", "checkpoint.url", "checkpoint.endpoint_url", "checkpoint.retries",
-    "checkpoint.patience_s", "checkpoint.lease_s", "checkpoint.keep_bases",
+    "checkpoint.patience_s", "checkpoint.lease_s", "checkpoint.keep_bases", "checkpoint.shared",
     "data.endpoint_url", "data.retries", "data.patience_s", "data.prefetch", "dist.timeout_s",
 )
 

@@ -99,6 +99,10 @@ class CheckpointConfig:
             ``dist.timeout_s``: the other ranks wait for the save.
         lease_s: another run's lease on the store (:mod:`obs_dist.checkpoint.lease`)
             not renewed for this long is taken over (its run is gone).
+        shared: a local ``url`` is on a file system every node of a multi-node
+            job mounts at the same path. ``obs submit --nodes N`` (N > 1) refuses
+            a local ``url`` on a node-local file system unless this is true
+            (:mod:`launch.jobs.shared_storage`); S3 needs nothing.
     """
 
     url: str = ""
@@ -109,8 +113,11 @@ class CheckpointConfig:
     retries: int = 5
     patience_s: float = 120.0
     lease_s: float = 1800.0
+    shared: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"shared must be true or false, got {self.shared!r}")
         if "://" in self.url and not self.url.startswith(("s3://", "file://")):
             raise ValueError(f"url must be a path, file:// or s3://, got {self.url!r}")
         if self.every < 0:

@@ -442,6 +442,8 @@ class TrainingScenario(Scenario):
         interrupt_at: once a checkpoint at this step (or later) is complete, call
             ``interrupt``.
         interrupt: what preempts the job.
+        interrupt_wait_s: how long to wait for the checkpoint at ``interrupt_at``
+            (counted from the submission, so it includes the tasks' start).
     """
 
     def __init__(
@@ -452,7 +454,9 @@ class TrainingScenario(Scenario):
         s3_url: str,
         interrupt_at: int | None = None,
         interrupt: Callable[[Scenario], None] | None = None,
+        interrupt_wait_s: float = 120.0,
     ) -> None:
+        self.interrupt_wait_s = interrupt_wait_s
         self.s3_url = s3_url
         self.url = f"s3://{bucket}/run"
         self.out_dir = folder / "out"
@@ -470,8 +474,9 @@ class TrainingScenario(Scenario):
 
         return list_steps(self.store())
 
-    def wait_until(self, step: int, timeout_s: float = 120.0) -> int:
+    def wait_until(self, step: int, timeout_s: float | None = None) -> int:
         """Block until a complete checkpoint at ``step`` or later is in the store."""
+        timeout_s = self.interrupt_wait_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             steps = self.checkpoint_steps()
@@ -510,14 +515,20 @@ def launch_training(
     interrupt_at: int | None = None,
     interrupt: Callable[[Scenario], None] | None = None,
     extra_sets: tuple[str, ...] = (),
+    interrupt_wait_s: float = 120.0,
 ) -> TrainingScenario:
-    """Submit the real 2-task :class:`TrainingJob` (``obs submit``'s job) with a fresh bucket."""
+    """Submit the real :class:`TrainingJob` (``obs submit``'s job) with a fresh bucket.
+
+    ``cfg`` says how many nodes and tasks (the one-node tests: 2 tasks);
+    ``interrupt_wait_s`` is :class:`TrainingScenario`'s.
+    """
     bucket = f"train-{uuid.uuid4().hex[:12]}"
     s3_client(s3_url).create_bucket(Bucket=bucket)
     sets = [*TRAIN_SETS, f"checkpoint.url=s3://{bucket}/run",
             f"checkpoint.endpoint_url={s3_url}", f"out_dir={folder / 'out'}", *extra_sets]
     run = submit(TrainingJob(None, sets, cfg.job_settings()), cfg)
-    return TrainingScenario(run, folder, bucket, s3_url, interrupt_at, interrupt)
+    return TrainingScenario(run, folder, bucket, s3_url, interrupt_at, interrupt,
+                            interrupt_wait_s)
 
 
 @pytest.fixture(scope="session")
