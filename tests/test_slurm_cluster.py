@@ -249,13 +249,9 @@ def test_obs_submit_passes_gpus_account_mem_setup_and_sbatch_options(
 def test_obs_submit_refuses_an_unknown_config_key_before_sbatch(
     slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def jobs() -> str:
-        return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                              check=True, timeout=30).stdout
-
-    before = jobs()
+    before = support.queued_jobs()
     argv = ["submit", "--partition", support.PARTITION, "--folder", str(tmp_path / "runs"),
             "--set", "trainer.steps=100"]
     assert cli.main(argv) == 2
     assert "unknown config key trainer" in capsys.readouterr().err
-    assert jobs() == before and not (tmp_path / "runs").exists()
+    assert support.queued_jobs() == before and not (tmp_path / "runs").exists()

@@ -266,14 +266,10 @@ def _task_index(path: Path) -> int:
 def test_multi_node_job_with_a_node_local_checkpoint_dir_is_refused_before_sbatch(
     multinode_cluster: MultiNodeCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def jobs() -> str:
-        return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                              check=True, timeout=30).stdout
-
-    before = jobs()
+    before = one_node.queued_jobs()
     argv = ["submit", "--nodes", "2", "--tasks-per-node", "2", "--partition", "multi",
             "--folder", str(tmp_path / "runs"), "--set", f"checkpoint.url={tmp_path / 'ckpt'}"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "checkpoint.url" in err and "2 nodes" in err and "checkpoint.shared" in err, err
-    assert jobs() == before and not (tmp_path / "runs").exists()
+    assert one_node.queued_jobs() == before and not (tmp_path / "runs").exists()

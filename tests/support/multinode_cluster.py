@@ -106,25 +106,26 @@ class MultiNodeCluster:
     start_output: str
 
 
-def start_multinode_cluster(timeout_s: float = 120.0) -> MultiNodeCluster:
-    """Run ``start-multinode-cluster.sh``; raise with its output if it fails."""
-    done = subprocess.run(["bash", str(START_SCRIPT)], capture_output=True, text=True,
+def _run_script(script: Path, timeout_s: float) -> str:
+    """Run one of the cluster scripts; its output, or raise with it if it fails."""
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                           timeout=timeout_s, env=_script_env())
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        raise RuntimeError(f"start-multinode-cluster.sh failed (exit {done.returncode}):\n{output}")
+        raise RuntimeError(f"{script.name} failed (exit {done.returncode}):\n{output}")
+    return output
+
+
+def start_multinode_cluster(timeout_s: float = 120.0) -> MultiNodeCluster:
+    """Run ``start-multinode-cluster.sh``; raise with its output if it fails."""
+    output = _run_script(START_SCRIPT, timeout_s)
     return MultiNodeCluster(partition=PARTITION, conf=STATE / "slurm.conf", nodes=dict(NODES),
                             bridge_addr=BRIDGE_ADDR, start_output=output)
 
 
 def stop_multinode_cluster(timeout_s: float = 120.0) -> str:
     """Run ``stop-multinode-cluster.sh`` (kills tasks, removes namespaces and bridge)."""
-    done = subprocess.run(["bash", str(STOP_SCRIPT)], capture_output=True, text=True,
-                          timeout=timeout_s, env=_script_env())
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"stop-multinode-cluster.sh failed (exit {done.returncode}):\n{output}")
-    return output
+    return _run_script(STOP_SCRIPT, timeout_s)
 
 
 @pytest.fixture(scope="module")

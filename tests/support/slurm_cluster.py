@@ -139,6 +139,12 @@ def s3_client(url: str) -> Any:
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1", **CREDENTIALS)
 
 
+def queued_jobs() -> str:
+    """``squeue``'s job ids, one per line (what a refused submission must leave unchanged)."""
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+
+
 def expected_total(total_steps: int, world_size: int) -> float:
     """The job's final accumulator: each step adds ``sum(rank + 1) * step``."""
     per_step = world_size * (world_size + 1) / 2
