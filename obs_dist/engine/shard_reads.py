@@ -22,6 +22,7 @@ Only collectives NCCL also has are used (``all_gather_into_tensor``,
 from __future__ import annotations
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 
 from obs_dist.engine.collectives import ByteMeter, gather_equal
@@ -42,6 +43,7 @@ class ShardReader:
         self.state = state
         self.meter = meter if meter is not None else ByteMeter()
         self.reads = 0
+        self.local_sent = 0  # local-part entries sent to other owners (the bound's L)
 
     @property
     def world(self) -> int:
@@ -58,9 +60,12 @@ class ShardReader:
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Send the requester's non-zero local-part values to the owners of their columns.
 
+        One ``all_to_all`` of counts, one of int32 ``(stream, column, value bits)``
+        triples (12 bytes an entry).
+
         Returns:
-            What this owner received: global stream index ``W·B``-major, local
-            column, value (the requester's rank times ``B`` plus its stream).
+            What this owner received: stream index over all ranks (``rank·B + b``),
+            local column, fp32 value.
         """
         device = self.state.device
         if local is None:
@@ -69,20 +74,27 @@ class ShardReader:
             vals = torch.empty(0, dtype=torch.float32, device=device)
         else:
             streams, cols = local.nonzero(as_tuple=True)
-            vals = local[streams, cols]
+            vals = local[streams, cols].float()
         owner = self.state.owner_of(cols)
         order = torch.sort(owner, stable=True).indices
         rank = get_rank() if self.world > 1 else 0
-        index = torch.stack([streams[order] + rank * bsz, cols[order]], 1)
-        counts = split_counts(owner, self.world)
-        got_index, _ = route(index, counts, self.meter)
-        got_vals, _ = route(vals[order].contiguous(), counts, self.meter)
-        return got_index[:, 0], got_index[:, 1] - self.state.lo, got_vals
+        self.local_sent += int((owner != rank).sum())
+        packed = torch.stack([(streams[order] + rank * bsz).to(torch.int32),
+                              cols[order].to(torch.int32),
+                              vals[order].contiguous().view(torch.int32)], 1)
+        got, _ = route(packed, split_counts(owner, self.world), self.meter)
+        return (got[:, 0].long(), got[:, 1].long() - self.state.lo,
+                got[:, 2].contiguous().view(torch.float32))
 
     def top_candidates(self, rows: torch.Tensor, weights: torch.Tensor,
                        local: torch.Tensor | None, m: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every owner's top-m columns of ``h = Σ_i w_i X[S_i, :] + local`` (a collective).
+
+        Four collectives: one ``all_gather`` of every rank's ``(S, w)`` (int32 ids
+        and fp32 coefficient bits, ``8·k`` bytes a stream), the local part's
+        counts and triples (``all_to_all``), and one ``all_to_all`` of the answers
+        (int32 id bits, value and ``k`` base entries: ``4·(2+k)`` bytes a candidate).
 
         Args:
             rows: ``[B, k]`` the selected nodes ``S`` of each stream.
@@ -100,8 +112,10 @@ class ShardReader:
         bsz, k = rows.shape
         world = self.world
         dt = state.dtype
-        all_rows = self._everyone(rows.long().contiguous()).reshape(world * bsz, k)
-        all_w = self._everyone(weights.contiguous()).reshape(world * bsz, k)
+        ask = torch.cat([rows.to(torch.int32), weights.float().contiguous().view(torch.int32)], 1)
+        asked = self._everyone(ask.contiguous()).reshape(world * bsz, 2 * k)
+        all_rows = asked[:, :k].long()
+        all_w = asked[:, k:].contiguous().view(torch.float32)
         streams, cols, vals = self._route_local_part(local, bsz)
         h = F.embedding_bag(all_rows, state.local, per_sample_weights=all_w.to(dt), mode="sum")
         h = h.to(weights.dtype)
@@ -112,17 +126,20 @@ class ShardReader:
         width = min(m, state.hi - state.lo)
         top_vals, top_idx = h.topk(width, dim=1)  # [W·B, m']
         base = state.local[all_rows[:, :, None], top_idx[:, None, :]]  # [W·B, k, m']
-        payload = torch.cat([top_vals[:, None, :], base.to(weights.dtype)], 1)  # [W·B, 1+k, m']
-        ids = top_idx + state.lo
+        ids = (top_idx + state.lo).to(torch.int32).view(torch.float32)
+        answer = torch.cat([ids[:, None, :], top_vals.float()[:, None, :],
+                            base.float()], 1).contiguous()  # [W·B, 2+k, m']
         if world > 1:
-            counts = [bsz] * world
-            ids, _ = route(ids, counts, self.meter)
-            payload, _ = route(payload, counts, self.meter)
-        # [W(owner), B, ...] → [B, ..., W·m']
-        ids = ids.view(world, bsz, width).permute(1, 0, 2).reshape(bsz, world * width)
-        payload = payload.view(world, bsz, 1 + k, width).permute(1, 2, 0, 3)
-        payload = payload.reshape(bsz, 1 + k, world * width)
-        return ids, payload[:, 0], payload[:, 1:]
+            got = torch.empty_like(answer)
+            torch_dist.all_to_all_single(got, answer)
+            self.meter.add("all_to_all", (world - 1) * bsz * answer[0].numel() * 4)
+            answer = got
+        # [W(owner), B, 2+k, m'] → [B, 2+k, W·m']
+        answer = answer.view(world, bsz, 2 + k, width).permute(1, 2, 0, 3)
+        answer = answer.reshape(bsz, 2 + k, world * width)
+        ids_out = answer[:, 0].contiguous().view(torch.int32).long()
+        return (ids_out, answer[:, 1].to(weights.dtype),
+                answer[:, 2:].to(weights.dtype))
 
     def fetch_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values ``X[rows[e], cols[e]]`` from their owners (a collective), in the state dtype.

@@ -102,6 +102,7 @@ class ShardedDeltaSync:
         self.cfg = cfg if cfg is not None else SyncConfig()
         self.meter = ByteMeter()
         self.last = SyncStats()
+        self.routed_sent = 0  # committed entries sent to another owner
         self.counters: dict[str, float] = {"sync_bytes_total": 0.0, "sync_seconds_total": 0.0,
                                            "sync_calls_total": 0.0,
                                            "sync_dense_partitions_total": 0.0}
@@ -121,6 +122,7 @@ class ShardedDeltaSync:
             d = d.to(dtype=torch.float32)
         world = get_world_size() if is_initialized() else 1
         owner = self.state.owner_of(d.cols)
+        self.routed_sent += int((owner != self.state.rank).sum())
         order = torch.sort(owner, stable=True).indices
         packed = torch.stack([d.rows[order], d.cols[order],
                               d.values[order].contiguous().view(torch.int32)], dim=1)
