@@ -15,7 +15,7 @@ In each layout and phase, every rank trains the same committing MQAR model
 * for the sharded layout, ``read_bound_per_step`` — the analytic bound of the
   read protocol (decisions §5b) for the entries the rank really sent::
 
-      (W−1)·[8·B·k + 4·B·m'·(2+k) + 8] + 12·L
+      (W−1)·[8·B·k + 4·W + 4·B·m'·(2+k)] + 12·L
 
   with ``m' = min(m, N/W)`` and ``L`` the local-part entries sent to other
   owners — and ``read_over_bound`` (target ≤ 1.25);
@@ -127,7 +127,7 @@ def _measure(params: dict[str, Any], layout: str, phase: str, device: Any) -> di
     if layout == "sharded" and reader is not None:
         b, k, m = params["batch"], params["k_max"], params["active"]
         width = min(m, -(-params["nodes"] // world))
-        per_read = (world - 1) * (8 * b * k + 4 * b * width * (2 + k) + 8)
+        per_read = (world - 1) * (8 * b * k + 4 * world + 4 * b * width * (2 + k))
         bounds = torch.tensor([per_read * steps + 12 * (reader.local_sent - local0),
                                12 * (sync.routed_sent - routed0)
                                + 24 * (world - 1) * sync.counters["sync_calls_total"]],

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from obs_dist.engine.collectives import ByteMeter, gather_equal
 from obs_dist.engine.dist import get_rank, get_world_size, is_initialized
-from obs_dist.engine.shard_sync import route, split_counts
+from obs_dist.engine.shard_sync import route, route_known, split_counts
 from obs_dist.model.sharded_state import ShardedState
 
 
@@ -56,16 +56,11 @@ class ShardReader:
             return t[None]
         return gather_equal(t, self.meter)
 
-    def _route_local_part(self, local: torch.Tensor | None, bsz: int
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Send the requester's non-zero local-part values to the owners of their columns.
+    def _local_triples(self, local: torch.Tensor | None, bsz: int
+                       ) -> tuple[torch.Tensor, list[int]]:
+        """The requester's non-zero local-part values, owner-sorted, and the count per owner.
 
-        One ``all_to_all`` of counts, one of int32 ``(stream, column, value bits)``
-        triples (12 bytes an entry).
-
-        Returns:
-            What this owner received: stream index over all ranks (``rank·B + b``),
-            local column, fp32 value.
+        Int32 ``(stream over all ranks, column, value bits)`` triples, 12 bytes an entry.
         """
         device = self.state.device
         if local is None:
@@ -82,19 +77,18 @@ class ShardReader:
         packed = torch.stack([(streams[order] + rank * bsz).to(torch.int32),
                               cols[order].to(torch.int32),
                               vals[order].contiguous().view(torch.int32)], 1)
-        got, _ = route(packed, split_counts(owner, self.world), self.meter)
-        return (got[:, 0].long(), got[:, 1].long() - self.state.lo,
-                got[:, 2].contiguous().view(torch.float32))
+        return packed, split_counts(owner, self.world)
 
     def top_candidates(self, rows: torch.Tensor, weights: torch.Tensor,
                        local: torch.Tensor | None, m: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every owner's top-m columns of ``h = Σ_i w_i X[S_i, :] + local`` (a collective).
 
-        Four collectives: one ``all_gather`` of every rank's ``(S, w)`` (int32 ids
-        and fp32 coefficient bits, ``8·k`` bytes a stream), the local part's
-        counts and triples (``all_to_all``), and one ``all_to_all`` of the answers
-        (int32 id bits, value and ``k`` base entries: ``4·(2+k)`` bytes a candidate).
+        Three collectives: one ``all_gather`` of every rank's ``(S, w)`` (int32 ids
+        and fp32 coefficient bits, ``8·k`` bytes a stream) with its local-part
+        counts per owner (``4·W`` bytes), the local part's triples
+        (``all_to_all``), and one ``all_to_all`` of the answers (int32 id bits,
+        value and ``k`` base entries: ``4·(2+k)`` bytes a candidate).
 
         Args:
             rows: ``[B, k]`` the selected nodes ``S`` of each stream.
@@ -112,11 +106,21 @@ class ShardReader:
         bsz, k = rows.shape
         world = self.world
         dt = state.dtype
-        ask = torch.cat([rows.to(torch.int32), weights.float().contiguous().view(torch.int32)], 1)
-        asked = self._everyone(ask.contiguous()).reshape(world * bsz, 2 * k)
-        all_rows = asked[:, :k].long()
-        all_w = asked[:, k:].contiguous().view(torch.float32)
-        streams, cols, vals = self._route_local_part(local, bsz)
+        triples, counts = self._local_triples(local, bsz)
+        # One all_gather: (S, w bits) of every stream, and how many local-part
+        # triples each rank sends to each owner (so no counts round of their own).
+        ask = torch.cat([rows.to(torch.int32).reshape(-1),
+                         weights.float().contiguous().view(torch.int32).reshape(-1),
+                         torch.tensor(counts, dtype=torch.int32, device=rows.device)])
+        asked = self._everyone(ask.contiguous())  # [W, B·2k + W]
+        all_rows = asked[:, :bsz * k].reshape(world * bsz, k).long()
+        all_w = asked[:, bsz * k:2 * bsz * k].contiguous().view(torch.float32)
+        all_w = all_w.reshape(world * bsz, k)
+        me = get_rank() if world > 1 else 0
+        counts_in = [int(c) for c in asked[:, 2 * bsz * k + me].cpu().tolist()]
+        got = route_known(triples, counts, counts_in, self.meter)
+        streams, cols = got[:, 0].long(), got[:, 1].long() - state.lo
+        vals = got[:, 2].contiguous().view(torch.float32)
         h = F.embedding_bag(all_rows, state.local, per_sample_weights=all_w.to(dt), mode="sum")
         h = h.to(weights.dtype)
         if vals.numel():

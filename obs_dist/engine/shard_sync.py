@@ -59,24 +59,42 @@ def route(t: torch.Tensor, counts_out: list[int], meter: ByteMeter | None = None
     Returns:
         ``(received rows in source-rank order, rows received from each rank)``.
     """
-    world, rank = get_world_size(), get_rank()
+    world = get_world_size() if is_initialized() else 1
     if len(counts_out) != world or sum(counts_out) != t.shape[0]:
         raise ValueError(f"route: counts {counts_out} do not split {t.shape[0]} rows over "
                          f"{world} ranks")
-    if world == 1 or not is_initialized():
+    if world == 1:
         return t, [t.shape[0]]
     send_counts = torch.tensor(counts_out, dtype=torch.int64, device=t.device)
     recv_counts = torch.empty_like(send_counts)
     torch_dist.all_to_all_single(recv_counts, send_counts)
+    if meter is not None:
+        meter.add("all_to_all", 8 * (world - 1))
     counts_in = [int(c) for c in recv_counts.cpu().tolist()]
+    return route_known(t, counts_out, counts_in, meter), counts_in
+
+
+def route_known(t: torch.Tensor, counts_out: list[int], counts_in: list[int],
+                meter: ByteMeter | None = None) -> torch.Tensor:
+    """:func:`route` when both sides already know the counts (one ``all_to_all``).
+
+    Args:
+        t: ``[n, ...]`` rows, grouped by destination rank in rank order.
+        counts_out: rows for each destination rank.
+        counts_in: rows this rank receives from each rank.
+        meter: accounts the bytes this rank sends to other ranks.
+    """
+    world = get_world_size() if is_initialized() else 1
+    if world == 1:
+        return t
+    rank = get_rank()
     recv = t.new_empty((sum(counts_in), *t.shape[1:]))
-    torch_dist.all_to_all_single(recv, t.contiguous(), output_split_sizes=counts_in,
+    torch_dist.all_to_all_single(recv, t.contiguous(), output_split_sizes=list(counts_in),
                                  input_split_sizes=list(counts_out))
     if meter is not None:
         row_bytes = t[:1].numel() * t.element_size()
-        meter.add("all_to_all", 8 * (world - 1)
-                  + (t.shape[0] - counts_out[rank]) * row_bytes)
-    return recv, counts_in
+        meter.add("all_to_all", (t.shape[0] - counts_out[rank]) * row_bytes)
+    return recv
 
 
 def split_counts(owner: torch.Tensor, world: int) -> list[int]:
