@@ -33,6 +33,7 @@ from obs_dist.engine.dist import get_rank
 from obs_dist.engine.shard_sync import all_sum
 from obs_dist.model.delta import INDEX_DTYPE
 from obs_dist.model.sharded_state import ShardedState
+from obs_dist.model.state import StateConfig
 from obs_dist.storage import ObjectStore
 
 # Upper bound of a log's safetensors header (as the manager's LOG_HEADER_BYTES).
@@ -161,6 +162,23 @@ def sharded_chain(step: int, world: int, base: bool, last: Manifest | None) -> d
             "logs": [*last.logs, *new], "log_bytes": last.log_bytes, "touched": 0,
             "objects": {k: last.objects[k] for k in [*last.base, *last.logs]},
             "new_logs": new}
+
+
+def read_sharded_matrix(store: ObjectStore, manifest: Manifest, config: StateConfig
+                        ) -> torch.Tensor:
+    """All of X assembled from every slice of a sharded checkpoint (tools, tests; small N).
+
+    Args:
+        store: where the checkpoint lives.
+        manifest: a sharded checkpoint's manifest.
+        config: the state's config (N, partitions, dtype) as the run had it.
+    """
+    pieces = []
+    for rank in range(manifest.world_size):
+        piece = ShardedState(config, rank, manifest.world_size, init=False)
+        load_slice(store, manifest, piece)
+        pieces.append(piece.matrix())
+    return torch.cat(pieces, 1)
 
 
 def check_sharded_compatible(manifest: Manifest, state: ShardedState) -> None:

@@ -38,10 +38,12 @@ class Budget:
     Attributes:
         bytes_per_rank: what one rank may take.
         what: where the figure comes from, for messages.
+        ranks_per_node: ranks sharing one node's RAM (CPU), None for one device each.
     """
 
     bytes_per_rank: int
     what: str
+    ranks_per_node: int | None = None
 
 
 def rank_bytes(cfg: StateConfig, layout: str, world: int, d_model: int) -> int:
@@ -60,7 +62,7 @@ def available(device: torch.device, local_world: int) -> Budget:
     avail = _mem_available()
     share = int(avail * HEADROOM) // max(local_world, 1)
     return Budget(share, f"{avail / GIB:.1f} GiB of available RAM shared by "
-                         f"{local_world} local rank(s)")
+                         f"{local_world} local rank(s)", ranks_per_node=max(local_world, 1))
 
 
 def _mem_available() -> int:
@@ -101,10 +103,15 @@ def check_state_fits(cfg: StateConfig, world: int, d_model: int, budget: Budget)
     if cfg.layout == "replicated" and sharded <= budget.bytes_per_rank:
         raise ValueError(f"{head}. state.layout = 'sharded' needs ~{sharded / GIB:.1f} GiB per "
                          f"rank with {world} ranks and fits: set state.layout=sharded")
-    # More ranks, each with this rank's budget (one GPU each, or nodes like this one).
+    # More ranks, each with this rank's budget: one GPU each, or more nodes like this one
+    # (ranks on one node share its RAM, so more of them on the same node do not help).
     for more in range(world + 1, 4097):
         if rank_bytes(cfg, "sharded", more, d_model) <= budget.bytes_per_rank:
+            each = rank_bytes(cfg, "sharded", more, d_model) / GIB
+            where = ("one device each" if budget.ranks_per_node is None else
+                     f"{math.ceil(more / budget.ranks_per_node)} nodes like this one with "
+                     f"{budget.ranks_per_node} ranks each")
             raise ValueError(f"{head}. state.layout = 'sharded' fits with {more} or more ranks "
-                             f"of this size (~{rank_bytes(cfg, 'sharded', more, d_model) / GIB:.1f}"
-                             " GiB each), or use a smaller state.nodes or dtype")
+                             f"(~{each:.1f} GiB each; {where}), or use a smaller state.nodes "
+                             "or dtype")
     raise ValueError(f"{head}. No layout fits; use a smaller state.nodes or dtype")
