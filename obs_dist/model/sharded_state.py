@@ -25,6 +25,8 @@ from obs_dist.model.delta import SparseDelta
 from obs_dist.model.state import StateConfig, partition_bounds
 
 INIT_CHUNK_ROWS = 1024  # BigState's chunk of the seeded initialisation (same RNG stream)
+DRAW_ROWS = 64  # rows per draw inside a chunk (64·N values: a multiple of 16)
+MOMENT_ROWS = 256  # rows upcast to float64 at a time by moments()
 
 
 class ShardedState:
@@ -80,8 +82,14 @@ class ShardedState:
             start, end = row_bounds[p], row_bounds[p + 1]
             for i in range(start, end, INIT_CHUNK_ROWS):
                 rows = min(INIT_CHUNK_ROWS, end - i)
-                block = torch.randn(rows, cfg.nodes, generator=gen, dtype=torch.float32)
-                self.local[i:i + rows].copy_(block[:, self.lo:self.hi].mul_(cfg.init_std))
+                # Drawn in pieces of DRAW_ROWS rows: torch's CPU normal fill works in
+                # blocks of 16 values, so consecutive draws of multiples of 16 values
+                # continue one stream (tests/test_sharded_state.py checks it), and a
+                # rank's temporary is 16× smaller than BigState's chunk.
+                for j in range(i, i + rows, DRAW_ROWS):
+                    part = min(DRAW_ROWS, i + rows - j)
+                    block = torch.randn(part, cfg.nodes, generator=gen, dtype=torch.float32)
+                    self.local[j:j + part].copy_(block[:, self.lo:self.hi].mul_(cfg.init_std))
 
     # ------------------------------------------------------------------ reading
     @property
@@ -149,7 +157,7 @@ class ShardedState:
         """Mean, std and excess kurtosis of all N² entries (a collective across ranks)."""
         n = self.num_nodes * self.num_nodes
         s1 = s2 = 0.0
-        chunks = [self.local[i:i + 1024] for i in range(0, self.num_nodes, 1024)]
+        chunks = [self.local[i:i + MOMENT_ROWS] for i in range(0, self.num_nodes, MOMENT_ROWS)]
         for chunk in chunks:
             x = chunk.double()
             s1 += float(x.sum())

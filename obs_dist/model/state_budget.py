@@ -8,7 +8,8 @@ size) that would fit.
 
 The estimate per rank is the state's own bytes (all of X in the replicated
 layout, the widest column slice in the sharded one) plus what scales with N
-alongside it: one initialisation chunk of ``1024 × N`` fp32 rows, and the node
+alongside it: one initialisation draw of ``1024 × N`` fp32 values (``64 × N`` in
+the sharded layout), and the node
 embeddings with their gradient and two AdamW moments (``4 · N · d · 4``).
 Everything else (window blocks, encoders, batches) is small next to it and is
 covered by :data:`HEADROOM`.
@@ -28,7 +29,8 @@ GIB = 2**30
 # Share of the available memory the estimate may take (the rest: the framework,
 # window blocks, batches, allocator slack).
 HEADROOM = 0.9
-INIT_CHUNK_ROWS = 1024
+INIT_CHUNK_ROWS = 1024  # BigState draws its initialisation in chunks of these rows
+SHARDED_DRAW_ROWS = 64  # ShardedState draws in pieces of these rows
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def rank_bytes(cfg: StateConfig, layout: str, world: int, d_model: int) -> int:
     n = cfg.nodes
     width = n if layout == "replicated" else math.ceil(n / max(world, 1))
     elem = torch.finfo(cfg.torch_dtype).bits // 8
-    return n * width * elem + INIT_CHUNK_ROWS * n * 4 + 4 * n * d_model * 4
+    draw = INIT_CHUNK_ROWS if layout == "replicated" else SHARDED_DRAW_ROWS
+    return n * width * elem + draw * n * 4 + 4 * n * d_model * 4
 
 
 def available(device: torch.device, local_world: int) -> Budget:
