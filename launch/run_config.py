@@ -78,6 +78,10 @@ class RunConfig:
             if "{out_dir}" in value:
                 setattr(self.data, key, value.replace("{out_dir}", self.out_dir))
         self.model.writer.check_nodes(self.state.nodes)
+        if self.state.layout == "sharded" and self.task.name == "av-stream":
+            raise ValueError("state.layout = 'sharded' does not support task.name = 'av-stream' "
+                             "(its recall score reads every column of X); use "
+                             "state.layout = 'replicated'")
         if self.dist.backend == "nccl" and not self.train.device.startswith("cuda"):
             raise ValueError(f"dist.backend = 'nccl' needs train.device = 'cuda', got "
                              f"{self.train.device!r}")

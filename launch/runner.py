@@ -41,13 +41,17 @@ from obs_dist.engine.collectives import make_block_exchange
 from obs_dist.engine.dist import get_local_rank, get_rank, get_world_size, is_rank_zero
 from obs_dist.engine.replica import ReplicaChecker
 from obs_dist.engine.scheduler import PhaseScheduler
+from obs_dist.engine.shard_sync import ShardedDeltaSync
+from obs_dist.engine.sharding import build_sharded, sharded_engine
 from obs_dist.engine.slow_weights import build_slow_weights, joined_world, release
 from obs_dist.engine.sync import DeltaSync
 from obs_dist.guards import require_scored, task_scores_targets
 from obs_dist.hooks import NamedHook
 from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.model import OBSModel
+from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
+from obs_dist.model.state_budget import available, check_state_fits
 from obs_dist.storage import RedactCredentials, redact_tree
 from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
@@ -81,9 +85,12 @@ def resolve_device(cfg: RunConfig) -> torch.device:
     return torch.device(cfg.train.device)
 
 
-def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel | AVStreamModel,
-                                                                BigState]:
+def build_model(cfg: RunConfig, device: torch.device
+                ) -> tuple[OBSModel | AVStreamModel, BigState | ShardedState]:
     """The slow-weight model (seeded) and the big state on ``device``.
+
+    ``state.layout = "sharded"``: this rank's column slice only (inside the
+    joined world; :func:`build_trainer` wires the sharded engine around it).
 
     ``av-stream`` runs get the label-free :class:`AVStreamModel`; every other task
     the :class:`OBSModel` with its classification head.
@@ -94,7 +101,11 @@ def build_model(cfg: RunConfig, device: torch.device) -> tuple[OBSModel | AVStre
         model = AVStreamModel(cfg.model, cfg.state.nodes).to(device)
     else:
         model = OBSModel(cfg.model, cfg.state.nodes).to(device)
-    state = BigState(cfg.state, device=device)
+    state: BigState | ShardedState
+    if cfg.state.layout == "sharded":
+        state = build_sharded(cfg.state, cfg.sync, cfg.model.writer.active, device).state
+    else:
+        state = BigState(cfg.state, device=device)
     return model, state
 
 
@@ -172,7 +183,8 @@ def fan_out(sinks: list[MetricsSink]) -> MetricsSink | None:
     return sink
 
 
-def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState, slow: SlowWeights,
+def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState | ShardedState,
+                  slow: SlowWeights,
                   sinks: list[MetricsSink] | None = None) -> Trainer:
     """The trainer with the distributed engine wired in.
 
@@ -184,13 +196,20 @@ def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState, slow: SlowWe
     """
     world = get_world_size()
     device = state.device
-    sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync)
+    sync: DeltaSync | ShardedDeltaSync
+    sharded: dict[str, Any] = {}
+    if isinstance(state, ShardedState):
+        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active)
+        sync = engine.sync
+        sharded = {"deferred": engine.deferred, "make_memory": engine.make_memory}
+    else:
+        sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync)
     scheduler = PhaseScheduler(cfg.scheduler, device) if cfg.task.commits else None
     trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits,
                       penalty=cfg.state.penalty, slow=slow, sync=sync,
                       sink=fan_out(list(sinks or [])), scheduler=scheduler,
                       exchange=make_block_exchange(sync.meter) if world > 1 else None,
-                      parallel_every=cfg.sync.parallel_every)
+                      parallel_every=cfg.sync.parallel_every, **sharded)
     if world > 1 and cfg.sync.check_every:
         trainer.hooks.add("replica_check", ReplicaChecker(
             state, cfg.sync.check_every, model if cfg.sync.check_slow_weights else None,
@@ -234,8 +253,13 @@ def run_training(config_path: str | None, overrides: list[str], resume: str = "a
         This rank's final metrics (step, loss, accuracy, eval accuracy, …).
     """
     cfg = resolve_config(config_path, overrides)
-    set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    set_threads(local_world)
     device = resolve_device(cfg)
+    # Before anything is allocated (or the world joined): refuse a state that cannot fit.
+    need = check_state_fits(cfg.state, int(os.environ.get("WORLD_SIZE", "1")),
+                            cfg.model.d_model, available(device, local_world))
+    log.info("state: %s layout, ~%.2f GiB per rank (estimate)", cfg.state.layout, need / 2**30)
     with joined_world(cfg.dist, device):
         return _train(cfg, device, resume, sinks, hooks)
 
@@ -370,7 +394,11 @@ def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dic
     device = torch.device(cfg.train.device)
     model, state = build_model(cfg, device)
     load_weights(model, Path(cfg.out_dir) / "model.safetensors")
-    trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits)
+    sharded: dict[str, Any] = {}
+    if isinstance(state, ShardedState):  # one process: one slice, all of X
+        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active)
+        sharded = {"deferred": engine.deferred, "make_memory": engine.make_memory}
+    trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits, **sharded)
     evals = build_data(cfg).evals
     if evals is None:
         raise ValueError(f"task {cfg.task.name!r} has no evaluation stream of its own; "

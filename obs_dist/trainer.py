@@ -36,11 +36,13 @@ from obs_dist.engine.collectives import all_ranks_agree
 from obs_dist.engine.dist import get_world_size, is_rank_zero
 from obs_dist.engine.replica import DeferredCommits
 from obs_dist.engine.scheduler import SEQUENTIAL, PhaseScheduler, WindowSignals, declared_continuous
+from obs_dist.engine.shard_sync import ShardedDeferredCommits
 from obs_dist.guards import GUARD_STAGE, DivergenceGuard
 from obs_dist.hooks import Hooks
 from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.model import Carry, OBSModel
+from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
 from obs_dist.model.window import Exchange, WindowMemory
 from obs_dist.tasks import IGNORE
@@ -48,6 +50,8 @@ from obs_dist.tasks import IGNORE
 log = logging.getLogger("obs.trainer")
 
 MetricsSink = Callable[[dict[str, float], int], None]
+# (base, batch, shared, exchange) -> the window's memory
+MemoryFactory = Callable[[torch.Tensor, int, bool, Exchange | None], WindowMemory]
 
 
 @dataclass
@@ -205,6 +209,11 @@ class Trainer:
             (None for one process).
         parallel_every: K, windows between syncs in the parallel phase when
             there is more than one rank.
+        deferred: holds the parallel phase's windows between syncs (default:
+            :class:`~obs_dist.engine.replica.DeferredCommits` over ``state``).
+        make_memory: builds a window's memory ``(base, batch, shared, exchange)``
+            (default: :class:`~obs_dist.model.window.WindowMemory`; the sharded
+            layout's reads through its owners).
 
     ``hooks`` (:class:`~obs_dist.hooks.Hooks`) holds the named hooks
     ``hook(trainer, metrics)``: ``on_step`` ones run after every optimizer step of
@@ -214,13 +223,16 @@ class Trainer:
     ``divergence`` (:class:`~obs_dist.guards.DivergenceGuard`) is always there.
     """
 
-    def __init__(self, cfg: TrainConfig, model: OBSModel | AVStreamModel, state: BigState,
+    def __init__(self, cfg: TrainConfig, model: OBSModel | AVStreamModel,
+                 state: BigState | ShardedState,
                  commit: bool,
                  penalty: float = 0.0, slow: SlowWeights | None = None,
                  sync: Callable[[SparseDelta], SparseDelta] | None = None,
                  sink: MetricsSink | None = None, shared: bool = False,
                  scheduler: PhaseScheduler | None = None, exchange: Exchange | None = None,
-                 parallel_every: int = 1) -> None:
+                 parallel_every: int = 1,
+                 deferred: DeferredCommits | ShardedDeferredCommits | None = None,
+                 make_memory: MemoryFactory | None = None) -> None:
         if parallel_every < 1:
             raise ValueError(f"parallel_every must be >= 1, got {parallel_every}")
         self.cfg = cfg
@@ -239,7 +251,11 @@ class Trainer:
         self.exchange = exchange
         # One process has nothing to wait for: commit every window.
         self.parallel_every = parallel_every if get_world_size() > 1 else 1
-        self.deferred = DeferredCommits(state)
+        if deferred is None:
+            assert isinstance(state, BigState), "a sharded state needs its own deferred commits"
+            deferred = DeferredCommits(state)
+        self.deferred = deferred
+        self.make_memory: MemoryFactory = make_memory if make_memory is not None else WindowMemory
         self.device = torch.device(cfg.device)
         self.step = 0
         self.counters: dict[str, float] = {"samples_total": 0.0, "tokens_total": 0.0,
@@ -401,7 +417,7 @@ class Trainer:
             shared = self._decide(batch, train)
             exchange = self.exchange if shared else None
             if memory is None or fresh_each_window:
-                memory = WindowMemory(base, bsz, shared=shared, exchange=exchange)
+                memory = self.make_memory(base, bsz, shared, exchange)
             else:
                 memory = memory.carry(shared, exchange)
             with torch.set_grad_enabled(train):

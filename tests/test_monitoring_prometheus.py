@@ -73,6 +73,8 @@ TRAIN_SETS = [
     # The job settles into one phase within seconds, often before Prometheus's first
     # scrape; probes keep the phase changing for the phase-change annotation.
     "scheduler.min_windows=20", "scheduler.max_windows=40",
+    # OBS_TEST_SETS="state.layout=sharded" runs the same tests in another configuration.
+    *os.environ.get("OBS_TEST_SETS", "").split(),
 ]  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import torch
 
 from obs_dist.checkpoint.codec import bytes_to_tensors, tensors_to_bytes
 from obs_dist.model.delta import INDEX_DTYPE, SparseDelta
+from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
 
 # Compact the pending keys (sort + unique) once this many raw keys are buffered,
@@ -83,7 +84,7 @@ class TouchedEntries:
         self._pending_count = 0
         self.commits = 0
 
-    def attach(self, state: BigState) -> Callable[[], None]:
+    def attach(self, state: BigState | ShardedState) -> Callable[[], None]:
         """Record every delta that ``state.apply`` accepts from now on.
 
         The wrapper records *after* the original ``apply`` returned, so a delta it

@@ -41,6 +41,7 @@ from obs_dist.checkpoint.codec import (
     tensors_to_bytes,
 )
 from obs_dist.checkpoint.delta_log import apply_log
+from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
 from obs_dist.storage import LocalStore, ObjectStore
 
@@ -176,7 +177,7 @@ class Manifest:
             raise CheckpointCorrupt(f"{what} has unexpected fields: {exc}") from None
 
 
-def state_shape(state: BigState) -> dict[str, Any]:
+def state_shape(state: BigState | ShardedState) -> dict[str, Any]:
     """The facts about a state that a checkpoint must match to be loaded into it."""
     return {"nodes": state.num_nodes, "partitions": len(state.parts),
             "dtype": str(state.dtype).removeprefix("torch."), "bounds": list(state.bounds),
@@ -231,7 +232,7 @@ def config_changes(saved: dict[str, Any], live: dict[str, Any]) -> list[str]:
             if key in new and old[key] != new[key] and not may_change_on_resume(key, live)]
 
 
-def check_compatible(manifest: Manifest, state: BigState, world_size: int,
+def check_compatible(manifest: Manifest, state: BigState | ShardedState, world_size: int,
                      config: dict[str, Any] | None = None) -> None:
     """Refuse to load a checkpoint into a differently shaped or configured run.
 

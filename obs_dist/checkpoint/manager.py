@@ -65,10 +65,21 @@ from obs_dist.checkpoint.lease import (
     run_identity,
 )
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
+from obs_dist.checkpoint.shard_state import (
+    check_sharded_compatible,
+    load_slice,
+    sharded_chain,
+    sharded_kind,
+    slice_shape,
+    write_slice_base,
+    write_slice_log,
+)
 from obs_dist.checkpoint.side_objects import SideObjects
 from obs_dist.engine.collectives import all_ranks_agree, broadcast_int
 from obs_dist.engine.dist import barrier, get_rank, get_world_size
 from obs_dist.guards import RunFailed, nonfinite_path, tensors_finite
+from obs_dist.model.sharded_state import ShardedState
+from obs_dist.model.state import BigState
 from obs_dist.storage import ObjectStore, StorageError, open_store
 from obs_dist.trainer import Trainer
 
@@ -169,8 +180,11 @@ class Checkpointer:
         self.leftovers_removed = 0  # rank 0: .tmp-* files of killed writes deleted at start
         self.last_seconds = 0.0
         self.last_bytes = 0
-        # Replicas are identical, so only rank 0 writes (and tracks) the big state.
-        self.tracker = TouchedEntries(trainer.state.num_nodes) if rank == 0 else None
+        # Replicas are identical, so only rank 0 writes (and tracks) the big state;
+        # in the sharded layout every rank writes (and tracks) its own slice.
+        self.sharded = isinstance(trainer.state, ShardedState)
+        writes_state = rank == 0 or self.sharded
+        self.tracker = TouchedEntries(trainer.state.num_nodes) if writes_state else None
         self._detach = self.tracker.attach(trainer.state) if self.tracker else (lambda: None)
 
     @property
@@ -255,7 +269,7 @@ class Checkpointer:
             flush()
         tree = capture_rank(trainer, self.extra)
         bad = nonfinite_path(tree)
-        if bad is None and self.rank == 0 and not tensors_finite(trainer.state.parts):
+        if bad is None and self.tracker is not None and not tensors_finite(trainer.state.parts):
             bad = "the big state"
         if not all_ranks_agree(bad is None):
             # A diverged run must never replace the last finite checkpoint.
@@ -271,10 +285,22 @@ class Checkpointer:
         listing, records, new_bytes = written if ok else ({}, {}, 0)
         tree["objects"] = listing  # component → object key per slot
         document, tensors = encode_to_objects(tree)
-        ok = ok and self._attempt(f"rank {self.rank} state", lambda: write_rank(
-            store, step, self.rank, document, tensors, shared=records))
         chain: dict[str, Any] = {}
-        if self.rank == 0 and ok:
+        slices: dict[str, dict[str, Any]] = {}
+        if self.sharded:  # every rank's slice first, listed in its rank index
+            state = trainer.state
+            assert isinstance(state, ShardedState) and self.tracker is not None
+            base = sharded_kind(state, self.tracker.count(), self.last,
+                                self.cfg.base_every_fraction, force_base)
+            keys = self.tracker.keys()
+            ok = ok and self._attempt(f"rank {self.rank}'s slice", lambda: slices.update(
+                write_slice_base(store, state, step) if base
+                else write_slice_log(store, state, step, keys)))
+            if self.rank == 0:
+                chain = sharded_chain(step, self.world, base, self.last)
+        ok = ok and self._attempt(f"rank {self.rank} state", lambda: write_rank(
+            store, step, self.rank, document, tensors, shared={**records, **slices}))
+        if self.rank == 0 and ok and not self.sharded:
             ok = self._attempt("big state", lambda: chain.update(self._write_state(force_base)))
         barrier()
         manifest = self._finish(step, chain) if self.rank == 0 and ok else None
@@ -287,6 +313,8 @@ class Checkpointer:
         self.last_time = time.time()
         self.last_seconds = time.perf_counter() - t0
         if manifest is None:  # ranks other than 0: their own share
+            if self.tracker is not None:  # their slice's entries are in this checkpoint
+                self.tracker.clear()
             self.last_step = step
             self.last_bytes = len(document) + len(tensors) + new_bytes
             return None
@@ -321,6 +349,7 @@ class Checkpointer:
         """Write a base or a log of the big state; returns the manifest's state fields."""
         assert self.store is not None and self.tracker is not None
         state, step, last = self.trainer.state, self.trainer.step, self.last
+        assert isinstance(state, BigState)
         keys = self.tracker.keys()
         estimate = keys.numel() * entry_bytes(state.dtype) + LOG_HEADER_BYTES
         limit = self.cfg.base_every_fraction * state.nbytes
@@ -341,6 +370,7 @@ class Checkpointer:
         """Rank 0: gather every rank's objects and write the manifest."""
         assert self.store is not None
         objects = dict(chain.pop("objects"))
+        new_logs = chain.pop("new_logs", [])
         for r in range(self.world):
             try:
                 objects.update(read_rank_index(self.store, step, r))
@@ -351,14 +381,17 @@ class Checkpointer:
             except (StorageError, OSError, ValueError) as exc:
                 log.error("checkpoint at step %d: index of rank %d unreadable: %s", step, r, exc)
                 return None
+        for key in new_logs:  # the sharded layout's slice logs: sizes from the indices
+            chain["log_bytes"] += int(objects[key]["size"])
         lost = (self._attempt_value("lease", lambda: renew(self.store, self.run_id))
                 if self.run_id else None)
         if lost:
             # Another run writes here now: a manifest of ours would interleave with its.
             log.error("checkpoint at step %d: no manifest written: %s", step, lost)
             return None
-        manifest = Manifest(step=step, world_size=self.world,
-                            state=state_shape(self.trainer.state), objects=objects,
+        state = self.trainer.state
+        shape = slice_shape(state) if isinstance(state, ShardedState) else state_shape(state)
+        manifest = Manifest(step=step, world_size=self.world, state=shape, objects=objects,
                             counters=dict(self.trainer.counters), config=self.config,
                             run_id=self.run_id, **chain)
         if not self._attempt("manifest", lambda: write_manifest(self.store, manifest)):
@@ -442,7 +475,14 @@ class Checkpointer:
         """
         try:
             manifest = read_manifest(store, step)
-            check_compatible(manifest, self.trainer.state, self.world, self.config)
+            state = self.trainer.state
+            if isinstance(state, ShardedState):
+                check_sharded_compatible(manifest, state)
+            elif manifest.state.get("layout", "replicated") != "replicated":
+                raise ValueError(f"checkpoint at step {step} holds a "
+                                 f"{manifest.state.get('layout')} state; this run has "
+                                 "state.layout = 'replicated'")
+            check_compatible(manifest, state, self.world, self.config)
             if same_run and self.run_id and manifest.run_id not in ("", self.run_id):
                 raise ValueError(
                     f"--resume auto: the checkpoint at step {step} of {store.root} was "
@@ -452,7 +492,10 @@ class Checkpointer:
             document, tensors = read_rank(store, manifest, self.rank)
             tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
             objects = self.side.read(store, manifest, tree.get("objects", {}))
-            load_state(store, manifest, self.trainer.state)
+            if isinstance(state, ShardedState):
+                load_slice(store, manifest, state)
+            else:
+                load_state(store, manifest, state)
         except CheckpointCorrupt as exc:
             return str(exc), None
         return None, (manifest, tree, objects)

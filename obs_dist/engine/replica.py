@@ -33,6 +33,7 @@ from torch import nn
 from obs_dist.engine.collectives import gather_equal
 from obs_dist.engine.dist import get_world_size
 from obs_dist.model.delta import SparseDelta
+from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
 
 log = logging.getLogger("obs.replica")
@@ -159,7 +160,8 @@ class ReplicaChecker:
             commits: replicas only agree at sync points).
     """
 
-    def __init__(self, state: BigState, every: int, model: nn.Module | None = None,
+    def __init__(self, state: BigState | ShardedState, every: int,
+                 model: nn.Module | None = None,
                  before_check: Callable[[], Any] | None = None) -> None:
         self.state = state
         self.every = every
@@ -167,17 +169,28 @@ class ReplicaChecker:
         self.before_check = before_check
         self.mismatches = 0
         self.checks = 0
+        self.slice_checksums: list[int] = []
 
     def checksums(self) -> list[int]:
-        """This rank's checksums: one per partition, then the slow weights if checked."""
-        sums = self.state.checksums()
+        """This rank's checksums: one per partition, then the slow weights if checked.
+
+        In the sharded layout each rank holds only its own slice: there is no
+        replica of it to compare with, so only the slow weights are compared
+        and the slice's checksum is kept in :attr:`slice_checksums`.
+        """
+        if self.state.layout == "replicated":
+            sums = self.state.checksums()
+        else:
+            self.slice_checksums = self.state.checksums()
+            sums = []
         if self.model is not None:
             sums.append(slow_weights_checksum(self.model))
         return sums
 
     def names(self) -> list[str]:
         """What each checksum covers."""
-        out = [f"partition {p}" for p in range(len(self.state.parts))]
+        out = ([f"partition {p}" for p in range(len(self.state.parts))]
+               if self.state.layout == "replicated" else [])
         return out + ([SLOW_WEIGHTS] if self.model is not None else [])
 
     def check(self, step: int) -> list[tuple[str, list[int]]]:

@@ -18,6 +18,7 @@ from obs_dist.model.delta import MAX_NODES, SparseDelta
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16}
+LAYOUTS = ("replicated", "sharded")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class StateConfig:
         seed: seed of the initialisation (the same on every rank).
         clip_sigma: if set, committed entries are clipped to ±clip_sigma·σ0.
         penalty: weight of the Gaussian moment penalty on touched entries.
+        layout: ``replicated`` (every rank holds all of X, the default) or
+            ``sharded`` (each rank holds a column slice; decisions §5b).
     """
 
     nodes: int = 4096
@@ -41,8 +44,11 @@ class StateConfig:
     seed: int = 0
     clip_sigma: float | None = None
     penalty: float = 0.0
+    layout: str = "replicated"
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"state.layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
         if not 4 <= self.nodes <= MAX_NODES:
             raise ValueError(f"nodes must be in [4, {MAX_NODES}], got {self.nodes}")
         if not 1 <= self.partitions <= self.nodes:
@@ -86,6 +92,8 @@ class BigState:
         device: where the partitions live.
         init: fill with the seeded Gaussian (False leaves zeros, e.g. before loading).
     """
+
+    layout = "replicated"
 
     def __init__(self, config: StateConfig, device: torch.device | str = "cpu",
                  init: bool = True) -> None:

@@ -43,10 +43,11 @@ from obs_dist.tasks import ResumableTaskStream
 from obs_dist.trainer import Trainer
 
 
-def run_config(steps: int, nodes: int, engine: str = "auto") -> RunConfig:
+def run_config(steps: int, nodes: int, engine: str = "auto",
+               layout: str = "replicated") -> RunConfig:
     """A tiny committing MQAR run (fast on two cores, still touches many entries)."""
     return from_dict(RunConfig, {
-        "state": {"nodes": nodes, "partitions": 3},
+        "state": {"nodes": nodes, "partitions": 3, "layout": layout},
         "model": {"d_model": 16, "writer": {"k_max": 4, "active": 8, "key_dim": 16}},
         "task": {"name": "mqar", "vocab": 16, "seq_len": 6, "pairs": 2, "batch": 2,
                  "commit": True},
@@ -119,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-after", type=int)
     p.add_argument("--stall-manifest-at", type=int)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "deepspeed"])
+    p.add_argument("--layout", default="replicated", choices=["replicated", "sharded"])
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    cfg = run_config(args.steps, args.nodes, args.engine)
+    cfg = run_config(args.steps, args.nodes, args.engine, args.layout)
     distributed = init_distributed(cfg.dist, torch.device("cpu"))
     rank, world = get_rank(), get_world_size()
     model, state = build_model(cfg, torch.device("cpu"))

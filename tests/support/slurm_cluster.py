@@ -423,6 +423,8 @@ TRAIN_SETS = [
     "task.vocab=16", "task.seq_len=6", "task.pairs=2", "task.batch=2", "task.commit=true",
     "train.progress=false", "train.warmup=2", f"train.steps={TRAIN_STEPS}",
     f"checkpoint.every={TRAIN_CKPT_EVERY}", "scheduler.weight_cost=0.0",
+    # OBS_TEST_SETS="state.layout=sharded" runs the same tests in another configuration.
+    *os.environ.get("OBS_TEST_SETS", "").split(),
 ]  # fmt: skip
 
 
@@ -505,13 +507,20 @@ class TrainingScenario(Scenario):
             register_engine_classes()
         store = self.store()
         manifest = read_manifest(store, self.checkpoint_steps()[-1])
-        state = BigState(StateConfig(nodes=TRAIN_NODES, partitions=TRAIN_PARTITIONS), init=False)
-        load_state(store, manifest, state)
+        config = StateConfig(nodes=TRAIN_NODES, partitions=TRAIN_PARTITIONS)
+        if manifest.state.get("layout") == "sharded":  # OBS_TEST_SETS=state.layout=sharded
+            from obs_dist.checkpoint.shard_state import read_sharded_matrix
+
+            matrix = read_sharded_matrix(store, manifest, config)
+        else:
+            state = BigState(config, init=False)
+            load_state(store, manifest, state)
+            matrix = state.matrix()
         ranks = []
         for rank in range(world):
             tree = decode_from_objects(*read_rank(store, manifest, rank), self.url)
             ranks.append({k: tree[k] for k in ("model", "slow", "trainer", "extra")})
-        return {"step": manifest.step, "state": state.matrix(), "ranks": ranks}
+        return {"step": manifest.step, "state": matrix, "ranks": ranks}
 
 
 def launch_training(
