@@ -11,7 +11,9 @@ the suite's trials five ways:
   nodes]`` after the study pass, summed (divided by each column's mass);
 
 and, for the audio, how often the nearest other spoken occurrence (pooled
-above-floor log-mel, one or two clips) has the same text.
+above-floor log-mel, one or two clips) has the same text, and how often the
+nearest other occurrence in the model's own audio features names the same
+referent (does the model recognise a name when it hears it again?).
 
 Usage (the overrides are the run's ``train_set``, so the model is rebuilt as trained)::
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from launch.evals import word_referent as wr
-from launch.evals.word_referent_trials import build_trials, occurrences, tally
+from launch.evals.word_referent_trials import build_trials, occurrences, referents, tally
 from launch.runner import build_model, load_weights, resolve_config
 from obs_dist.model.av_stream import Candidates, Probe, above_floor
 
@@ -99,6 +101,38 @@ def main() -> None:
                 total += 1
         print(f"audio nearest same text, {clips_heard} clip(s): {hits / max(total, 1):.3f} "
               f"({total} occurrences)")
+    print(f"learnt audio features, nearest other occurrence names the same referent: "
+          f"{nearest_same_referent(model, by_recording, media):.3f}")
+
+
+def nearest_same_referent(model: torch.nn.Module, by_recording: dict[str, list],
+                          media: dict) -> float:
+    """How often the nearest other occurrence (learnt audio features) has the same referent.
+
+    Each occurrence of a kept text (:func:`referents`) is heard as the model hears
+    it (its first clip with the model's audio context); within its recording, the
+    occurrence whose feature is nearest in cosine, among the other occurrences, is
+    looked up. A hit when both texts name the same object: can the model recognise a
+    name when it hears it again (the state can bind only what it recognises)?
+    """
+    hits = total = 0
+    with torch.no_grad():
+        for rec, clips in by_recording.items():
+            items: list[tuple[str, int]] = []
+            for referent, _, runs in referents(clips).values():
+                items += [(referent, clips[run[0]].index) for run in runs
+                          if (rec, clips[run[0]].index) in media]
+            if len(items) < 2:
+                continue
+            heard = torch.stack([wr.heard_audio(media, rec, i, model.audio_context)
+                                 for _, i in items])
+            f = torch.nn.functional.normalize(model.audio(model._hearable(heard)), dim=1)
+            sim = f @ f.t()
+            sim.fill_diagonal_(float("-inf"))
+            for a, b in enumerate(sim.argmax(1).tolist()):
+                hits += items[a][0] == items[b][0]
+                total += 1
+    return hits / max(total, 1)
 
 
 if __name__ == "__main__":
