@@ -124,6 +124,7 @@ class ModelConfig:
         image_size: frame side in pixels (``av`` encoder).
         audio_layers: strided convolutions of the audio clip encoder
             (:class:`~obs_dist.model.av_encoders.AudioClipEncoder`; ``av-stream``).
+            4 was worse than 2 at 16 recordings (docs/results/notes.md, third round).
         writer: the writer.
         stream: the label-free objective (``task.name = "av-stream"`` only).
     """
