@@ -44,7 +44,6 @@ from obs_dist.checkpoint.format import (
     base_key,
     check_compatible,
     list_steps,
-    load_state,
     log_key,
     put_object,
     read_manifest,
@@ -66,8 +65,8 @@ from obs_dist.checkpoint.lease import (
 )
 from obs_dist.checkpoint.rank_state import Stateful, capture_rank, restore_rank
 from obs_dist.checkpoint.shard_state import (
-    check_sharded_compatible,
-    load_slice,
+    check_layout,
+    load_layout,
     sharded_chain,
     sharded_kind,
     slice_shape,
@@ -476,12 +475,7 @@ class Checkpointer:
         try:
             manifest = read_manifest(store, step)
             state = self.trainer.state
-            if isinstance(state, ShardedState):
-                check_sharded_compatible(manifest, state)
-            elif manifest.state.get("layout", "replicated") != "replicated":
-                raise ValueError(f"checkpoint at step {step} holds a "
-                                 f"{manifest.state.get('layout')} state; this run has "
-                                 "state.layout = 'replicated'")
+            check_layout(manifest, state)
             check_compatible(manifest, state, self.world, self.config)
             if same_run and self.run_id and manifest.run_id not in ("", self.run_id):
                 raise ValueError(
@@ -492,10 +486,7 @@ class Checkpointer:
             document, tensors = read_rank(store, manifest, self.rank)
             tree = decode_from_objects(document, tensors, f"rank {self.rank} state")
             objects = self.side.read(store, manifest, tree.get("objects", {}))
-            if isinstance(state, ShardedState):
-                load_slice(store, manifest, state)
-            else:
-                load_state(store, manifest, state)
+            load_layout(store, manifest, state)  # sharded: this rank's slice
         except CheckpointCorrupt as exc:
             return str(exc), None
         return None, (manifest, tree, objects)

@@ -27,13 +27,19 @@ import torch
 
 from obs_dist.checkpoint.codec import bytes_to_tensors, tensors_to_bytes
 from obs_dist.checkpoint.delta_log import entry_bytes
-from obs_dist.checkpoint.format import CheckpointCorrupt, Manifest, get_verified, put_object
+from obs_dist.checkpoint.format import (
+    CheckpointCorrupt,
+    Manifest,
+    get_verified,
+    load_state,
+    put_object,
+)
 from obs_dist.engine.collectives import broadcast_int
 from obs_dist.engine.dist import get_rank
 from obs_dist.engine.shard_sync import all_sum
 from obs_dist.model.delta import INDEX_DTYPE
 from obs_dist.model.sharded_state import ShardedState
-from obs_dist.model.state import StateConfig
+from obs_dist.model.state import BigState, StateConfig
 from obs_dist.storage import ObjectStore
 
 # Upper bound of a log's safetensors header (as the manager's LOG_HEADER_BYTES).
@@ -181,13 +187,29 @@ def read_sharded_matrix(store: ObjectStore, manifest: Manifest, config: StateCon
     return torch.cat(pieces, 1)
 
 
-def check_sharded_compatible(manifest: Manifest, state: ShardedState) -> None:
-    """Refuse a checkpoint of another layout or world size for this sharded state.
+def load_layout(store: ObjectStore, manifest: Manifest, state: BigState | ShardedState) -> int:
+    """Load the checkpoint's big state into ``state``: this rank's slice, or the whole ``X``.
+
+    Returns:
+        What the loader returns (entries read).
+    """
+    if isinstance(state, ShardedState):
+        return load_slice(store, manifest, state)
+    return load_state(store, manifest, state)
+
+
+def check_layout(manifest: Manifest, state: BigState | ShardedState) -> None:
+    """Refuse a checkpoint of another layout (or, sharded, another world size) for ``state``.
 
     Raises:
         ValueError: naming the layouts or the world sizes.
     """
     layout = manifest.state.get("layout", "replicated")
+    if not isinstance(state, ShardedState):
+        if layout != "replicated":
+            raise ValueError(f"checkpoint at step {manifest.step} holds a {layout} state; this "
+                             "run has state.layout = 'replicated'")
+        return
     if layout != "sharded":
         raise ValueError(f"checkpoint at step {manifest.step} holds a {layout} state; this run "
                          "has state.layout = 'sharded'")
