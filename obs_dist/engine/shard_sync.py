@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 
 from obs_dist.engine.collectives import ByteMeter, gather_equal
 from obs_dist.engine.dist import get_rank, get_world_size, is_initialized
-from obs_dist.engine.sync import SyncConfig, SyncStats
+from obs_dist.engine.sync import SyncConfig, SyncStats, coalesced_f32
 from obs_dist.model.delta import INDEX_DTYPE, SparseDelta
 from obs_dist.model.sharded_state import ShardedState
 
@@ -131,13 +131,9 @@ class ShardedDeltaSync:
         Raises:
             ValueError: if the delta refers to a state of another size.
         """
-        if delta.num_nodes != self.num_nodes:
-            raise ValueError(f"delta is for N={delta.num_nodes}, sync is for N={self.num_nodes}")
         t0 = time.perf_counter()
         sent0 = self.meter.bytes_sent
-        d = delta.coalesce()
-        if d.values.dtype != torch.float32:
-            d = d.to(dtype=torch.float32)
+        d = coalesced_f32(delta, self.num_nodes)
         world = get_world_size() if is_initialized() else 1
         owner = self.state.owner_of(d.cols)
         self.routed_sent += int((owner != self.state.rank).sum())

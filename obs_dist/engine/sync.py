@@ -99,6 +99,18 @@ class SyncStats:
     seconds: float = 0.0
 
 
+def coalesced_f32(delta: SparseDelta, num_nodes: int) -> SparseDelta:
+    """``delta`` coalesced in fp32 (what every rank sums), after checking its N.
+
+    Raises:
+        ValueError: if the delta refers to a state of another size.
+    """
+    if delta.num_nodes != num_nodes:
+        raise ValueError(f"delta is for N={delta.num_nodes}, sync is for N={num_nodes}")
+    d = delta.coalesce()
+    return d if d.values.dtype == torch.float32 else d.to(dtype=torch.float32)
+
+
 class DeltaSync:
     """Callable ``sync(delta) -> summed delta`` for :class:`~obs_dist.trainer.Trainer`.
 
@@ -141,13 +153,9 @@ class DeltaSync:
         Raises:
             ValueError: if the delta refers to a state of another size.
         """
-        if delta.num_nodes != self.num_nodes:
-            raise ValueError(f"delta is for N={delta.num_nodes}, sync is for N={self.num_nodes}")
         t0 = time.perf_counter()
         sent0 = self.meter.bytes_sent
-        d = delta.coalesce()
-        if d.values.dtype != torch.float32:
-            d = d.to(dtype=torch.float32)
+        d = coalesced_f32(delta, self.num_nodes)
         if get_world_size() == 1 or not is_initialized():
             out = d
             self.last = SyncStats(d.nnz, d.nnz)

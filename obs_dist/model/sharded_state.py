@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from obs_dist.model.delta import SparseDelta
-from obs_dist.model.state import StateConfig, partition_bounds
+from obs_dist.model.state import StateConfig, checked_delta, partition_bounds
 
 INIT_CHUNK_ROWS = 1024  # BigState's chunk of the seeded initialisation (same RNG stream)
 DRAW_ROWS = 64  # rows per draw inside a chunk (64·N values: a multiple of 16)
@@ -118,11 +118,7 @@ class ShardedState:
             ValueError: if the delta refers to another N, holds NaN/inf or
                 touches a column of another rank (the slice is left unchanged).
         """
-        if delta.num_nodes != self.num_nodes:
-            raise ValueError(f"delta is for N={delta.num_nodes}, state has N={self.num_nodes}")
-        if not delta.all_finite():
-            raise ValueError("delta holds NaN or inf values; refusing to apply it")
-        d = delta.coalesce().to(self.device)
+        d = checked_delta(delta, self.num_nodes, self.device)
         if d.nnz == 0:
             return
         c = d.cols.long()

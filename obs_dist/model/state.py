@@ -84,6 +84,19 @@ def partition_bounds(nodes: int, partitions: int) -> list[int]:
     return bounds
 
 
+def checked_delta(delta: SparseDelta, num_nodes: int, device: torch.device) -> SparseDelta:
+    """``delta`` coalesced on ``device``, after checking it fits a state of N = ``num_nodes``.
+
+    Raises:
+        ValueError: if the delta refers to another N or holds NaN/inf.
+    """
+    if delta.num_nodes != num_nodes:
+        raise ValueError(f"delta is for N={delta.num_nodes}, state has N={num_nodes}")
+    if not delta.all_finite():
+        raise ValueError("delta holds NaN or inf values; refusing to apply it")
+    return delta.coalesce().to(device)
+
+
 class BigState:
     """The dense N×N state as ``P`` row partitions.
 
@@ -151,11 +164,7 @@ class BigState:
             ValueError: if the delta refers to another N or holds NaN/inf (the
                 state is left unchanged).
         """
-        if delta.num_nodes != self.num_nodes:
-            raise ValueError(f"delta is for N={delta.num_nodes}, state has N={self.num_nodes}")
-        if not delta.all_finite():
-            raise ValueError("delta holds NaN or inf values; refusing to apply it")
-        d = delta.coalesce().to(self.device)
+        d = checked_delta(delta, self.num_nodes, self.device)
         if d.nnz == 0:
             return
         r = d.rows.long()
