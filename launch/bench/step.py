@@ -8,6 +8,17 @@ Each child sets its own intra-op thread count (``--threads``, default 1) before
 any work, as ``obs train`` gives each rank its share: torch's default of every
 core per process made steps up to 10x slower on a loaded machine. The count is
 recorded in the JSON, with torch's version and, on CUDA, the peak GPU memory.
+
+Beside each N the bench prints the step's memory floor (issue #17): the state
+bytes a token must touch, ``2 · 4 · k_max · N`` (the k selected rows read in
+the forward pass and again in the backward pass), over the bandwidth of a row
+gather measured in the same child (``F.embedding_bag`` over random rows of the
+same state, the access the step makes), and the ratio measured / floor.
+
+``--reference REV`` measures a git revision's step in the same run, each size
+alternating between this tree and the revision (checked out with ``git
+archive`` into a temporary folder, run with the same interpreter), so speed-ups
+are ratios taken side by side under the same load.
 """
 
 from __future__ import annotations
@@ -18,7 +29,10 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -64,6 +78,7 @@ def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, windo
         times.append(time.perf_counter() - t0)
     times.sort()
     median = times[len(times) // 2]
+    gather = gather_bandwidth(state.matrix(), k_max, batch) if not cuda else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     row: dict[str, float | int | str | None] = {
         "nodes": nodes,
@@ -72,6 +87,7 @@ def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, windo
         "peak_rss_bytes": peak,
         "state_bytes": state.nbytes,
         "delta_nnz": trainer.last_delta_nnz,
+        "gather_bytes_per_sec": gather,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
@@ -80,6 +96,61 @@ def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, windo
     if cuda:  # timed windows only: the peak is reset after the warm-up
         row["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     return row
+
+
+def gather_bandwidth(matrix: object, rows: int, streams: int, seconds: float = 0.5) -> float:
+    """Bytes per second of ``F.embedding_bag`` over ``rows`` random rows per stream of ``matrix``.
+
+    The same access the step makes when it reads the selected rows of the
+    state, on the same tensor, so caches and page placement are those of the run.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    assert isinstance(matrix, torch.Tensor)
+    n = matrix.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, n, (streams, rows), generator=gen) for _ in range(16)]
+    weights = torch.ones(streams, rows, dtype=matrix.dtype)
+    F.embedding_bag(ids[0], matrix, per_sample_weights=weights, mode="sum")  # warm-up
+    done = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        F.embedding_bag(ids[done % 16], matrix, per_sample_weights=weights, mode="sum")
+        done += 1
+    elapsed = time.perf_counter() - t0
+    return done * streams * rows * n * matrix.element_size() / elapsed
+
+
+def floor_columns(row: dict[str, Any], k_max: int) -> None:
+    """Add the memory floor of a token beside the measured time (CPU rows only).
+
+    ``bytes_per_token = 2 · bytes(element) · k_max · N``: the selected rows read
+    forward and backward; ``floor_sec_per_token`` at the measured gather
+    bandwidth; ``over_floor`` = measured / floor.
+    """
+    bandwidth = row.get("gather_bytes_per_sec")
+    nodes = int(row["nodes"])
+    element = int(row["state_bytes"]) // (nodes * nodes)
+    row["bytes_per_token"] = 2 * element * k_max * nodes
+    if isinstance(bandwidth, float) and bandwidth > 0:
+        floor = row["bytes_per_token"] / bandwidth
+        row["floor_sec_per_token"] = floor
+        row["over_floor"] = row["sec_per_token"] / floor
+
+
+def reference_tree(rev: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder holding revision ``rev`` of this repository (``git archive``)."""
+    root = Path(__file__).resolve().parents[2]
+    tmp = tempfile.TemporaryDirectory(prefix="obs-ref-")
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", rev],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        tmp.cleanup()
+        raise ValueError(f"--reference {rev!r} is not a revision of {root}: "
+                         f"{archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", tmp.name], input=archive.stdout, check=True)
+    return tmp
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -99,36 +170,78 @@ def _child() -> None:
     print(json.dumps(measure(**args)))
 
 
+def _measure_in_child(params: dict[str, Any], threads: int, tree: str | None
+                      ) -> dict[str, Any]:
+    """One size in a fresh process, of this tree or (``tree``) a reference checkout."""
+    env = thread_env(threads)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
+    proc = subprocess.run(
+        [sys.executable, "-c", "from launch.bench.step import _child; _child()",
+         json.dumps(params)], capture_output=True, text=True, check=False, env=env, cwd=tree)
+    if proc.returncode != 0:
+        which = "the reference" if tree is not None else "this tree"
+        raise RuntimeError(f"bench step at N={params['nodes']} ({which}) failed:\n"
+                           f"{proc.stderr[-4000:]}")
+    row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
-    """Measure every size in a child process and report the flatness ratio."""
+    """Measure every size in a child process and report the flatness ratio.
+
+    With ``--reference`` each size is measured in this tree and in the
+    reference revision, alternating which goes first, ``--rounds`` times; the
+    medians over rounds are reported side by side with their ratio.
+    """
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    ref = reference_tree(args.reference) if args.reference else None
     results = []
-    versions: dict[str, object] = {}
-    for n in tqdm(args.nodes, desc="bench step", unit="size", file=sys.stderr):
-        params = {"nodes": n, "k_max": args.k_max, "active": args.active,
-                  "d_model": args.d_model, "batch": args.batch, "window": args.window,
-                  "windows": args.windows, "device": args.device, "threads": args.threads}
-        proc = subprocess.run(
-            [sys.executable, "-c", "from launch.bench.step import _child; _child()",
-             json.dumps(params)], capture_output=True, text=True, check=False,
-            env=thread_env(args.threads))
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench step at N={n} failed:\n{proc.stderr[-4000:]}")
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        # The state lives where the step runs: host memory on the CPU, GPU memory on CUDA.
-        on_host = 0 if "peak_cuda_bytes" in row else row["state_bytes"]
-        row["rss_over_state_bytes"] = row["peak_rss_bytes"] - on_host
-        if "peak_cuda_bytes" in row:
-            row["cuda_over_state_bytes"] = row["peak_cuda_bytes"] - row["state_bytes"]
-        versions = {k: row.pop(k) for k in ("torch", "cuda", "gpu")}
-        results.append(row)
+    versions: dict[str, Any] = {}
+    try:
+        for i, n in enumerate(tqdm(args.nodes, desc="bench step", unit="size",
+                                   file=sys.stderr)):
+            params = {"nodes": n, "k_max": args.k_max, "active": args.active,
+                      "d_model": args.d_model, "batch": args.batch, "window": args.window,
+                      "windows": args.windows, "device": args.device, "threads": args.threads}
+            rows: list[dict[str, Any]] = []
+            ref_times: list[float] = []
+            for r in range(args.rounds):
+                trees = [None] if ref is None else [None, ref.name]
+                for tree in trees if (i + r) % 2 == 0 else trees[::-1]:
+                    got = _measure_in_child(params, args.threads, tree)
+                    if tree is None:
+                        rows.append(got)
+                    else:
+                        ref_times.append(got["sec_per_window"])
+            rows.sort(key=lambda x: x["sec_per_window"])
+            row = rows[len(rows) // 2]
+            # The state lives where the step runs: host memory on the CPU, GPU memory on CUDA.
+            on_host = 0 if "peak_cuda_bytes" in row else row["state_bytes"]
+            row["rss_over_state_bytes"] = row["peak_rss_bytes"] - on_host
+            if "peak_cuda_bytes" in row:
+                row["cuda_over_state_bytes"] = row["peak_cuda_bytes"] - row["state_bytes"]
+            versions = {k: row.pop(k) for k in ("torch", "cuda", "gpu")}
+            floor_columns(row, args.k_max)
+            if ref_times:
+                ref_times.sort()
+                ref_window = ref_times[len(ref_times) // 2]
+                row["reference_sec_per_token"] = ref_window / (args.batch * args.window)
+                row["speedup_over_reference"] = ref_window / row["sec_per_window"]
+            results.append(row)
+    finally:
+        if ref is not None:
+            ref.cleanup()
     first, last = results[0], results[-1]
-    summary = {
+    summary: dict[str, Any] = {
         "results": results,
         "k_max": args.k_max, "active": args.active, "d_model": args.d_model,
         "batch": args.batch, "window": args.window, "device": args.device,
-        "threads": args.threads, **versions,
+        "threads": args.threads, "rounds": args.rounds, "reference": args.reference,
+        **versions,
         "time_ratio_last_first": last["sec_per_token"] / first["sec_per_token"],
         "max_rss_over_state_gib": max(r["rss_over_state_bytes"] for r in results) / 2**30,
     }
@@ -153,5 +266,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op and OpenMP threads in each child (1 on the shared "
                         "2-core machine)")
+    p.add_argument("--reference", default=None, metavar="REV",
+                   help="also measure this git revision's step, side by side (e.g. a commit "
+                        "before a speed-up)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternating measurements per size (the median is reported)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
