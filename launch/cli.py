@@ -24,8 +24,9 @@ from obs_dist.storage import redact
 
 
 def _modules(path: list[str], prefix: str = "") -> list[str]:
+    # A leading underscore marks a helper module of a command, not a command.
     names = [m.name for m in pkgutil.iter_modules(path)
-             if m.name.startswith(prefix) and not m.ispkg]
+             if m.name.startswith(prefix) and not m.name.startswith("_") and not m.ispkg]
     return sorted(names)
 
 

@@ -43,3 +43,28 @@ def test_bench_step_reports_the_required_keys() -> None:
         assert {"nodes", "sec_per_token", "peak_rss_bytes", "state_bytes"} <= set(r)
         assert r["sec_per_token"] > 0 and r["peak_rss_bytes"] > r["state_bytes"]
     assert rows[1]["state_bytes"] == 1024 * 1024 * 4
+    for r in rows:  # the memory floor beside each size (issue #17)
+        assert r["bytes_per_token"] == 2 * 4 * 8 * r["nodes"]
+        assert r["gather_bytes_per_sec"] > 0
+        assert r["over_floor"] == pytest.approx(r["sec_per_token"] / r["floor_sec_per_token"])
+
+
+@pytest.mark.slow
+def test_bench_step_side_by_side_with_a_reference_revision() -> None:
+    proc = _obs("bench", "step", "--nodes", "256", "--k-max", "4", "--active", "4",
+                "--d-model", "16", "--batch", "2", "--window", "4", "--windows", "1",
+                "--reference", "HEAD", "--profile", "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["results"][0]
+    assert row["speedup_over_reference"] == pytest.approx(
+        row["reference_sec_per_token"] / row["sec_per_token"])
+    for key in ("profile", "reference_profile"):
+        ops = {p["op"] for p in row[key]}
+        assert len(ops) == len(row[key]) > 3 and any(op.startswith("aten::") for op in ops)
+        assert all(p["self_ms_per_window"] > 0 for p in row[key])
+
+
+def test_bench_step_refuses_an_unknown_reference() -> None:
+    proc = _obs("bench", "step", "--nodes", "256", "--reference", "no-such-revision-xyz")
+    assert proc.returncode != 0
+    assert "no-such-revision-xyz" in proc.stderr and "not a revision" in proc.stderr

@@ -15,6 +15,9 @@ the forward pass and again in the backward pass), over the bandwidth of a row
 gather measured in the same child (``F.embedding_bag`` over random rows of the
 same state, the access the step makes), and the ratio measured / floor.
 
+``--profile`` adds each size's top operators by self CPU time
+(:mod:`launch.bench._step_profile`), for the reference too.
+
 ``--reference REV`` measures a git revision's step in the same run, each size
 alternating between this tree and the revision (checked out with ``git
 archive`` into a temporary folder, run with the same interpreter), so speed-ups
@@ -44,24 +47,10 @@ def measure(nodes: int, k_max: int, active: int, d_model: int, batch: int, windo
     """Time ``windows`` training windows at N = ``nodes`` in this process."""
     import torch
 
-    torch.set_num_threads(threads)
-    from launch.run_config import RunConfig
-    from launch.runner import build_model
-    from obs_dist.config import from_dict
-    from obs_dist.tasks import task_batches
-    from obs_dist.trainer import Trainer
+    from launch.bench._step_profile import build
 
-    cfg = from_dict(RunConfig, {
-        "state": {"nodes": nodes, "partitions": 4},
-        "model": {"d_model": d_model, "writer": {"k_min": k_max // 2, "k_max": k_max,
-                                                 "active": active}},
-        "task": {"name": "mqar", "vocab": 256, "seq_len": window, "pairs": window // 4,
-                 "batch": batch, "commit": True},
-        "train": {"steps": windows + 1, "progress": False, "device": device},
-    })
-    model, state = build_model(cfg, torch.device(device))
-    trainer = Trainer(cfg.train, model, state, commit=True)
-    batches = task_batches(cfg.task)
+    trainer, state, batches = build(nodes, k_max, active, d_model, batch, window, windows,
+                                    device, threads)
     cuda = device.startswith("cuda")
     trainer.train_step(next(batches))  # warm-up: allocator, first-call overheads
     if cuda:
@@ -170,21 +159,25 @@ def _child() -> None:
     print(json.dumps(measure(**args)))
 
 
-def _measure_in_child(params: dict[str, Any], threads: int, tree: str | None
-                      ) -> dict[str, Any]:
-    """One size in a fresh process, of this tree or (``tree``) a reference checkout."""
+def _measure_in_child(params: dict[str, Any], threads: int, tree: str | None,
+                      profile: bool = False) -> Any:
+    """One size in a fresh process, of this tree or (``tree``) a reference checkout.
+
+    With ``profile`` the child runs this tree's ``step_profile.py`` by path
+    (over the reference's code when ``tree`` is given) and returns its rows.
+    """
     env = thread_env(threads)
     if tree is not None:
         env["PYTHONPATH"] = tree
-    proc = subprocess.run(
-        [sys.executable, "-c", "from launch.bench.step import _child; _child()",
-         json.dumps(params)], capture_output=True, text=True, check=False, env=env, cwd=tree)
+    script = ([str(Path(__file__).with_name("_step_profile.py"))] if profile else
+              ["-c", "from launch.bench.step import _child; _child()"])
+    proc = subprocess.run([sys.executable, *script, json.dumps(params)], capture_output=True,
+                          text=True, check=False, env=env, cwd=tree)
     if proc.returncode != 0:
         which = "the reference" if tree is not None else "this tree"
         raise RuntimeError(f"bench step at N={params['nodes']} ({which}) failed:\n"
                            f"{proc.stderr[-4000:]}")
-    row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return row
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
                 ref_window = ref_times[len(ref_times) // 2]
                 row["reference_sec_per_token"] = ref_window / (args.batch * args.window)
                 row["speedup_over_reference"] = ref_window / row["sec_per_window"]
+            if args.profile:
+                row["profile"] = _measure_in_child(params, args.threads, None, profile=True)
+                if ref is not None:
+                    row["reference_profile"] = _measure_in_child(params, args.threads, ref.name,
+                                                                 profile=True)
             results.append(row)
     finally:
         if ref is not None:
@@ -271,5 +269,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "before a speed-up)")
     p.add_argument("--rounds", type=int, default=1,
                    help="alternating measurements per size (the median is reported)")
+    p.add_argument("--profile", action="store_true",
+                   help="add torch.profiler's top operators per window (and the reference's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
