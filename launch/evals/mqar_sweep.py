@@ -30,6 +30,7 @@ from launch.evals.harness import (
     fit,
     fixed_batches,
 )
+from launch.evals.recall_costs import recall_costs
 from launch.evals.suite import Suite, verdict
 from launch.runner import EVAL_SEED_OFFSET
 from obs_dist.tasks import TaskConfig, task_batches
@@ -103,7 +104,8 @@ def _train_and_score(cfg: MQARSweepConfig, name: str, pairs: int, length: int,
               evaluate=lambda: accuracy(learner, probe), eval_every=cfg.train.eval_every,
               target=cfg.train.target_accuracy, desc=f"{name} p{pairs} L{length}",
               progress=cfg.train.progress)
-    return {**describe(learner), "pairs": pairs, "length": length, "steps": res.steps,
+    return {**describe(learner), **recall_costs(learner, length), "pairs": pairs,
+            "length": length, "steps": res.steps,
             "seconds": round(res.seconds, 1), "stopped": res.stopped,
             "train_accuracy": res.accuracy, "accuracy": accuracy(learner, held_out),
             "curve": res.curve}
@@ -172,4 +174,5 @@ def targets(result: dict[str, Any]) -> list[str]:
 
 SUITE = Suite(name="mqar-sweep", title="MQAR sweep", config=MQARSweepConfig, run=run,
               quick=QUICK, targets=targets,
-              figures=[("pairs", plots.mqar_pairs), ("state_size", plots.mqar_state)])
+              figures=[("pairs", plots.mqar_pairs), ("costs", plots.mqar_costs),
+                       ("state_size", plots.mqar_state)])

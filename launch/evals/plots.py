@@ -46,8 +46,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def mqar_pairs(result: dict[str, Any], path: Path) -> Path | None:
-    """Accuracy at each ``(pairs, length)`` point, one line per model."""
-    rows = result.get("results", [])
+    """Accuracy at each ``(pairs, length)`` point, one line per model (its best lr, if swept)."""
+    rows = result.get("best") or result.get("results", [])
     if not rows:
         return None
     points = sorted({(r["pairs"], r["length"]) for r in rows})
@@ -62,6 +62,36 @@ def mqar_pairs(result: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("query accuracy")
     ax.set_title("MQAR: accuracy vs pairs and length")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def mqar_costs(result: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy vs recurrent state floats and vs state bytes read per token, one line per model.
+
+    Each model's line runs through its ``(pairs, length)`` points (best lr, if
+    swept), labelled with the pairs; both axes are logarithmic.
+    """
+    rows = [r for r in (result.get("best") or result.get("results", []))
+            if "state_floats" in r and "read_bytes_per_token" in r]
+    if not rows:
+        return None
+    fig, axes = _subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], "state_floats", "recurrent state (floats)"),
+                           (axes[1], "read_bytes_per_token", "state bytes read per token")):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            mine = sorted((r for r in rows if r["model"] == model),
+                          key=lambda r: (r["pairs"], r["length"]))
+            ax.plot([r[key] for r in mine], [r["accuracy"] for r in mine], **_style(model))
+            for r in mine:
+                ax.annotate(str(r["pairs"]), (r[key], r["accuracy"]), fontsize=6,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.axhline(result.get("chance", 0.0), color="black", lw=0.8, ls=":")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_ylabel("query accuracy (point labels: pairs)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("MQAR: accuracy against what each model keeps and reads")
     return _save(fig, path)
 
 
