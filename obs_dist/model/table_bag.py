@@ -69,7 +69,11 @@ class _Bag(torch.autograd.Function):
             if acc.grad is None:
                 acc.grad = torch.zeros_like(table)
             rows = (weights[:, :, None] * grad[:, None, :]).reshape(-1, grad.shape[1])
-            acc.grad.index_add_(0, ids.reshape(-1), rows.to(acc.grad.dtype))
+            rows = rows.to(acc.grad.dtype)
+            if acc.grad.device.type == "cpu":  # a sequential scan: a fixed order
+                acc.grad.index_add_(0, ids.reshape(-1), rows)
+            else:  # CUDA's index_add_ uses atomics; the sorted accumulate is deterministic
+                acc.grad.index_put_((ids.reshape(-1),), rows, accumulate=True)
         return None, grad_w, None, None
 
 
