@@ -17,10 +17,6 @@ import torch
 
 INDEX_DTYPE = torch.int32
 MAX_NODES = 2**31 - 1
-# Coalesce through a dense N² scratch when N² <= this many times nnz: scanning
-# N² flags is then cheaper than sorting nnz keys (N = 1,024 with a window's
-# ~450k entries: 8 ms instead of 30 ms, issue #17).
-DENSE_COALESCE = 4
 
 
 @dataclass
@@ -142,22 +138,16 @@ class SparseDelta:
             return self
         if self.nnz == 0:
             return SparseDelta(self.rows, self.cols, self.values, self.num_nodes, coalesced=True)
-        n = self.num_nodes
-        if self.values.device.type == "cpu" and n * n <= DENSE_COALESCE * self.nnz:
-            return self._coalesce_dense()
-        # int32 keys when N² fits (N <= 46,340): the sort is ~1.6x faster.
-        keys = (self.rows * n + self.cols) if n * n <= MAX_NODES else self.flat_keys()
+        keys = self.flat_keys()
         sorted_keys, order = torch.sort(keys, stable=True)
         vals = self.values[order]
-        first = torch.ones_like(sorted_keys, dtype=torch.bool)
-        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        uniq = sorted_keys[first].long()
+        uniq, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
         if vals.device.type == "cpu":
-            inverse = first.cumsum(0) - 1  # which unique key each sorted entry adds to
+            inverse = torch.repeat_interleave(torch.arange(uniq.numel()), counts)
             summed = torch.zeros(uniq.numel(), dtype=vals.dtype).index_add_(0, inverse, vals)
         else:  # atomics-free, deterministic reduction on accelerators
-            counts = torch.diff(torch.nonzero(torch.cat([first, first.new_ones(1)])).squeeze(1))
             summed = torch.segment_reduce(vals, "sum", lengths=counts)
+        n = self.num_nodes
         return SparseDelta(
             (uniq // n).to(INDEX_DTYPE),
             (uniq % n).to(INDEX_DTYPE),
@@ -165,22 +155,6 @@ class SparseDelta:
             n,
             coalesced=True,
         )
-
-    def _coalesce_dense(self) -> SparseDelta:
-        """:meth:`coalesce` through a dense N² scratch (small N, many entries).
-
-        ``index_add_`` on CPU adds in order of appearance, as the stable sort
-        and scan do, so the values are bit-identical; the keys come out sorted
-        from the scan of touched entries, with no O(nnz log nnz) sort.
-        """
-        n = self.num_nodes
-        keys = self.flat_keys()
-        sums = torch.zeros(n * n, dtype=self.values.dtype).index_add_(0, keys, self.values)
-        touched = torch.zeros(n * n, dtype=torch.bool)
-        touched[keys] = True
-        uniq = touched.nonzero().squeeze(1)
-        return SparseDelta((uniq // n).to(INDEX_DTYPE), (uniq % n).to(INDEX_DTYPE),
-                           sums[uniq], n, coalesced=True)
 
     def __add__(self, other: SparseDelta) -> SparseDelta:
         """Sum of two deltas, coalesced."""

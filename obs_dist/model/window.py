@@ -247,33 +247,11 @@ class WindowMemory:
         return torch.cat(rs), torch.cat(cs), torch.cat(vs)
 
     def to_delta(self) -> SparseDelta:
-        """The window's writes, detached, summed over streams, coalesced, zeros dropped.
-
-        The same entries in the same order as :meth:`entries` with zeros
-        dropped, but each block's row and column indices are looked up only
-        for its nonzero values, never expanded to every ``r × c`` entry (half
-        of the ranks are masked to zero by the learned count).
-        """
-        rs, cs, vs = [], [], []
-        for seq in self.seqs.values():
-            live = seq.step >= 0
-            if not bool(live.all()):
-                if not bool(live.any()):
-                    continue
-                seq = BlockSeq(seq.rows[:, live], seq.a[:, live], seq.cols[:, live],
-                               seq.b[:, live], seq.step[live])
-            r, c = seq.rows.shape[-1], seq.cols.shape[-1]
-            v = (seq.a.detach()[..., :, None] * seq.b.detach()[..., None, :]).float()
-            flat = v.reshape(-1)
-            at = flat.nonzero().squeeze(1)  # [B, L, r, c] order, as entries()
-            block, within = at // (r * c), at % (r * c)
-            rs.append(seq.rows.reshape(-1)[block * r + within // c])
-            cs.append(seq.cols.reshape(-1)[block * c + within % c])
-            vs.append(flat[at])
-        if not vs:
-            return SparseDelta.empty(self.num_nodes, device=self.base.device)
-        delta = SparseDelta.from_indices(torch.cat(rs), torch.cat(cs), torch.cat(vs),
-                                         self.num_nodes)
+        """The window's writes, detached, summed over streams, coalesced, zeros dropped."""
+        rows, cols, vals = self.entries()
+        vals = vals.detach().float()
+        keep = vals != 0
+        delta = SparseDelta.from_indices(rows[keep], cols[keep], vals[keep], self.num_nodes)
         return delta.coalesce()
 
     def write_overlap(self) -> tuple[int, int]:
