@@ -163,7 +163,7 @@ def _measure_in_child(params: dict[str, Any], threads: int, tree: str | None,
                       profile: bool = False) -> Any:
     """One size in a fresh process, of this tree or (``tree``) a reference checkout.
 
-    With ``profile`` the child runs this tree's ``step_profile.py`` by path
+    With ``profile`` the child runs this tree's ``_step_profile.py`` by path
     (over the reference's code when ``tree`` is given) and returns its rows.
     """
     env = thread_env(threads)
