@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -179,6 +180,8 @@ class _FakeAddresses:
 
     writer = True
     audio_context = 0
+    num_nodes = 1024
+    config = SimpleNamespace(writer=SimpleNamespace(k_max=4))
 
     def __init__(self, collapsed: bool = False) -> None:
         self.collapsed = collapsed
@@ -205,3 +208,10 @@ def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
     assert hebbian_ceiling(_FakeAddresses(), clips, media, trials) == 1.0
     collapsed = hebbian_ceiling(_FakeAddresses(collapsed=True), clips, media, trials)
     assert collapsed is not None and collapsed < 1.0
+    # Perfect addresses from the labels in place of the collapsed ones: which modality loses it.
+    fake = _FakeAddresses(collapsed=True)
+    assert hebbian_ceiling(fake, clips, media, trials, perfect=("video", "audio")) == 1.0
+    video_only = hebbian_ceiling(fake, clips, media, trials, perfect=("video",))
+    assert video_only is not None and collapsed < video_only < 1.0  # the words still collapse
+    with pytest.raises(ValueError, match="perfect"):
+        hebbian_ceiling(fake, clips, media, trials, perfect=("smell",))

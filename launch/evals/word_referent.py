@@ -59,6 +59,9 @@ CHANCE = 0.25
 # The headline targets: OBS's accuracy per setting; the dual encoder near chance on novel names.
 TARGETS = {"class": 0.90, "recording": 0.80}
 NEAR_CHANCE = 0.10
+# Ceilings with some addresses replaced by perfect ones (from the labels): which
+# modality's addresses lose the most (word_referent_addresses.hebbian_ceiling).
+PERFECT = {"video": ("video",), "audio": ("audio",), "both": ("video", "audio")}
 
 
 @dataclass
@@ -418,7 +421,11 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
                                  "confusion": scores["confusion"],
                                  "addresses": address_agreement(learner.model, labels, media),
                                  "hebbian_ceiling": hebbian_ceiling(learner.model, labels, media,
-                                                                    trials)}
+                                                                    trials),
+                                 "hebbian_ceiling_perfect": {
+                                     kind: hebbian_ceiling(learner.model, labels, media, trials,
+                                                           perfect=kinds)
+                                     for kind, kinds in PERFECT.items()}}
         rows.append({"setting": setting, "model": learner.name,
                      "accuracy": scores["accuracy"], "trials": scores["trials"],
                      "ci_low": scores["ci"][0], "ci_high": scores["ci"][1],
@@ -490,7 +497,9 @@ def extras(result: dict[str, Any]) -> list[str]:
                          f"{info['trials']} trials):\n\n" + markdown_table(rows))
         agree = [{"model": name, "clips": kind, "same label": a["same"],
                   "different label": a["different"], "distinct nodes": a["distinct_nodes"],
-                  "Hebbian ceiling": d.get("hebbian_ceiling")}
+                  "Hebbian ceiling": d.get("hebbian_ceiling"),
+                  "ceiling, these perfect": (d.get("hebbian_ceiling_perfect") or {}).get(kind),
+                  "ceiling, both perfect": (d.get("hebbian_ceiling_perfect") or {}).get("both")}
                  for name, d in info.get("learners", {}).items()
                  for kind, a in (d.get("addresses") or {}).items()]
         if agree:

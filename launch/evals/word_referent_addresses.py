@@ -20,6 +20,7 @@ lands on a handful of hub nodes and the state cannot tell anything apart.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,8 +108,15 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
     return out
 
 
+def label_nodes(name: str, k: int, nodes: int) -> list[int]:
+    """``k`` nodes drawn from ``name`` alone (a seeded hash): perfect addresses for a label."""
+    rng = random.Random(zlib.crc32(name.encode()))
+    return [rng.randrange(nodes) for _ in range(k)]
+
+
 def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
-                    trials: Sequence[Any], lag: int = 1) -> float | None:
+                    trials: Sequence[Any], lag: int = 1,
+                    perfect: Sequence[str] = ()) -> float | None:
     """What a plain Hebbian binding over this learner's addresses would score.
 
     Within each held-out recording, every spoken clip's audio nodes are linked
@@ -126,6 +134,10 @@ def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
         trials: the word–referent trials (``recording``, ``heard``/``query``,
             ``candidates``, ``answer``).
         lag: clips either side of a spoken clip whose pictures it is linked to.
+        perfect: modalities (``video``, ``audio``) whose learnt addresses are
+            replaced by perfect ones, drawn from the labels (one node set per
+            object, or per text, of a recording; a clip without one gets its
+            own): how much of the loss each modality's addresses cause.
 
     Returns:
         Accuracy over ``trials``, or None for a model without a state or no trial.
@@ -145,6 +157,20 @@ def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
                 for k in part]), "audio")
             for k, vi, ai in zip(part, v.tolist(), a.tolist(), strict=True):
                 video[k], audio[k] = vi, ai
+    unknown = set(perfect) - {"video", "audio"}
+    if unknown:
+        raise ValueError(f"perfect must name 'video' or 'audio', got {sorted(unknown)}")
+    by_key = {(c.recording, c.index): c for c in labels}
+    if perfect:
+        k_max, nodes = model.config.writer.k_max, model.num_nodes
+    for key in keys if perfect else ():
+        c = by_key.get(key)
+        if "video" in perfect:
+            what = f"object {c.object}" if c is not None and c.object else f"clip {key[1]}"
+            video[key] = label_nodes(f"video {key[0]} {what}", k_max, nodes)
+        if "audio" in perfect:
+            what = f"text {c.word}" if c is not None and c.word else f"clip {key[1]}"
+            audio[key] = label_nodes(f"audio {key[0]} {what}", k_max, nodes)
     links: dict[tuple[str, int, int], float] = {}
     linked: dict[tuple[str, int], float] = {}
     for c in labels:
