@@ -59,11 +59,14 @@ def main() -> None:
         assert probe.recall is not None and cands.ids is not None and cands.alpha is not None
         return model._state_scores(probe.recall, cands.ids, cands.alpha)
 
+    # The suite answers through answer_scores (which, with answer = "state", never calls
+    # scores): replace that, so each row is scored the way it names.
+    answer = model.answer_scores
     for name, score in (("both", own), ("direct", direct), ("state", through_state)):
-        model.scores = score  # type: ignore[method-assign]
+        model.answer_scores = score  # type: ignore[method-assign]
         picks = wr.choose(learner, state, trials, media, 256)
         print(f"{name:14s} {tally(trials, picks)['accuracy']:.3f} ({len(trials)} trials)")
-    model.scores = own  # type: ignore[method-assign]
+    model.answer_scores = answer  # type: ignore[method-assign]
     for normalised in (False, True):
         picks = []
         with torch.no_grad():
