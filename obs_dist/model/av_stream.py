@@ -55,6 +55,7 @@ from torch import nn
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
+from obs_dist.model.video_ssl import PictureContrast, sample_pictures
 from obs_dist.model.writer import Writer
 
 NEG_INF = float("-inf")
@@ -161,6 +162,45 @@ def with_neighbours(clip: Callable[[int], torch.Tensor | None], index: int,
                       for p in parts], dim=-1)
 
 
+class AddressCentring(nn.Module):
+    """Features centred and scaled per dimension before they address nodes (no learned part).
+
+    What every picture (or every sound) has in common, the look of video as
+    such, would otherwise steer every query the same way, and product keys then
+    send everything to a few hub nodes (address collapse). Like batch
+    normalisation without its affine part: in training the statistics of the
+    window's present clips (and a running average of them), in evaluation the
+    running average.
+
+    Args:
+        d: feature width.
+        momentum: weight of a window's statistics in the running average.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def __init__(self, d: int, momentum: float = 0.05) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("var", torch.ones(d))
+
+    def forward(self, f: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """``f`` ``[..., d]`` centred and scaled; ``present`` ``[...]`` marks the clips counted."""
+        if self.training and torch.is_grad_enabled():
+            rows = f.reshape(-1, f.shape[-1])
+            if present is not None:
+                rows = rows[present.reshape(-1).bool()]
+            if rows.shape[0] >= 2:
+                mean, var = rows.mean(0), rows.var(0, unbiased=False)
+                with torch.no_grad():
+                    self.mean.lerp_(mean.detach(), self.momentum)
+                    self.var.lerp_(var.detach(), self.momentum)
+                return (f - mean) * torch.rsqrt(var + 1e-5)
+        return (f - self.mean) * torch.rsqrt(self.var + 1e-5)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """``x / ‖x‖`` along the last axis with a gradient that stays finite at 0."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-8)
@@ -189,7 +229,12 @@ class AVStreamModel(nn.Module):
         self.head_a = nn.Linear(d, e)
         self.head_v = nn.Linear(d, e)
         self.direct_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.picture_contrast: PictureContrast | None = (
+            PictureContrast(d) if config.stream.video_ssl > 0 else None)
         self.writer: Writer | None = None
+        self.centring: nn.ModuleList | None = None  # row 0 video, row 1 audio
+        if config.stream.state_path and config.stream.address_centring:
+            self.centring = nn.ModuleList([AddressCentring(d), AddressCentring(d)])
         if config.stream.state_path:
             self.writer = Writer(config.writer, nodes, context_dim=2 * d)
             self.back_gain = nn.Parameter(torch.tensor(1.0))
@@ -241,6 +286,13 @@ class AVStreamModel(nn.Module):
             ids = torch.where(heard, ids, carry.ids)
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
+
+    def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """What addresses nodes: the feature, centred per modality if so configured."""
+        if self.centring is None:
+            return f
+        return self.centring[kind](f, present)
 
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
@@ -348,12 +400,14 @@ class AVStreamModel(nn.Module):
         alphas: list[torch.Tensor] = []
         gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
         if self.writer is not None:
+            xa = self._addressing(fa, 1, batch["audio_mask"])
+            xv = self._addressing(fv, 0, batch["video_mask"])
             for s in range(t):
-                h0, carry, _, _ = self._state_step(fa[:, s], memory, carry, recall=True,
+                h0, carry, _, _ = self._state_step(xa[:, s], memory, carry, recall=True,
                                                    gate=gate[:, s])
                 assert h0 is not None
                 recalls.append(h0)
-                _, carry, v_ids, v_alpha = self._state_step(fv[:, s], memory, carry, False)
+                _, carry, v_ids, v_alpha = self._state_step(xv[:, s], memory, carry, False)
                 ids.append(v_ids)
                 alphas.append(v_alpha)
         probe = Probe(self._embed_audio(fa).flatten(0, 1),
@@ -384,7 +438,15 @@ class AVStreamModel(nn.Module):
         balance = self.writer.pop_balance() if self.writer is not None else None
         if balance is not None:  # per scored clip, as the loss is summed over them
             loss = loss + balance * int(keep.sum())
-        return WindowResult(loss, int(keep.sum()), correct, carry, {})
+        stats: dict[str, float] = {}
+        if self.training and self.picture_contrast is not None:
+            pictures = sample_pictures(batch["video"], batch["video_mask"],
+                                       self.stream_cfg.video_ssl_pictures)
+            contrast = self.picture_contrast(self.video, pictures)
+            stats["video_ssl"] = float(contrast.detach())
+            # Per scored clip too; a window with none still trains the pictures.
+            loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
+        return WindowResult(loss, int(keep.sum()), correct, carry, stats)
 
     # -------------------------------------------------------------- trials
     def probe(self, audio: torch.Tensor, memory: Memory | None) -> Probe:
@@ -402,7 +464,7 @@ class AVStreamModel(nn.Module):
         recall = None
         if self.writer is not None:
             assert memory is not None
-            recall, _, _, _ = self._state_step(fa, memory, self.initial_carry(
+            recall, _, _, _ = self._state_step(self._addressing(fa, 1), memory, self.initial_carry(
                 audio.shape[0], audio.device), recall=True)
         return Probe(self._embed_audio(fa), recall)
 
@@ -411,7 +473,8 @@ class AVStreamModel(nn.Module):
         fv = self.video(video) + self.modality[0]
         if self.writer is None:
             return Candidates(self._embed_video(fv), None, None)
-        prop = self.writer(torch.cat([fv, torch.zeros_like(fv)], dim=1))
+        xv = self._addressing(fv, 0)
+        prop = self.writer(torch.cat([xv, torch.zeros_like(xv)], dim=1))
         return Candidates(self._embed_video(fv), prop.ids, prop.alpha)
 
     def addresses(self, clips: torch.Tensor, kind: str) -> torch.Tensor:
@@ -430,4 +493,5 @@ class AVStreamModel(nn.Module):
             f = self.audio(self._hearable(clips)) + self.modality[1]
         else:
             raise ValueError(f"kind must be 'video' or 'audio', got {kind!r}")
+        f = self._addressing(f, 0 if kind == "video" else 1)
         return self.writer(torch.cat([f, torch.zeros_like(f)], dim=1)).ids

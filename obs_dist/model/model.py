@@ -77,6 +77,13 @@ class StreamConfig:
             state path alone: what the state bound, the only path that can know
             a name first heard in the recording being tested; the direct path
             then only trains the encoders, as an auxiliary head).
+        video_ssl: weight of the pictures' own contrastive term
+            (``obs_dist/model/video_ssl.py``: two views of each sampled picture
+            must find each other, SimCLR); 0 turns it off.
+        video_ssl_pictures: pictures of a window that term samples.
+        address_centring: centre and scale each modality's features (running
+            statistics, no learned part) before they address nodes, so what all
+            pictures or all sounds share does not send them to the same nodes.
     """
 
     state_path: bool = True
@@ -90,8 +97,17 @@ class StreamConfig:
     carry: str = "propagated"
     recall_norm: bool = False
     answer: str = "both"
+    video_ssl: float = 0.0
+    video_ssl_pictures: int = 128
+    address_centring: bool = False
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.video_ssl) or self.video_ssl < 0:
+            raise ValueError(f"model.stream.video_ssl must be a finite number >= 0, "
+                             f"got {self.video_ssl}")
+        if self.video_ssl_pictures < 2:
+            raise ValueError(f"model.stream.video_ssl_pictures must be >= 2, "
+                             f"got {self.video_ssl_pictures}")
         if self.embed < 2:
             raise ValueError(f"model.stream.embed must be >= 2, got {self.embed}")
         if not math.isfinite(self.gate) or self.gate < 0:

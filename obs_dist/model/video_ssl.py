@@ -1,0 +1,123 @@
+"""The pictures teach the video encoder by themselves: a label-free contrastive term.
+
+A long recording has few named moments (a name every few seconds of an object
+being in view) and very many silent pictures. Learning what an object looks
+like only from the moments a word is heard leaves the video encoder with a few
+thousand examples per hour: measured on held-out recordings, its features told
+objects apart across scenes *worse than a colour histogram* (docs/results/notes.md,
+"fifth round"). CVCL's vision encoder did not learn from the utterances alone
+either: it started from a self-supervised model trained on the child's own
+frames (DINO on SAYCam). This is that step, done online in the same one pass:
+
+* two views of each sampled picture (:func:`picture_views`: a random square crop
+  of 35–100 % of the area resized back, mirrored half the time, brightness and
+  offset varied; colour hue is kept, as it is part of what an object is),
+* the encoder's feature of each view through a small projection
+  (:class:`PictureContrast`), and the normalised-temperature cross-entropy of
+  SimCLR (Chen et al. 2020): each view must pick its twin among the other views.
+
+The term is added to the window's loss with weight ``model.stream.video_ssl``;
+the dual-encoder peer, being the same model without a state, gets it too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def picture_views(frames: Tensor, gen: torch.Generator | None = None,
+                  scale: tuple[float, float] = (0.35, 1.0)) -> Tensor:
+    """One random view of each picture ``[N, 3, H, W]`` (uint8 or float in [0, 1]).
+
+    Args:
+        frames: pictures.
+        gen: random generator (the global one when None, held by every checkpoint).
+        scale: range of the crop's share of the picture's area.
+
+    Returns:
+        ``[N, 3, H, W]`` float in [0, 1].
+    """
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {scale}")
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    n, _, h, w = x.shape
+    side = min(h, w)
+    u = torch.rand(n, 6, generator=gen)
+    out = torch.empty_like(x)
+    for i in range(n):
+        area = scale[0] + (scale[1] - scale[0]) * float(u[i, 0])
+        c = max(4, int(round(side * math.sqrt(area))))
+        top = int(float(u[i, 1]) * (h - c + 1))
+        left = int(float(u[i, 2]) * (w - c + 1))
+        crop = x[i:i + 1, :, top:top + c, left:left + c]
+        view = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
+        if float(u[i, 3]) < 0.5:
+            view = view.flip(-1)
+        gain = 0.7 + 0.6 * float(u[i, 4])
+        offset = -0.1 + 0.2 * float(u[i, 5])
+        out[i] = (view * gain + offset).clamp(0.0, 1.0)
+    return out
+
+
+class PictureContrast(nn.Module):
+    """SimCLR's objective over a video encoder: each picture's two views must find each other.
+
+    Holds only the projection; the encoder is the model's own, passed in.
+
+    Args:
+        d_model: width ``d`` of the encoder's features.
+        temperature: softmax temperature of the view similarities.
+    """
+
+    def __init__(self, d_model: int, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.proj = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
+                                  nn.Linear(2 * d_model, d_model))
+        self.temperature = temperature
+
+    def forward(self, encoder: nn.Module, frames: Tensor,
+                gen: torch.Generator | None = None) -> Tensor:
+        """Mean contrastive loss over ``frames`` ``[N, 3, H, W]`` (0 with fewer than 2).
+
+        Args:
+            encoder: maps clips ``[N, F, 3, H, W]`` to ``[N, d]``.
+            frames: pictures.
+            gen: random generator of the views.
+        """
+        n = frames.shape[0]
+        if n < 2:
+            return torch.zeros((), device=frames.device)
+        views = torch.cat([picture_views(frames, gen), picture_views(frames, gen)])
+        z = F.normalize(self.proj(encoder(views[:, None])), dim=-1)
+        sim = (z @ z.t()) / self.temperature
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
+                              float("-inf"))
+        twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+        return F.cross_entropy(sim, twin)
+
+
+def sample_pictures(video: Tensor, mask: Tensor, count: int,
+                    gen: torch.Generator | None = None) -> Tensor:
+    """Up to ``count`` pictures (each clip's first frame) of the present clips of a window.
+
+    Args:
+        video: ``[B, T, F, 3, H, W]`` clips.
+        mask: ``[B, T]`` which clips have video.
+        count: most pictures returned.
+        gen: random generator of the sample.
+
+    Returns:
+        ``[n, 3, H, W]``, n = min(count, present clips).
+    """
+    present = mask.bool().reshape(-1).nonzero().squeeze(1)
+    if present.numel() > count:
+        pick = torch.randperm(present.numel(), generator=gen)[:count]
+        present = present[pick.to(present.device)]
+    flat = video.reshape(-1, *video.shape[2:])
+    return flat.index_select(0, present)[:, 0]

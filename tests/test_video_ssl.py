@@ -1,0 +1,113 @@
+"""The pictures' own contrastive term (``model.stream.video_ssl``): views, loss, wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from obs_dist.model.av_encoders import VideoClipEncoder
+from obs_dist.model.av_stream import AVStreamModel
+from obs_dist.model.model import ModelConfig, StreamConfig
+from obs_dist.model.state import BigState, StateConfig
+from obs_dist.model.video_ssl import PictureContrast, picture_views, sample_pictures
+from obs_dist.model.window import WindowMemory
+from obs_dist.model.writer import WriterConfig
+
+
+def _pictures(n: int = 8, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def test_views_are_pictures_drawn_from_the_generator() -> None:
+    frames = _pictures()
+    a = picture_views(frames, torch.Generator().manual_seed(1))
+    b = picture_views(frames, torch.Generator().manual_seed(1))
+    c = picture_views(frames, torch.Generator().manual_seed(2))
+    assert a.shape == (8, 3, 16, 16) and a.dtype == torch.float32
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # A crop of the whole picture is the picture or its mirror, in another brightness.
+    grey = 0.3 + 0.3 * frames.float() / 255  # no value is clipped by gain and offset
+    whole = picture_views(grey, torch.Generator().manual_seed(3), scale=(1.0, 1.0))
+
+    def corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.flatten(1), y.flatten(1)
+        x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+        return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
+
+    plain, mirror = corr(whole, grey) > 0.9999, corr(whole, grey.flip(-1)) > 0.9999
+    assert bool((plain | mirror).all()) and bool(plain.any()) and bool(mirror.any())
+    with pytest.raises(ValueError, match="scale"):
+        picture_views(frames, scale=(0.0, 1.0))
+
+
+def test_the_loss_falls_as_the_encoder_learns_its_pictures() -> None:
+    torch.manual_seed(0)
+    encoder = VideoClipEncoder(16, image_size=16, frames_used=1, width=16)
+    contrast = PictureContrast(16)
+    # Sixteen pictures of their own colours with noise on top: a crop keeps the colour.
+    g = torch.Generator().manual_seed(1)
+    colours = torch.rand(16, 3, 1, 1, generator=g) * 200 + 20
+    frames = (colours + torch.randn(16, 3, 16, 16, generator=g) * 15).clamp(0, 255).to(torch.uint8)
+    opt = torch.optim.Adam([*encoder.parameters(), *contrast.parameters()], lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(60):
+        loss = contrast(encoder, frames, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[0] > 2.5  # about ln(31): each view among 31 others, untrained
+    assert sum(losses[-10:]) / 10 < 0.5 * losses[0]
+    assert float(contrast(encoder, frames[:1], gen)) == 0.0  # one picture: nothing to tell apart
+
+
+def test_sample_pictures_takes_present_clips_only() -> None:
+    video = torch.arange(2 * 3).view(2, 3, 1, 1, 1, 1).expand(2, 3, 2, 3, 4, 4).clone()
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    got = sample_pictures(video, mask, count=10)
+    assert sorted(got[:, 0, 0, 0].tolist()) == [0, 2, 5]
+    assert sample_pictures(video, mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
+
+
+def test_the_stream_model_trains_its_video_encoder_on_pictures_alone() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
+                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6))
+    model = AVStreamModel(cfg, 256)
+    b, t = 2, 4
+    batch = {"audio": torch.full((b, t, 8, 21), -8.0),  # silence: no clip is scored
+             "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
+             "audio_mask": torch.ones(b, t, dtype=torch.bool),
+             "video_mask": torch.ones(b, t, dtype=torch.bool),
+             "targets": torch.full((b, t), -100)}
+    memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
+    model.train()
+    out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
+    assert out.scored == 0 and out.stats["video_ssl"] > 0
+    out.loss_sum.backward()
+    assert model.video.convs[0].weight.grad.abs().sum() > 0
+    model.eval()  # evaluation and the study pass: no such term
+    out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
+    assert "video_ssl" not in out.stats
+    with pytest.raises(ValueError, match="video_ssl"):
+        StreamConfig(video_ssl=-1.0)
+
+
+def test_address_centring_removes_what_every_picture_shares() -> None:
+    from obs_dist.model.av_stream import AddressCentring
+
+    torch.manual_seed(0)
+    centring = AddressCentring(4, momentum=1.0)
+    f = torch.randn(6, 4) + torch.tensor([50.0, -3.0, 0.0, 7.0])  # a shared offset
+    present = torch.tensor([True] * 5 + [False])
+    f[5] = 1e6  # an absent clip is not counted
+    centring.train()
+    out = centring(f, present)
+    assert out[:5].mean(0).abs().max() < 1e-5
+    assert (out[:5].std(0, unbiased=False) - 1).abs().max() < 1e-3
+    centring.eval()  # evaluation uses the running statistics (momentum 1: the last window's)
+    assert torch.allclose(centring(f[:5]), out[:5], atol=1e-5)
