@@ -142,6 +142,9 @@ def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
     Returns:
         Accuracy over ``trials``, or None for a model without a state or no trial.
     """
+    unknown = set(perfect) - {"video", "audio"}
+    if unknown:
+        raise ValueError(f"perfect must name 'video' or 'audio', got {sorted(unknown)}")
     if getattr(model, "writer", None) is None or not trials:
         return None
     context = getattr(model, "audio_context", 0)
@@ -157,20 +160,17 @@ def hebbian_ceiling(model: Any, labels: Sequence[ClipLabel], media: Media,
                 for k in part]), "audio")
             for k, vi, ai in zip(part, v.tolist(), a.tolist(), strict=True):
                 video[k], audio[k] = vi, ai
-    unknown = set(perfect) - {"video", "audio"}
-    if unknown:
-        raise ValueError(f"perfect must name 'video' or 'audio', got {sorted(unknown)}")
-    by_key = {(c.recording, c.index): c for c in labels}
     if perfect:
+        by_key = {(c.recording, c.index): c for c in labels}
         k_max, nodes = model.config.writer.k_max, model.num_nodes
-    for key in keys if perfect else ():
-        c = by_key.get(key)
-        if "video" in perfect:
-            what = f"object {c.object}" if c is not None and c.object else f"clip {key[1]}"
-            video[key] = label_nodes(f"video {key[0]} {what}", k_max, nodes)
-        if "audio" in perfect:
-            what = f"text {c.word}" if c is not None and c.word else f"clip {key[1]}"
-            audio[key] = label_nodes(f"audio {key[0]} {what}", k_max, nodes)
+        for key in keys:
+            c = by_key.get(key)
+            if "video" in perfect:
+                what = f"object {c.object}" if c is not None and c.object else f"clip {key[1]}"
+                video[key] = label_nodes(f"video {key[0]} {what}", k_max, nodes)
+            if "audio" in perfect:
+                what = f"text {c.word}" if c is not None and c.word else f"clip {key[1]}"
+                audio[key] = label_nodes(f"audio {key[0]} {what}", k_max, nodes)
     links: dict[tuple[str, int, int], float] = {}
     linked: dict[tuple[str, int], float] = {}
     for c in labels:
