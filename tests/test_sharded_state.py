@@ -91,6 +91,41 @@ def test_one_process_sync_and_held_back_windows() -> None:
     assert held.take().values.tolist() == [6.0] and held.held() is None
 
 
+def test_held_back_part_reads_only_the_selected_rows_and_matches_a_dense_scatter() -> None:
+    """The overlay ``Σ_i w_i P[S_i, :]`` read row by row equals a scatter over all of ``P``."""
+    from obs_dist.model.sharded_window import ShardedWindowMemory
+
+    torch.manual_seed(0)
+    n, bsz, k = 64, 3, 5
+    keys = torch.unique(torch.randint(0, n * n, (900,)))
+    held = SparseDelta.from_indices(keys // n, keys % n, torch.randn(keys.numel()), n).coalesce()
+    mem = ShardedWindowMemory(torch.zeros(n, n // 2), bsz, reads=None,  # type: ignore[arg-type]
+                              candidates=4, overlay=lambda: held)
+    rows = torch.stack([torch.randperm(n)[:k] for _ in range(bsz)])
+    w = torch.randn(bsz, k, requires_grad=True)
+    got = mem._held_part(rows, w)
+    assert got is not None
+    # The former implementation: every stream times every held entry, then a scatter.
+    w_ref = w.detach().clone().requires_grad_(True)
+    w_dense = w_ref.new_zeros(bsz, n).scatter_add(1, rows, w_ref)
+    contrib = w_dense[:, held.rows.long()] * held.values[None]
+    ref = w_ref.new_zeros(bsz, n).scatter_add(1, held.cols.long()[None].expand(bsz, -1), contrib)
+    assert torch.equal(got, ref)  # the same sums in the same order
+    g = torch.randn(bsz, n)
+    (got * g).sum().backward()
+    (ref * g).sum().backward()
+    assert w.grad is not None and w_ref.grad is not None
+    assert torch.allclose(w.grad, w_ref.grad, rtol=1e-6, atol=1e-6)
+    # Rows without held entries read nothing (and no work is done for them).
+    two_rows = SparseDelta.from_indices(torch.tensor([1, 2]), torch.tensor([3, 4]),
+                                        torch.tensor([1.0, 2.0]), n)
+    mem = ShardedWindowMemory(torch.zeros(n, n // 2), 1, reads=None,  # type: ignore[arg-type]
+                              candidates=4, overlay=lambda: two_rows)
+    assert mem._held_part(torch.tensor([[5, 6]]), torch.ones(1, 2)) is None
+    part = mem._held_part(torch.tensor([[2, 5]]), torch.tensor([[3.0, 1.0]]))
+    assert part is not None and part[0, 4] == 6.0 and float(part.abs().sum()) == 6.0
+
+
 def test_run_config_refuses_av_stream_in_the_sharded_layout() -> None:
     from launch.run_config import RunConfig
 

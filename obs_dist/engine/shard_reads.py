@@ -63,21 +63,28 @@ class ShardReader:
         Int32 ``(stream over all ranks, column, value bits)`` triples, 12 bytes an entry.
         """
         device = self.state.device
-        if local is None:
-            streams = torch.empty(0, dtype=torch.int64, device=device)
-            cols = torch.empty(0, dtype=torch.int64, device=device)
-            vals = torch.empty(0, dtype=torch.float32, device=device)
-        else:
-            streams, cols = local.nonzero(as_tuple=True)
-            vals = local[streams, cols].float()
-        owner = self.state.owner_of(cols)
-        order = torch.sort(owner, stable=True).indices
+        bounds = self.state.col_bounds
+        streams, cols, vals, counts = [], [], [], []
+        # Slice by slice, so the triples come out owner-major (no sort).
+        for owner in range(self.world):
+            if local is None:
+                s = c = torch.empty(0, dtype=torch.int64, device=device)
+                v = torch.empty(0, dtype=torch.float32, device=device)
+            else:
+                piece = local[:, bounds[owner]:bounds[owner + 1]]
+                s, c = piece.nonzero(as_tuple=True)
+                v = piece[s, c].float()
+                c = c + bounds[owner]
+            streams.append(s)
+            cols.append(c)
+            vals.append(v)
+            counts.append(int(s.numel()))
         rank = get_rank() if self.world > 1 else 0
-        self.local_sent += int((owner != rank).sum())
-        packed = torch.stack([(streams[order] + rank * bsz).to(torch.int32),
-                              cols[order].to(torch.int32),
-                              vals[order].contiguous().view(torch.int32)], 1)
-        return packed, split_counts(owner, self.world)
+        self.local_sent += sum(counts) - counts[rank]
+        packed = torch.stack([(torch.cat(streams) + rank * bsz).to(torch.int32),
+                              torch.cat(cols).to(torch.int32),
+                              torch.cat(vals).contiguous().view(torch.int32)], 1)
+        return packed, counts
 
     def top_candidates(self, rows: torch.Tensor, weights: torch.Tensor,
                        local: torch.Tensor | None, m: int
@@ -123,10 +130,8 @@ class ShardReader:
         vals = got[:, 2].contiguous().view(torch.float32)
         h = F.embedding_bag(all_rows, state.local, per_sample_weights=all_w.to(dt), mode="sum")
         h = h.to(weights.dtype)
-        if vals.numel():
-            extra = torch.zeros_like(h)
-            extra[streams, cols] = vals.to(h.dtype)
-            h = h + extra
+        if vals.numel():  # (stream, column) pairs are unique: h[s, c] + v, as a dense add
+            h.index_put_((streams, cols), vals.to(h.dtype), accumulate=True)
         width = min(m, state.hi - state.lo)
         top_vals, top_idx = h.topk(width, dim=1)  # [W·B, m']
         base = state.local[all_rows[:, :, None], top_idx[:, None, :]]  # [W·B, k, m']

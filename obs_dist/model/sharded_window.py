@@ -64,8 +64,11 @@ class ShardedWindowMemory(WindowMemory):
         self.candidates = candidates
         self.overlay = overlay
         self._held: SparseDelta | None = overlay() if overlay is not None else None
-        if self._held is not None and self._held.nnz == 0:
-            self._held = None
+        if self._held is not None:
+            self._held = None if self._held.nnz == 0 else self._held.coalesce()
+        # Where each row's entries begin in the (row-sorted) held-back commits.
+        self._held_start = (None if self._held is None else torch.searchsorted(
+            self._held.rows.long(), torch.arange(self.num_nodes + 1, device=base.device)))
 
     def carry(self, shared: bool | None = None, exchange: Exchange | None = None
               ) -> ShardedWindowMemory:
@@ -79,15 +82,39 @@ class ShardedWindowMemory(WindowMemory):
 
     # ------------------------------------------------------------------ reading
     def _held_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-        """``Σ_i weights[b,i] · P[rows[b,i], :]`` of the held-back commits ``P``, ``[B, N]``."""
+        """``Σ_i weights[b,i] · P[rows[b,i], :]`` of the held-back commits ``P``, ``[B, N]``.
+
+        ``P`` is coalesced (sorted by row), so each selected row's entries are one
+        contiguous range (:attr:`_held_start`): the cost is the entries of the
+        ``B·k`` rows read, not ``B`` times every held entry. (A dense
+        ``[B, nnz]`` product grew with the square of the streams: ``P`` holds
+        every stream's windows.)
+        """
         held = self._held
         if held is None:
             return None
-        bsz = rows.shape[0]
-        w_dense = weights.new_zeros(bsz, self.num_nodes).scatter_add(1, rows.long(), weights)
-        contrib = w_dense[:, held.rows.long()] * held.values.to(weights.dtype)[None, :]
-        cols = held.cols.long()[None, :].expand(bsz, -1)
-        return weights.new_zeros(bsz, self.num_nodes).scatter_add(1, cols, contrib)
+        start = self._held_start
+        assert start is not None
+        bsz, k = rows.shape
+        # Rows in ascending order within each stream, so every column sums its
+        # entries in the held-back commits' own (row-major) order, as a scatter
+        # over all of P would: the same float result, bit for bit.
+        rows, order = rows.long().sort(dim=1)
+        weights = weights.gather(1, order)
+        flat = rows.reshape(-1)
+        first = start.index_select(0, flat)
+        length = start.index_select(0, flat + 1) - first
+        total = int(length.sum())
+        if total == 0:
+            return None
+        which = torch.repeat_interleave(length)  # the (stream, i) of each entry read
+        shift = first - (torch.cumsum(length, 0) - length)
+        pos = torch.arange(total, device=rows.device) + shift.index_select(0, which)
+        contrib = (weights.reshape(-1).index_select(0, which)
+                   * held.values.index_select(0, pos).to(weights.dtype))
+        target = (which // k) * self.num_nodes + held.cols.long().index_select(0, pos)
+        out = weights.new_zeros(bsz * self.num_nodes).index_add(0, target, contrib)
+        return out.view(bsz, self.num_nodes)
 
     def _local_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         window = self._window_part(rows, weights)
