@@ -1,5 +1,5 @@
 """The distributed engine's command line end to end: ``obs train --nproc N`` (DeepSpeed on
-gloo/CPU), the local launcher, ``obs bench sync`` and ``obs bench scaling`` (small sizes)."""
+gloo/CPU), the local launcher, ``obs bench sync``, ``shard`` and ``scaling`` (small sizes)."""
 
 from __future__ import annotations
 
@@ -147,6 +147,26 @@ def test_bench_sync_reports_bytes_seconds_and_crossover() -> None:
     summary = result["summary"]["world2"]
     assert summary["bytes_crossover_gathered_density"] == 2 * 4 / 12
     assert set(summary) >= {"crossover_density_per_rank", "crossover_gathered_density"}
+
+
+@pytest.mark.slow
+def test_bench_shard_reports_slices_bytes_against_the_bound_and_gather_latency() -> None:
+    proc = _obs("bench", "shard", "--nodes", "512", "--worlds", "2", "--windows", "2",
+                "--window", "8", "--k-max", "8", "--active", "8", "--d-model", "32",
+                "--phases", "parallel", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    rows = {r["layout"]: r for r in result["results"]}
+    assert rows["sharded"]["state_bytes_per_rank"] * 2 == rows["replicated"]["state_bytes_per_rank"]
+    assert rows["replicated"]["read_bytes_per_step"] == 0  # a replica reads locally
+    assert rows["sharded"]["read_bytes_per_step"] > 0
+    assert rows["sharded"]["read_over_bound"] <= 1.25
+    assert rows["sharded"]["write_bytes_per_step"] <= rows["sharded"]["write_bound_per_step"]
+    summary = result["summary"]
+    assert summary["world2.parallel"]["state_bytes_ratio"] == 0.5
+    assert summary["world2.parallel"]["sharded_over_replicated_seconds"] > 0
+    latency = summary["world2.gather_latency"]
+    assert latency["back_to_back_ms"] > 0 and latency["between_compute_ms"] > 0
 
 
 def test_crossover_interpolates_between_the_bracketing_densities() -> None:

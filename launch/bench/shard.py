@@ -22,7 +22,9 @@ In each layout and phase, every rank trains the same committing MQAR model
 * ``write_bytes_per_step`` and, sharded, ``write_bound_per_step`` =
   ``12·E + 8·(W−1) + 16·(W−1)`` with ``E`` the committed entries sent to other owners.
 
-The summary gives, per W and phase, ``sharded_over_replicated`` seconds per window.
+The summary gives, per W and phase, ``sharded_over_replicated`` seconds per window,
+and per W ``gather_latency``: milliseconds a small ``all_gather`` costs back to
+back and with compute between the calls (the sharded reads meet once per step).
 """
 
 from __future__ import annotations
@@ -140,13 +142,46 @@ def _measure(params: dict[str, Any], layout: str, phase: str, device: Any) -> di
     return row
 
 
+def _gather_latency(device: Any, calls: int = 200) -> dict[str, float]:
+    """Milliseconds per small ``all_gather``: back to back, and with compute between calls.
+
+    The sharded reads meet the other ranks at every time step; what one such
+    meeting costs on this machine (a blocked process must wake up) bounds how
+    close the parallel phase can come to the replicated one, which does not meet.
+    """
+    import torch
+
+    from obs_dist.engine.collectives import gather_equal
+    from obs_dist.engine.dist import barrier
+
+    x = torch.zeros(256, dtype=torch.int32, device=device)
+    a = torch.randn(160, 160, device=device)
+    out: dict[str, float] = {}
+    for name, work in (("back_to_back", 0), ("between_compute", 3)):
+        for _ in range(20):
+            gather_equal(x)
+        barrier()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            for _ in range(work):
+                a = torch.tanh(a @ a)
+            gather_equal(x)
+        total = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            for _ in range(work):
+                a = torch.tanh(a @ a)
+        out[f"{name}_ms"] = 1e3 * (total - (time.perf_counter() - t1)) / calls
+    return out
+
+
 def _child() -> None:
     """One rank: both layouts and phases; rank 0 writes the rows."""
     params = json.loads(sys.argv[1])
     import torch
 
     torch.set_num_threads(params["threads"])
-    from obs_dist.engine.dist import destroy, get_rank
+    from obs_dist.engine.dist import destroy, get_rank, get_world_size
     from obs_dist.engine.slow_weights import DistConfig, init_distributed
 
     device = torch.device(params["device"])
@@ -156,8 +191,9 @@ def _child() -> None:
                      device)
     rows = [_measure(params, layout, phase, device)
             for phase in params["phases"] for layout in ("replicated", "sharded")]
+    latency = _gather_latency(device) if get_world_size() > 1 else None
     if get_rank() == 0:
-        Path(params["out"]).write_text(json.dumps(rows))
+        Path(params["out"]).write_text(json.dumps({"rows": rows, "latency": latency}))
     destroy()
 
 
@@ -180,8 +216,11 @@ def run(args: argparse.Namespace) -> int:
                                extra_env={"OMP_NUM_THREADS": str(args.threads)})
             if code != 0 or not out.is_file():
                 raise RuntimeError(f"bench shard with {world} ranks failed (exit code {code})")
-            rows = json.loads(out.read_text())
+            written = json.loads(out.read_text())
+        rows = written["rows"]
         results.extend(rows)
+        if written["latency"] is not None:
+            summary[f"world{world}.gather_latency"] = written["latency"]
         for phase in args.phases:
             rep = next(r for r in rows if r["layout"] == "replicated" and r["phase"] == phase)
             sh = next(r for r in rows if r["layout"] == "sharded" and r["phase"] == phase)
