@@ -193,7 +193,7 @@ class _FakeAddresses:
 
 
 def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
-    from launch.evals.word_referent_addresses import hebbian_ceiling
+    from launch.evals.word_referent_addresses import clip_addresses, hebbian_ceiling
 
     clips = _recording()
     names = sorted({c.object for c in clips if c.object})
@@ -213,5 +213,12 @@ def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
     assert hebbian_ceiling(fake, clips, media, trials, perfect=("video", "audio")) == 1.0
     video_only = hebbian_ceiling(fake, clips, media, trials, perfect=("video",))
     assert video_only is not None and collapsed < video_only < 1.0  # the words still collapse
+    # Addresses computed once (as the suite does) give the same ceilings.
+    nodes = clip_addresses(fake, media)
+    assert hebbian_ceiling(fake, clips, media, trials, addresses=nodes) == collapsed
+    assert hebbian_ceiling(fake, clips, media, trials, perfect=("video",),
+                           addresses=nodes) == video_only
+    good = clip_addresses(_FakeAddresses(), media)
+    assert hebbian_ceiling(fake, clips, media, trials, addresses=good) == 1.0  # they are used
     with pytest.raises(ValueError, match="perfect"):
         hebbian_ceiling(fake, clips, media, trials, perfect=("smell",))

@@ -47,7 +47,11 @@ from typing import Any
 import torch
 
 from launch.evals.suite import Suite, verdict
-from launch.evals.word_referent_addresses import address_agreement, hebbian_ceiling
+from launch.evals.word_referent_addresses import (
+    address_agreement,
+    clip_addresses,
+    hebbian_ceiling,
+)
 from launch.evals.word_referent_trials import ClipLabel, Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
@@ -417,14 +421,16 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
                  if getattr(learner.model, "writer", None) is not None else None)
         picks = choose(learner, state, trials, media, cfg.query_batch) if trials else []
         scores = tally(trials, picks)
+        nodes = (clip_addresses(learner.model, media)
+                 if getattr(learner.model, "writer", None) is not None and trials else None)
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
                                  "addresses": address_agreement(learner.model, labels, media),
                                  "hebbian_ceiling": hebbian_ceiling(learner.model, labels, media,
-                                                                    trials),
+                                                                    trials, addresses=nodes),
                                  "hebbian_ceiling_perfect": {
                                      kind: hebbian_ceiling(learner.model, labels, media, trials,
-                                                           perfect=kinds)
+                                                           perfect=kinds, addresses=nodes)
                                      for kind, kinds in PERFECT.items()}}
         rows.append({"setting": setting, "model": learner.name,
                      "accuracy": scores["accuracy"], "trials": scores["trials"],
