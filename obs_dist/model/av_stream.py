@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
@@ -231,6 +232,8 @@ class AVStreamModel(nn.Module):
         self.direct_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.picture_contrast: PictureContrast | None = (
             PictureContrast(d) if config.stream.video_ssl > 0 else None)
+        self.sound_contrast: SoundContrast | None = (
+            SoundContrast(d) if config.stream.audio_ssl > 0 else None)
         self.writer: Writer | None = None
         self.centring: nn.ModuleList | None = None  # row 0 video, row 1 audio
         if config.stream.state_path and config.stream.address_centring:
@@ -399,6 +402,7 @@ class AVStreamModel(nn.Module):
         ids: list[torch.Tensor] = []
         alphas: list[torch.Tensor] = []
         gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
+        speech = gate
         if self.writer is not None:
             xa = self._addressing(fa, 1, batch["audio_mask"])
             xv = self._addressing(fv, 0, batch["video_mask"])
@@ -446,6 +450,12 @@ class AVStreamModel(nn.Module):
             stats["video_ssl"] = float(contrast.detach())
             # Per scored clip too; a window with none still trains the pictures.
             loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
+        if self.training and self.sound_contrast is not None:
+            hearable = self._hearable(self._in_context(batch["audio"], batch["audio_mask"]))
+            sounds = sample_sounds(hearable, speech, self.stream_cfg.audio_ssl_clips)
+            contrast = self.sound_contrast(self.audio, sounds)
+            stats["audio_ssl"] = float(contrast.detach())
+            loss = loss + self.stream_cfg.audio_ssl * contrast * max(int(keep.sum()), 1)
         return WindowResult(loss, int(keep.sum()), correct, carry, stats)
 
     # -------------------------------------------------------------- trials

@@ -81,6 +81,10 @@ class StreamConfig:
             (``obs_dist/model/video_ssl.py``: two views of each sampled picture
             must find each other, SimCLR); 0 turns it off.
         video_ssl_pictures: pictures of a window that term samples.
+        audio_ssl: weight of the sounds' own contrastive term
+            (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
+            above the noise floor must find each other); 0 turns it off.
+        audio_ssl_clips: clips of a window that term samples.
         address_centring: centre and scale each modality's features (running
             statistics, no learned part) before they address nodes, so what all
             pictures or all sounds share does not send them to the same nodes.
@@ -99,12 +103,20 @@ class StreamConfig:
     answer: str = "both"
     video_ssl: float = 0.0
     video_ssl_pictures: int = 128
+    audio_ssl: float = 0.0
+    audio_ssl_clips: int = 128
     address_centring: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.video_ssl) or self.video_ssl < 0:
             raise ValueError(f"model.stream.video_ssl must be a finite number >= 0, "
                              f"got {self.video_ssl}")
+        if not math.isfinite(self.audio_ssl) or self.audio_ssl < 0:
+            raise ValueError(f"model.stream.audio_ssl must be a finite number >= 0, "
+                             f"got {self.audio_ssl}")
+        if self.audio_ssl_clips < 2:
+            raise ValueError(f"model.stream.audio_ssl_clips must be >= 2, "
+                             f"got {self.audio_ssl_clips}")
         if self.video_ssl_pictures < 2:
             raise ValueError(f"model.stream.video_ssl_pictures must be >= 2, "
                              f"got {self.video_ssl_pictures}")

@@ -95,11 +95,20 @@ class PictureContrast(nn.Module):
             return torch.zeros((), device=frames.device)
         views = torch.cat([picture_views(frames, gen), picture_views(frames, gen)])
         z = F.normalize(self.proj(encoder(views[:, None])), dim=-1)
-        sim = (z @ z.t()) / self.temperature
-        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
-                              float("-inf"))
-        twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
-        return F.cross_entropy(sim, twin)
+        return twin_loss(z, self.temperature)
+
+
+def twin_loss(z: Tensor, temperature: float) -> Tensor:
+    """SimCLR's loss: rows ``i`` and ``i + n`` of ``z`` ``[2n, e]`` (unit) are twins.
+
+    Each row must pick its twin among the other ``2n − 1`` rows.
+    """
+    n = z.shape[0] // 2
+    sim = (z @ z.t()) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
+                          float("-inf"))
+    twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, twin)
 
 
 def sample_pictures(video: Tensor, mask: Tensor, count: int,
