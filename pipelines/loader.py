@@ -236,8 +236,14 @@ class StreamLoader:
         if self.cfg.workers == 0:
             yield from dataset
             return
+        # A private generator: a DataLoader draws its workers' base seed when its
+        # iterator starts, from the global generator otherwise. A resumed run starts
+        # its iterator at the checkpoint's step, not at step 0, so that draw would
+        # move every later global draw (augmentation, contrastive views) off the
+        # uninterrupted run's. The workers draw nothing from it.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.workers,
-                            prefetch_factor=self.cfg.prefetch, persistent_workers=False)
+                            prefetch_factor=self.cfg.prefetch, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(self.cfg.seed))
         yield from loader
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

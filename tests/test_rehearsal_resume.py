@@ -50,7 +50,14 @@ TINY = ["data.window=4", f"state.nodes={NODES}", "state.partitions=2", "model.d_
         "model.n_mels=32", "model.writer.k_max=4", "model.writer.active=8",
         f"rehearsal.ratio={RATIO}", "rehearsal.capacity=2", "train.progress=false",
         "train.warmup=2", "scheduler.weight_cost=0.0", "checkpoint.every=4",
-        "checkpoint.keep_bases=1", "checkpoint.base_every_fraction=1e-9"]
+        "checkpoint.keep_bases=1", "checkpoint.base_every_fraction=1e-9",
+        # The word–referent suite's recipe: its random views, running statistics
+        # and carry must resume exactly too.
+        "model.stream.video_ssl=1.0", "model.stream.video_ssl_pictures=4",
+        "model.stream.audio_ssl=1.0", "model.stream.audio_ssl_clips=4",
+        "model.stream.address_centring=true", 'model.stream.carry="addressed"',
+        "model.stream.audio_context=1", "model.stream.audio_floor=true",
+        "model.stream.recall_norm=true", "model.stream.augment=true"]
 
 
 # ------------------------------------------------------------- the stage alone
