@@ -13,7 +13,7 @@ the noise floor (the speech gate) is a training example of its own:
   along the mel axis), its loudness scaled, one band range and one time range
   masked (SpecAugment, Park et al. 2019);
 * the audio encoder's feature of each view through a small projection
-  (:class:`SoundContrast`) and SimCLR's loss (:func:`~obs_dist.model.video_ssl.twin_loss`).
+  (:class:`SoundContrast`) and SimCLR's loss (:mod:`obs_dist.model.view_contrast`).
 
 Nothing here knows what a word is, which voices exist or how many: the views
 are generic changes of a log-mel spectrogram. The term is added to the window's
@@ -23,10 +23,9 @@ loss with weight ``model.stream.audio_ssl``; the dual-encoder peer gets it too.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from obs_dist.model.video_ssl import twin_loss
+from obs_dist.model.view_contrast import ViewContrast
 
 
 def sound_views(mels: Tensor, gen: torch.Generator | None = None, max_time: int = 10,
@@ -70,39 +69,16 @@ def sound_views(mels: Tensor, gen: torch.Generator | None = None, max_time: int 
     return out
 
 
-class SoundContrast(nn.Module):
+class SoundContrast(ViewContrast):
     """SimCLR's objective over an audio encoder: each sound's two views must find each other.
 
-    Holds only the projection; the encoder is the model's own, passed in.
-
-    Args:
-        d_model: width ``d`` of the encoder's features.
-        temperature: softmax temperature of the view similarities.
+    ``forward(encoder, mels, gen)``: ``mels`` ``[N, n_mels, A]`` as the encoder
+    hears them, ``encoder`` maps them to ``[N, d]``.
     """
 
-    def __init__(self, d_model: int, temperature: float = 0.2) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.proj = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
-                                  nn.Linear(2 * d_model, d_model))
-        self.temperature = temperature
-
-    def forward(self, encoder: nn.Module, mels: Tensor,
-                gen: torch.Generator | None = None) -> Tensor:
-        """Mean contrastive loss over ``mels`` ``[N, n_mels, A]`` (0 with fewer than 2).
-
-        Args:
-            encoder: maps log-mel clips ``[N, n_mels, A]`` to ``[N, d]``.
-            mels: sounds, as the encoder hears them.
-            gen: random generator of the views.
-        """
-        n = mels.shape[0]
-        if n < 2:
-            return torch.zeros((), device=mels.device)
-        views = torch.cat([sound_views(mels, gen), sound_views(mels, gen)])
-        z = F.normalize(self.proj(encoder(views)), dim=-1)
-        return twin_loss(z, self.temperature)
+    def views(self, inputs: Tensor, gen: torch.Generator | None) -> Tensor:
+        """:func:`sound_views` of the sounds."""
+        return sound_views(inputs, gen)
 
 
 def sample_sounds(audio: Tensor, heard: Tensor, count: int,

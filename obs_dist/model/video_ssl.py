@@ -14,7 +14,8 @@ frames (DINO on SAYCam). This is that step, done online in the same one pass:
   offset varied; colour hue is kept, as it is part of what an object is),
 * the encoder's feature of each view through a small projection
   (:class:`PictureContrast`), and the normalised-temperature cross-entropy of
-  SimCLR (Chen et al. 2020): each view must pick its twin among the other views.
+  SimCLR (Chen et al. 2020; :mod:`obs_dist.model.view_contrast`): each view must
+  pick its twin among the other views.
 
 The term is added to the window's loss with weight ``model.stream.video_ssl``;
 the dual-encoder peer, being the same model without a state, gets it too.
@@ -27,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from obs_dist.model.view_contrast import ViewContrast
 
 
 def picture_views(frames: Tensor, gen: torch.Generator | None = None,
@@ -63,52 +66,20 @@ def picture_views(frames: Tensor, gen: torch.Generator | None = None,
     return out
 
 
-class PictureContrast(nn.Module):
+class PictureContrast(ViewContrast):
     """SimCLR's objective over a video encoder: each picture's two views must find each other.
 
-    Holds only the projection; the encoder is the model's own, passed in.
-
-    Args:
-        d_model: width ``d`` of the encoder's features.
-        temperature: softmax temperature of the view similarities.
+    ``forward(encoder, frames, gen)``: ``frames`` ``[N, 3, H, W]``, ``encoder``
+    maps clips ``[N, F, 3, H, W]`` to ``[N, d]``.
     """
 
-    def __init__(self, d_model: int, temperature: float = 0.2) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.proj = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
-                                  nn.Linear(2 * d_model, d_model))
-        self.temperature = temperature
+    def views(self, inputs: Tensor, gen: torch.Generator | None) -> Tensor:
+        """:func:`picture_views` of the pictures."""
+        return picture_views(inputs, gen)
 
-    def forward(self, encoder: nn.Module, frames: Tensor,
-                gen: torch.Generator | None = None) -> Tensor:
-        """Mean contrastive loss over ``frames`` ``[N, 3, H, W]`` (0 with fewer than 2).
-
-        Args:
-            encoder: maps clips ``[N, F, 3, H, W]`` to ``[N, d]``.
-            frames: pictures.
-            gen: random generator of the views.
-        """
-        n = frames.shape[0]
-        if n < 2:
-            return torch.zeros((), device=frames.device)
-        views = torch.cat([picture_views(frames, gen), picture_views(frames, gen)])
-        z = F.normalize(self.proj(encoder(views[:, None])), dim=-1)
-        return twin_loss(z, self.temperature)
-
-
-def twin_loss(z: Tensor, temperature: float) -> Tensor:
-    """SimCLR's loss: rows ``i`` and ``i + n`` of ``z`` ``[2n, e]`` (unit) are twins.
-
-    Each row must pick its twin among the other ``2n − 1`` rows.
-    """
-    n = z.shape[0] // 2
-    sim = (z @ z.t()) / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
-                          float("-inf"))
-    twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
-    return F.cross_entropy(sim, twin)
+    def encode(self, encoder: nn.Module, views: Tensor) -> Tensor:
+        """Each view as a one-frame clip."""
+        return encoder(views[:, None])
 
 
 def sample_pictures(video: Tensor, mask: Tensor, count: int,

@@ -1,0 +1,71 @@
+"""SimCLR over random views of one modality's inputs: the shared part of the label-free terms.
+
+:mod:`obs_dist.model.video_ssl` (pictures) and :mod:`obs_dist.model.audio_ssl`
+(sounds) differ only in how a view is drawn and how the encoder takes it. The
+objective is the same (Chen et al. 2020): the encoder's feature of each view goes
+through a small projection that only this term uses, and each view must pick its
+twin among all the other views (normalised-temperature cross-entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def twin_loss(z: Tensor, temperature: float) -> Tensor:
+    """SimCLR's loss: rows ``i`` and ``i + n`` of ``z`` ``[2n, e]`` (unit) are twins.
+
+    Each row must pick its twin among the other ``2n − 1`` rows.
+    """
+    n = z.shape[0] // 2
+    sim = (z @ z.t()) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
+                          float("-inf"))
+    twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, twin)
+
+
+class ViewContrast(nn.Module):
+    """Two random views of each input must find each other through an encoder.
+
+    Holds only the projection; the encoder is the model's own, passed in.
+    Subclasses say how a view is drawn (:meth:`views`) and how the encoder
+    takes a batch of views (:meth:`encode`).
+
+    Args:
+        d_model: width ``d`` of the encoder's features.
+        temperature: softmax temperature of the view similarities.
+    """
+
+    def __init__(self, d_model: int, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.proj = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
+                                  nn.Linear(2 * d_model, d_model))
+        self.temperature = temperature
+
+    def views(self, inputs: Tensor, gen: torch.Generator | None) -> Tensor:
+        """One random view of each input."""
+        raise NotImplementedError
+
+    def encode(self, encoder: nn.Module, views: Tensor) -> Tensor:
+        """The encoder's ``[N, d]`` features of a batch of views."""
+        return encoder(views)
+
+    def forward(self, encoder: nn.Module, inputs: Tensor,
+                gen: torch.Generator | None = None) -> Tensor:
+        """Mean contrastive loss over ``inputs`` (0 with fewer than 2: nothing to tell apart).
+
+        Args:
+            encoder: the model's encoder of this modality.
+            inputs: ``[N, ...]`` pictures or sounds.
+            gen: random generator of the views (the global one when None).
+        """
+        if inputs.shape[0] < 2:
+            return torch.zeros((), device=inputs.device)
+        views = torch.cat([self.views(inputs, gen), self.views(inputs, gen)])
+        z = F.normalize(self.proj(self.encode(encoder, views)), dim=-1)
+        return twin_loss(z, self.temperature)
