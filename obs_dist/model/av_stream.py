@@ -297,17 +297,22 @@ class AVStreamModel(nn.Module):
             return f
         return self.centring[kind](f, present)
 
-    def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio and video features ``[B, T, d]`` (zero where a modality is absent)."""
+    def _features(self, batch: dict[str, Any]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Audio and video features ``[B, T, d]`` (zero where a modality is absent).
+
+        Also returns the log-mel as the encoder hears it before augmentation,
+        ``[B, T, n_mels, A']`` (the sounds' contrastive term draws its views from it).
+        """
         b, t = batch["video_mask"].shape
-        audio = self._in_context(batch["audio"], batch["audio_mask"])
-        audio, video = self._hearable(audio), batch["video"]
+        heard = self._hearable(self._in_context(batch["audio"], batch["audio_mask"]))
+        audio, video = heard, batch["video"]
         if self.training and self.stream_cfg.augment:
             audio = time_shift(audio.flatten(0, 1)).view_as(audio)
             video = shift_and_flip(video.flatten(0, 1)).view_as(video)
         fa = encode_present(self.audio, audio, batch["audio_mask"], self.modality[1])
         fv = encode_present(self.video, video, batch["video_mask"], self.modality[0])
-        return fa.view(b, t, -1), fv.view(b, t, -1)
+        return fa.view(b, t, -1), fv.view(b, t, -1), heard
 
     @property
     def audio_context(self) -> int:
@@ -392,7 +397,7 @@ class AVStreamModel(nn.Module):
             memory: the window's view of the fast state.
             carry: active nodes from the previous window.
         """
-        fa, fv = self._features(batch)
+        fa, fv, heard = self._features(batch)
         b, t = fa.shape[:2]
         reset = batch.get("reset")
         if reset is not None:
@@ -402,7 +407,6 @@ class AVStreamModel(nn.Module):
         ids: list[torch.Tensor] = []
         alphas: list[torch.Tensor] = []
         gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
-        speech = gate
         if self.writer is not None:
             xa = self._addressing(fa, 1, batch["audio_mask"])
             xv = self._addressing(fv, 0, batch["video_mask"])
@@ -430,9 +434,8 @@ class AVStreamModel(nn.Module):
         if self.stream_cfg.negatives == "recording":
             invalid = invalid | ~same
         logits = logits.masked_fill(invalid & ~eye, NEG_INF)
-        gate = (gate * batch["video_mask"].float()).reshape(-1)
         target = torch.arange(b * t, device=fa.device)
-        keep = gate > 0
+        keep = (gate * batch["video_mask"].float()).reshape(-1) > 0
         if bool(keep.any()):
             loss = F.cross_entropy(logits[keep], target[keep], reduction="sum")
             correct = int((logits[keep].argmax(1) == target[keep]).sum())
@@ -451,8 +454,7 @@ class AVStreamModel(nn.Module):
             # Per scored clip too; a window with none still trains the pictures.
             loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
         if self.training and self.sound_contrast is not None:
-            hearable = self._hearable(self._in_context(batch["audio"], batch["audio_mask"]))
-            sounds = sample_sounds(hearable, speech, self.stream_cfg.audio_ssl_clips)
+            sounds = sample_sounds(heard, gate, self.stream_cfg.audio_ssl_clips)
             contrast = self.sound_contrast(self.audio, sounds)
             stats["audio_ssl"] = float(contrast.detach())
             loss = loss + self.stream_cfg.audio_ssl * contrast * max(int(keep.sum()), 1)
