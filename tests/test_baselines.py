@@ -115,3 +115,40 @@ def test_each_baseline_learns_recall_of_the_previous_item(kind: str) -> None:
     scored = test["targets"] != IGNORE
     acc = float((logits.argmax(-1)[scored] == test["targets"][scored]).float().mean())
     assert acc > 3 * (1 / task.vocab), acc  # chance is 1/8
+
+
+def test_tied_head_is_the_token_embedding_and_counts_once() -> None:
+    untied = build_baseline(BaselineConfig(kind="attention", d_model=16, heads=2), 40, 40)
+    tied = build_baseline(BaselineConfig(kind="attention", d_model=16, heads=2, tie_head=True),
+                          40, 40)
+    assert tied.head.weight is tied.encoder.embed.weight and tied.head.bias is None
+    # The head's own 40×16 table and its 40 biases are gone.
+    assert count_parameters(untied) - count_parameters(tied) == 40 * 16 + 40
+    tokens = torch.randint(0, 40, (2, 6))
+    tied({"tokens": tokens}).sum().backward()
+    # The head's gradient reaches every row of the shared table, used as input or not.
+    assert bool((tied.encoder.embed.weight.grad.abs().sum(1) > 0).all())
+    with pytest.raises(ValueError, match="as many classes as tokens"):
+        build_baseline(BaselineConfig(kind="attention", d_model=16, heads=2, tie_head=True),
+                       40, 8)
+    with pytest.raises(ValueError, match="tie_head needs the 'tokens' encoder"):
+        BaselineConfig(tie_head=True, encoder="av")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zoology_initialisation_draws_small_weights_and_scales_residual_outputs(
+        kind: str) -> None:
+    torch.manual_seed(0)
+    layers, std = 2, 0.02
+    model = build_baseline(BaselineConfig(kind=kind, d_model=64, heads=2, state_dim=4,
+                                          layers=layers, init_std=std), 512, 512)
+    embed = model.encoder.embed.weight.detach()
+    assert abs(float(embed.std()) - std) < 0.1 * std
+    mlp_out = model.blocks[0].mlp[-1]
+    assert abs(float(mlp_out.weight.detach().std()) - std / (2 * layers) ** 0.5) < 0.2 * std
+    assert float(mlp_out.bias.detach().abs().max()) == 0.0
+    out = getattr(model.blocks[1].mixer, "out", None)
+    if out is not None:  # every mixer but the GRU ends in a projection named ``out``
+        assert abs(float(out.weight.detach().std()) - std / (2 * layers) ** 0.5) < 0.2 * std
+    with pytest.raises(ValueError, match="init_std"):
+        BaselineConfig(init_std=-1.0)

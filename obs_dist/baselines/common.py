@@ -10,6 +10,7 @@ harness trains every model on the same batches with the same loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,14 @@ class BaselineConfig:
         conv_first: the first block's mixer is a short convolution
             (``ShortConvMixer``), the others are ``kind`` (Zoology's MQAR models:
             two layers, convolution then mixer).
+        tie_head: the output head shares the token embedding's weights (Zoology's
+            and GPT-2's language models; needs the ``tokens`` encoder and as many
+            classes as tokens). Recall then has to copy an embedding, not learn a
+            second table that matches the first.
+        init_std: ``> 0``: Zoology's / GPT-2's initialisation: every linear and
+            embedding weight ``N(0, init_std)``, biases zero, and the residual
+            branches' last projections (mixer ``out``, MLP second layer) scaled by
+            ``1/sqrt(2·layers)``; ``0``: PyTorch's default initialisation.
         encoder: ``tokens`` or ``av`` (as ``model.encoder`` of OBS).
         n_mels: log-mel bands (``av``).
         image_size: frame side (``av``).
@@ -54,6 +63,8 @@ class BaselineConfig:
     delta_form: Literal["chunked", "recurrent"] = "chunked"
     chunk_size: int = 64
     conv_first: bool = False
+    tie_head: bool = False
+    init_std: float = 0.0
     encoder: Literal["tokens", "av"] = "tokens"
     n_mels: int = 64
     image_size: int = 64
@@ -85,6 +96,12 @@ class BaselineConfig:
                              f"got {self.layers}")
         if self.encoder not in ("tokens", "av"):
             raise ValueError(f"encoder must be 'tokens' or 'av', got {self.encoder!r}")
+        if self.tie_head and self.encoder != "tokens":
+            raise ValueError(f"tie_head needs the 'tokens' encoder (the head shares its "
+                             f"embedding), got encoder {self.encoder!r}")
+        if not self.init_std >= 0:
+            raise ValueError(f"init_std must be >= 0 (0: PyTorch's defaults), "
+                             f"got {self.init_std}")
 
 
 class Block(nn.Module):
@@ -143,6 +160,14 @@ class SequenceBaseline(nn.Module):
                                     for make in makers)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, classes)
+        if cfg.init_std > 0:
+            initialise(self, cfg.init_std, cfg.layers)
+        if cfg.tie_head:
+            if classes != vocab:
+                raise ValueError(f"tie_head needs as many classes as tokens (the head is "
+                                 f"the embedding), got {classes} classes and {vocab} tokens")
+            self.head = nn.Linear(cfg.d_model, classes, bias=False)
+            self.head.weight = self.encoder.embed.weight
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits ``[B, T, classes]`` for every step of the batch."""
@@ -150,6 +175,29 @@ class SequenceBaseline(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+def initialise(model: SequenceBaseline, std: float, layers: int) -> None:
+    """Zoology's / GPT-2's initialisation of ``model`` (see ``BaselineConfig.init_std``).
+
+    Scaling the residual branches' last projections by ``1/sqrt(2·layers)`` keeps
+    the residual stream's variance from growing with depth at initialisation
+    (GPT-2; Zoology's ``_init_weights``). Other parameters (norms, a GRU's
+    recurrence, Gated DeltaNet's decay) keep their own initialisation.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for block in model.blocks:
+        assert isinstance(block, Block)
+        last = [getattr(block.mixer, "out", None)]
+        if block.mlp is not None:
+            last.append(block.mlp[-1])
+        for linear in last:
+            if isinstance(linear, nn.Linear):
+                nn.init.normal_(linear.weight, std=std / math.sqrt(2 * layers))
 
 
 def count_parameters(module: nn.Module) -> int:
