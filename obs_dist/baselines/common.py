@@ -167,7 +167,9 @@ class SequenceBaseline(nn.Module):
                 raise ValueError(f"tie_head needs as many classes as tokens (the head is "
                                  f"the embedding), got {classes} classes and {vocab} tokens")
             self.head = nn.Linear(cfg.d_model, classes, bias=False)
-            self.head.weight = self.encoder.embed.weight
+            embed = self.encoder.embed
+            assert isinstance(embed, nn.Embedding)
+            self.head.weight = embed.weight
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits ``[B, T, classes]`` for every step of the batch."""
@@ -193,7 +195,7 @@ def initialise(model: SequenceBaseline, std: float, layers: int) -> None:
     for block in model.blocks:
         assert isinstance(block, Block)
         last = [getattr(block.mixer, "out", None)]
-        if block.mlp is not None:
+        if isinstance(block.mlp, nn.Sequential):
             last.append(block.mlp[-1])
         for linear in last:
             if isinstance(linear, nn.Linear):
