@@ -271,7 +271,7 @@ def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
     run = subprocess.run(obs + ["train", "--config", "configs/av_stream.toml", "--json",
                                 "--set", f"data.source={shards}", "--set", "data.streams=2",
                                 "--set", "task.batch=2", "--set", f"out_dir={out}",
-                                "--set", "rehearsal.ratio=1", "--set", "train.progress=false"],
+                                "--set", "data.window=16", "--set", "rehearsal.ratio=1", "--set", "train.progress=false"],
                          check=True, capture_output=True, text=True)
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     # 40 clips per recording, windows of 16: 3 new batches, each followed by one rehearsal.
