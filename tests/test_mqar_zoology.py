@@ -15,6 +15,8 @@ def test_zoology_config_loads_with_the_protocol() -> None:
     assert cfg.vocab == 8192 and cfg.widths == [64, 128]
     assert cfg.lrs == [1e-3, 3e-3, 1e-2, 3e-2] and cfg.train_examples == 100_000
     assert cfg.baseline.conv_first and cfg.baseline.layers == 2
+    # Zoology's language model: head tied to the token embedding, weights N(0, 0.02).
+    assert cfg.baseline.tie_head and cfg.baseline.init_std == 0.02
     assert cfg.points == [[4, 64]] and cfg.seconds == 0
 
 
