@@ -118,3 +118,12 @@ class RunConfig:
         if self.task.batch != self.data.streams:
             raise ValueError(f"task.batch ({self.task.batch}) must equal data.streams "
                              f"({self.data.streams}): each stream is one row of a batch")
+        stream = self.model.stream
+        if (self.task.name == "av-stream" and stream.negatives == "recording"
+                and not 0 < stream.negative_gap < self.data.window):
+            # Every negative would be masked: the contrastive loss is 0 and the
+            # run would train on nothing but its side terms.
+            raise ValueError(f"model.stream.negative_gap ({stream.negative_gap}) must be in "
+                             f"[1, data.window) = [1, {self.data.window}) with "
+                             f"model.stream.negatives = 'recording': negatives come from the "
+                             f"same recording's window, at least negative_gap clips away")

@@ -271,7 +271,8 @@ def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
     run = subprocess.run(obs + ["train", "--config", "configs/av_stream.toml", "--json",
                                 "--set", f"data.source={shards}", "--set", "data.streams=2",
                                 "--set", "task.batch=2", "--set", f"out_dir={out}",
-                                "--set", "data.window=16", "--set", "rehearsal.ratio=1", "--set", "train.progress=false"],
+                                "--set", "data.window=16", "--set", "model.stream.negative_gap=8",
+                                "--set", "rehearsal.ratio=1", "--set", "train.progress=false"],
                          check=True, capture_output=True, text=True)
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     # 40 clips per recording, windows of 16: 3 new batches, each followed by one rehearsal.
@@ -289,3 +290,20 @@ def test_demo_configs_resolve() -> None:
     assert demo.models == ["obs", "dual"] and demo.recordings >= 2
     run = resolve_config(demo.config, [])
     assert run.task.name == "av-stream" and run.data.loop is False
+    # The demo's own overrides keep every clip of its windows able to have a negative.
+    demo_run = resolve_config(demo.config, demo.train_set)
+    assert 0 < demo_run.model.stream.negative_gap < demo_run.data.window
+
+
+def test_a_gap_that_masks_every_negative_is_refused() -> None:
+    """Same-recording negatives at least a whole window apart would leave the loss at 0."""
+    from launch.runner import resolve_config
+
+    recipe = resolve_config("configs/av_stream.toml", [])
+    assert recipe.model.stream.negatives == "recording"
+    assert 0 < recipe.model.stream.negative_gap < recipe.data.window
+    for sets in (["data.window=16"], ["model.stream.negative_gap=0"]):
+        with pytest.raises(ValueError, match="model.stream.negative_gap"):
+            resolve_config("configs/av_stream.toml", sets)
+    # Other recordings' clips are negatives too: any gap is fine then.
+    resolve_config("configs/av_stream.toml", ["data.window=16", 'model.stream.negatives="all"'])

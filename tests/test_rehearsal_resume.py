@@ -57,7 +57,10 @@ TINY = ["data.window=4", f"state.nodes={NODES}", "state.partitions=2", "model.d_
         "model.stream.audio_ssl=1.0", "model.stream.audio_ssl_clips=4",
         "model.stream.address_centring=true", 'model.stream.carry="addressed"',
         "model.stream.audio_context=1", "model.stream.audio_floor=true",
-        "model.stream.recall_norm=true", "model.stream.augment=true"]
+        "model.stream.recall_norm=true", "model.stream.augment=true",
+        # configs/av_stream.toml keeps negatives 24 clips apart in its 64-clip
+        # windows; in these 4-clip windows that would leave no negative at all.
+        "model.stream.negative_gap=2"]
 
 
 # ------------------------------------------------------------- the stage alone

@@ -175,7 +175,8 @@ QUICK = [
     "carrier_fraction=0.0", "rehearsal_ratio=1", "steps=6", "offline_factor=1.0",
     "min_gap=3", "work_dir='runs/eval/word-referent-quick'",
     "train_set=['state.nodes=1024', 'data.streams=2', 'task.batch=2', 'data.window=8', "
-    "'train.progress=false', 'train.log_every=1000', 'train.warmup=2']",
+    "'model.stream.negative_gap=3', 'train.progress=false', 'train.log_every=1000', "
+    "'train.warmup=2']",
 ]
 
 
