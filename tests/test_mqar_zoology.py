@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from launch.evals import run_suite, suite_config
+from launch.evals.cell_pool import run_cells
 from obs_dist.baselines import BaselineConfig, build_baseline
 from obs_dist.baselines.deltanet import ShortConvMixer
 
@@ -47,3 +48,36 @@ def test_lr_sweep_trains_each_width_and_rate_counted_in_examples() -> None:
     for b in best:
         same = [r for r in rows if (r["model"], r["d_model"]) == (b["model"], b["d_model"])]
         assert b["accuracy"] == max(r["accuracy"] for r in same)
+
+
+SWEEP = ["vocab=32", "batch=4", "points=[[2, 12]]", "state_point=[2, 12]", "eval_batches=1",
+         'models=["obs", "deltanet"]', "lrs=[1e-2, 3e-2]", "train_examples=160",
+         "state_sizes=[64]", "state.nodes=64", "train.steps=40", "state.partitions=1",
+         "model.d_model=16",
+         "model.writer.k_max=4", "model.writer.active=4", "model.writer.key_dim=8",
+         "baseline.heads=2", "train.eval_every=2", "train.progress=false", "train.warmup=1"]
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_workers_give_the_rows_one_process_gives_in_the_same_order() -> None:
+    torch.set_num_threads(1)
+    one = run_suite("mqar-sweep", None, SWEEP, command=["eval"])
+    two = run_suite("mqar-sweep", None, [*SWEEP, "workers=2"], command=["eval"])
+    assert len(one["results"]) == 4 and len(one["state_sweep"]) == 1
+    # Every cell seeds itself and runs single-threaded: accuracies and curves are equal.
+    assert _without_seconds(two["results"]) == _without_seconds(one["results"])
+    assert _without_seconds(two["state_sweep"]) == _without_seconds(one["state_sweep"])
+    assert [r["model"] for r in two["results"]] == ["obs", "obs", "deltanet", "deltanet"]
+    # The rows differ from each other, so equal lists are not equal by accident.
+    assert len({r["train_accuracy"] for r in one["results"]}) > 1
+
+
+def test_a_failing_cell_is_raised_not_dropped() -> None:
+    with pytest.raises(ZeroDivisionError):
+        run_cells(divmod, [(1, 1), (1, 0), (4, 2)], workers=2, threads=1)
+    assert run_cells(divmod, [(7, 2), (9, 4)], workers=2, threads=1) == [(3, 1), (2, 1)]
+    with pytest.raises(ValueError, match="workers"):
+        suite_config("mqar-sweep", None, ["workers=0"])

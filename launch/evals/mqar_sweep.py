@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launch.evals import plots
+from launch.evals.cell_pool import run_cells
 from launch.evals.harness import (
     SuiteConfig,
     accuracy,
@@ -60,6 +61,9 @@ class MQARSweepConfig(SuiteConfig):
         widths: baseline ``d_model`` values (empty: matched to OBS's parameters).
         lrs: learning rates, each model trained at each (empty: ``train.lr`` and
             ``baseline_lr``).
+        workers: training runs at once, one process each with ``threads`` threads
+            (the runs are independent and seeded, so the rows equal one process's;
+            :mod:`launch.evals.cell_pool`).
     """
 
     vocab: int = 256
@@ -72,9 +76,12 @@ class MQARSweepConfig(SuiteConfig):
     train_examples: int = 0
     widths: list[int] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.train_examples < 0:
             raise ValueError(f"train_examples must be >= 0, got {self.train_examples}")
         if any(w < 1 for w in self.widths) or any(lr <= 0 for lr in self.lrs):
@@ -143,19 +150,19 @@ def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(cfg: MQARSweepConfig) -> dict[str, Any]:
-    """Train and score every model (at each width and lr) at every point; then N sweep."""
-    rows = []
-    for pairs, length in cfg.points:
-        for name in cfg.models:
-            for variant in _variants(cfg, name):
-                row = _train_and_score(variant, name, pairs, length)
-                rows.append({**row, "lr": variant.baseline_lr or variant.train.lr,
-                             "examples": row["steps"] * cfg.batch})
-    state_rows = []
+    """Train and score every model (at each width and lr) at every point, then the N sweep.
+
+    The runs go to ``cfg.workers`` processes at once; rows keep the sequential order.
+    """
+    cells = [(variant, name, pairs, length) for pairs, length in cfg.points
+             for name in cfg.models for variant in _variants(cfg, name)]
     obs_name = next((m for m in cfg.models if m.startswith("obs")), "obs")
-    for nodes in cfg.state_sizes:
-        pairs, length = cfg.state_point
-        state_rows.append(_train_and_score(cfg, obs_name, pairs, length, nodes=nodes))
+    state_cells = [(cfg, obs_name, *cfg.state_point, nodes) for nodes in cfg.state_sizes]
+    done = run_cells(_train_and_score, cells + state_cells, cfg.workers, cfg.threads)
+    rows = [{**row, "lr": variant.baseline_lr or variant.train.lr,
+             "examples": row["steps"] * cfg.batch}
+            for (variant, *_), row in zip(cells, done[: len(cells)], strict=True)]
+    state_rows = done[len(cells):]
     return {"results": rows, "best": best_rows(rows) if cfg.lrs else [],
             "state_sweep": state_rows, "chance": 2.0 / cfg.vocab}
 
