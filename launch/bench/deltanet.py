@@ -1,5 +1,8 @@
 """``obs bench deltanet``: training-step time of chunked vs recurrent (Gated) DeltaNet.
 
+``--kind longhorn`` times Longhorn's parallel scan (``longhorn_form =
+"chunked"``) against its recurrence the same way.
+
 Both forms are built with the same weights and timed on the same batches in
 one process, alternating step by step so that load from other jobs falls on
 both alike; the figure is the ratio of medians. A step is what training does:
@@ -43,14 +46,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from obs_dist.baselines import BaselineConfig, build_baseline
     from obs_dist.baselines.delta_rule import delta_rule_chunked, delta_rule_recurrent
+    from obs_dist.baselines.longhorn import longhorn_chunked, longhorn_scan
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = BaselineConfig(kind=args.kind, d_model=args.d_model, heads=args.heads,
-                         layers=args.layers, chunk_size=args.chunk_size)
+                         layers=args.layers, chunk_size=args.chunk_size,
+                         longhorn_form="chunked")
     models = {"chunked": build_baseline(cfg, args.vocab, args.vocab)}
-    models["recurrent"] = build_baseline(dataclasses.replace(cfg, delta_form="recurrent"),
-                                         args.vocab, args.vocab)
+    recurrent = dataclasses.replace(cfg, delta_form="recurrent", longhorn_form="recurrent")
+    models["recurrent"] = build_baseline(recurrent, args.vocab, args.vocab)
     models["recurrent"].load_state_dict(models["chunked"].state_dict())
     optims = {n: torch.optim.AdamW(m.parameters(), lr=1e-3) for n, m in models.items()}
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len))
@@ -67,17 +72,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = _alternate({n: step(n) for n in models}, args.repeats, "bench deltanet step")
 
-    dk = args.d_model // args.heads
-    shape = (args.batch, args.heads, args.seq_len)
-    q = torch.randn(*shape, dk, requires_grad=True)
-    k = F.normalize(torch.randn(*shape, dk), dim=-1).requires_grad_()
-    v = torch.randn(*shape, dk, requires_grad=True)
-    beta = torch.rand(*shape).requires_grad_()
-    g = (-torch.rand(*shape)).requires_grad_() if args.kind == "gated_deltanet" else None
-    kernels: dict[str, Callable[[], torch.Tensor]] = {
-        "chunked": lambda: delta_rule_chunked(q, k, v, beta, g, chunk_size=args.chunk_size),
-        "recurrent": lambda: delta_rule_recurrent(q, k, v, beta, g),
-    }
+    kernels: dict[str, Callable[[], torch.Tensor]]
+    if args.kind == "longhorn":
+        bt, m = (args.batch, args.seq_len), cfg.state_dim
+        x = torch.randn(*bt, args.d_model, requires_grad=True)
+        keys = (0.3 * torch.randn(*bt, m)).requires_grad_()
+        queries = torch.randn(*bt, m, requires_grad=True)
+        steps_size = torch.rand(*bt, args.d_model).requires_grad_()
+        kernels = {
+            "chunked": lambda: longhorn_chunked(x, keys, queries, steps_size, args.chunk_size),
+            "recurrent": lambda: longhorn_scan(x, keys, queries, steps_size),
+        }
+    else:
+        dk = args.d_model // args.heads
+        shape = (args.batch, args.heads, args.seq_len)
+        q = torch.randn(*shape, dk, requires_grad=True)
+        k = F.normalize(torch.randn(*shape, dk), dim=-1).requires_grad_()
+        v = torch.randn(*shape, dk, requires_grad=True)
+        beta = torch.rand(*shape).requires_grad_()
+        g = (-torch.rand(*shape)).requires_grad_() if args.kind == "gated_deltanet" else None
+        kernels = {
+            "chunked": lambda: delta_rule_chunked(q, k, v, beta, g, chunk_size=args.chunk_size),
+            "recurrent": lambda: delta_rule_recurrent(q, k, v, beta, g),
+        }
 
     def kernel(name: str) -> Callable[[], None]:
         return lambda: kernels[name]().sum().backward()
@@ -107,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``obs bench deltanet``."""
-    p = sub.add_parser("deltanet", help="training step of chunked vs recurrent DeltaNet (CPU)")
-    p.add_argument("--kind", choices=["deltanet", "gated_deltanet"], default="deltanet")
+    p = sub.add_parser("deltanet", help="training step of chunked vs recurrent DeltaNet (CPU); "
+                       "--kind longhorn: Longhorn's parallel scan vs its recurrence")
+    p.add_argument("--kind", choices=["deltanet", "gated_deltanet", "longhorn"],
+                   default="deltanet")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--d-model", type=int, default=128)

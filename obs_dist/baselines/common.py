@@ -37,7 +37,11 @@ class BaselineConfig:
         mlp_ratio: width of each block's MLP relative to ``d_model`` (0: no MLP).
         delta_form: (gated) DeltaNet's delta rule ``chunked`` (WY form, for
             training) or ``recurrent`` (the step-by-step reference); same outputs.
-        chunk_size: steps per chunk of the chunked form.
+        longhorn_form: Longhorn's recurrence ``recurrent`` (step by step: the
+            fastest on CPU, where both forms are bound by memory traffic) or
+            ``chunked`` (a parallel scan within chunks: fewer, larger operations,
+            for devices bound by kernel launches); same outputs.
+        chunk_size: steps per chunk of the chunked forms.
         conv_first: the first block's mixer is a short convolution
             (``ShortConvMixer``), the others are ``kind`` (Zoology's MQAR models:
             two layers, convolution then mixer).
@@ -61,6 +65,7 @@ class BaselineConfig:
     state_dim: int = 16
     mlp_ratio: int = 2
     delta_form: Literal["chunked", "recurrent"] = "chunked"
+    longhorn_form: Literal["chunked", "recurrent"] = "recurrent"
     chunk_size: int = 64
     conv_first: bool = False
     tie_head: bool = False
@@ -89,6 +94,9 @@ class BaselineConfig:
         if self.delta_form not in ("chunked", "recurrent"):
             raise ValueError(f"delta_form must be 'chunked' or 'recurrent', "
                              f"got {self.delta_form!r}")
+        if self.longhorn_form not in ("chunked", "recurrent"):
+            raise ValueError(f"longhorn_form must be 'chunked' or 'recurrent', "
+                             f"got {self.longhorn_form!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.conv_first and self.layers < 2:
