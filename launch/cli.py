@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is not None and getattr(args, "command_line", "") is None:
+        args.command_line = list(argv)  # results record the command that made them
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:

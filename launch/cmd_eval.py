@@ -8,12 +8,19 @@
   suite's task and score them; the result (rows, curves, config, command) is
   written as JSON to ``--out`` (default ``runs/eval/<task>[-quick].json``) for
   ``obs report``, and printed as a table (or one JSON object with ``--json``).
+* ``obs eval --merge PART.json [PART.json …] --out F``: join the results of an
+  MQAR sweep run in parts (by model, point, rate or width: one command per
+  part, e.g. on several machines) into one result, best rate recomputed
+  (:func:`launch.evals.mqar_sweep.merge_parts`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+from pathlib import Path
 
 from launch.cmd_train import add_config_args
 from launch.evals import SUITES, run_suite, write_result
@@ -27,7 +34,33 @@ def _summary(result: dict) -> dict:
     return {"results": rows, "suite": result["suite"], "out": result.get("out", "")}
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from launch.evals.mqar_sweep import merge_parts
+
+    if args.out is None:
+        raise ValueError("--merge needs --out (the merged result's path)")
+    if args.task not in (None, "mqar-sweep"):
+        raise ValueError(f"--merge joins mqar-sweep parts, not --task {args.task}")
+    parts = []
+    for name in args.merge:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"--merge part {name} does not exist")
+        try:
+            parts.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--merge part {name} is not JSON: {exc}") from exc
+    result = merge_parts(parts)
+    result["command"] = shlex.join(["obs", *(sys.argv[1:] if args.command_line is None
+                                             else args.command_line)])
+    result["out"] = str(write_result(result, args.out))
+    emit(_summary(result), args.json)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.merge:
+        return _merge(args)
     if args.task is None:
         from launch.runner import run_eval
 
@@ -54,4 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (seconds): checks the suite end to end, not a figure")
     p.add_argument("--out", default=None, help="result JSON (default runs/eval/<task>.json)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART",
+                   help="join mqar-sweep results run in parts into --out (no training)")
     p.set_defaults(func=_run, command_line=None)

@@ -40,6 +40,9 @@ def section(result: dict[str, Any], stem: str, folder: Path, doc_dir: Path) -> s
              f"torch {machine.get('torch', '?')}, git {machine.get('git', '?')}"
              f"{', data path: ' + result['path'] if 'path' in result else ''}"
              f"{' (quick sizes: not a figure)' if result.get('quick') else ''}.\n"]
+    if result.get("parts"):
+        parts.append("Merged from parts, each run by its own command:\n\n" +
+                     "\n".join(f"- `{c}`" for c in result["parts"]) + "\n")
     checks = suite.targets(result) if suite else []
     if checks:
         parts.append("Targets:\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from launch.evals import run_suite, suite_config
+from launch.cmd_eval import _merge
+from launch.evals import run_suite, suite_config, write_result
 from launch.evals.cell_pool import run_cells
 from obs_dist.baselines import BaselineConfig, build_baseline
 from obs_dist.baselines.deltanet import ShortConvMixer
@@ -81,3 +86,46 @@ def test_a_failing_cell_is_raised_not_dropped() -> None:
     assert run_cells(divmod, [(7, 2), (9, 4)], workers=2, threads=1) == [(3, 1), (2, 1)]
     with pytest.raises(ValueError, match="workers"):
         suite_config("mqar-sweep", None, ["workers=0"])
+
+
+def test_parts_merge_into_the_sweep_one_command_gives(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from launch.cli import main
+
+    base = [s for s in SWEEP if not s.startswith(("models=", "state_sizes="))]
+    whole = run_suite("mqar-sweep", None, [*base, 'models=["obs", "deltanet"]'],
+                      command=["eval"])
+    files = []
+    for i, model in enumerate(["obs", "deltanet"]):
+        part = run_suite("mqar-sweep", None, [*base, f'models=["{model}"]'],
+                         command=["eval", f"part{i}"])
+        files.append(str(write_result(part, tmp_path / f"p{i}.json")))
+    out = tmp_path / "merged.json"
+    assert main(["eval", "--merge", *files, "--out", str(out), "--json"]) == 0
+    merged = json.loads(out.read_text())
+    assert _without_seconds(merged["results"]) == json.loads(json.dumps(
+        _without_seconds(whole["results"])))  # tuples in curves become lists in JSON
+    assert [(b["model"], b["lr"]) for b in merged["best"]] == [
+        (b["model"], b["lr"]) for b in whole["best"]]
+    assert merged["config"]["models"] == ["obs", "deltanet"]
+    assert merged["parts"] == ["obs eval part0", "obs eval part1"]
+    assert merged["command"].startswith("obs eval --merge")
+    from launch.cmd_report import section
+
+    text = section(merged, "merged", tmp_path, tmp_path)
+    assert "Merged from parts" in text and "`obs eval part1`" in text
+    capsys.readouterr()
+
+    # Bad parts are refused with what is wrong, and nothing is written.
+    other = run_suite("mqar-sweep", None, [*base, 'models=["deltanet"]', "batch=8"],
+                      command=["eval"])
+    files.append(str(write_result(other, tmp_path / "other.json")))
+    for bad, message in [([files[0], files[2]], "differs from part 0 in \\['batch'\\]"),
+                         ([files[0], files[0]], "is in two parts"),
+                         ([files[0], str(tmp_path / "none.json")], "does not exist")]:
+        with pytest.raises(ValueError, match=message):
+            _merge(argparse.Namespace(merge=bad, out=str(tmp_path / "bad.json"), task=None,
+                                      json=True, command_line=["eval"]))
+    assert not (tmp_path / "bad.json").exists()
+    assert main(["eval", "--merge", files[0]]) == 2  # no --out
+    assert "needs --out" in capsys.readouterr().err

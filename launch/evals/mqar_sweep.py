@@ -167,6 +167,59 @@ def run(cfg: MQARSweepConfig) -> dict[str, Any]:
             "state_sweep": state_rows, "chance": 2.0 / cfg.vocab}
 
 
+# Config keys a sweep may be split on across commands (each part trains a subset).
+SPLIT_KEYS = ("models", "points", "lrs", "widths", "workers", "state_sizes")
+
+
+def _union(lists: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for values in lists:
+        out.extend(v for v in values if v not in out)
+    return out
+
+
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sweep result from parts that split it by model, point, rate or width.
+
+    Every part must be an ``mqar-sweep`` result whose config equals the others'
+    outside :data:`SPLIT_KEYS` (same data, steps, sizes and seeds), and no run may
+    appear twice. Rows are concatenated in the parts' order and ``best`` is
+    recomputed over all of them; the merged config lists the union of the split
+    keys' values, ``parts`` keeps each part's command, and ``wall_seconds`` is
+    the longest part's.
+
+    Raises:
+        ValueError: no parts, a part of another suite, configs that differ
+            outside the split keys (named), or a run present in two parts.
+    """
+    if not parts:
+        raise ValueError("merge needs at least one part")
+    other = [p.get("suite") for p in parts if p.get("suite") != "mqar-sweep"]
+    if other:
+        raise ValueError(f"merge joins mqar-sweep parts only, got suite(s) {other}")
+    shared = [{k: v for k, v in p["config"].items() if k not in SPLIT_KEYS} for p in parts]
+    for i, cfg in enumerate(shared[1:], start=1):
+        differ = sorted(k for k in shared[0].keys() | cfg.keys() if shared[0].get(k) != cfg.get(k))
+        if differ:
+            raise ValueError(f"part {i} ({parts[i].get('command', '?')}) differs from part 0 in "
+                             f"{differ}: only {list(SPLIT_KEYS)} may differ between parts")
+    rows = [r for p in parts for r in p["results"]]
+    seen: set[tuple[Any, ...]] = set()
+    for r in rows:
+        key = (r["pairs"], r["length"], r["model"], r.get("d_model"), r["lr"])
+        if key in seen:
+            raise ValueError(f"run {key} (pairs, length, model, d_model, lr) is in two parts")
+        seen.add(key)
+    config = {**parts[0]["config"],
+              **{k: _union([p["config"][k] for p in parts]) for k in SPLIT_KEYS
+                 if k != "workers" and k in parts[0]["config"]}}
+    return {**parts[0], "config": config, "results": rows,
+            "best": best_rows(rows) if config.get("lrs") else [],
+            "state_sweep": [r for p in parts for r in p.get("state_sweep", [])],
+            "parts": [p.get("command", "?") for p in parts],
+            "wall_seconds": max(p.get("wall_seconds", 0.0) for p in parts)}
+
+
 def targets(result: dict[str, Any]) -> list[str]:
     """The issue's target: OBS >= 0.99 at 32 pairs, length 256."""
     at = [r for r in result.get("results", []) if (r.get("pairs"), r.get("length")) == (32, 256)]
