@@ -17,6 +17,7 @@ model and width, the run with the highest held-out accuracy.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from launch.evals.recall_costs import recall_costs
 from launch.evals.suite import Suite, verdict
 from launch.runner import EVAL_SEED_OFFSET
 from obs_dist.tasks import TaskConfig, task_batches
+
+log = logging.getLogger("obs.eval")
 
 QUICK = [
     "vocab=32", "batch=16", "points=[[4, 24]]", "state_sizes=[256, 1024]", "state_point=[4, 24]",
@@ -171,6 +174,17 @@ def run(cfg: MQARSweepConfig) -> dict[str, Any]:
 SPLIT_KEYS = ("models", "points", "lrs", "widths", "workers", "state_sizes")
 
 
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _union(lists: list[list[Any]]) -> list[Any]:
     out: list[Any] = []
     for values in lists:
@@ -183,10 +197,12 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
     Every part must be an ``mqar-sweep`` result whose config equals the others'
     outside :data:`SPLIT_KEYS` (same data, steps, sizes and seeds), and no run may
-    appear twice. Rows are concatenated in the parts' order and ``best`` is
-    recomputed over all of them; the merged config lists the union of the split
-    keys' values, ``parts`` keeps each part's command, and ``wall_seconds`` is
-    the longest part's.
+    appear twice. A field only one part's config has (added to the code after the
+    other part ran) is not a difference; it is logged. A part that is itself a
+    merge contributes its own parts' commands. Rows are concatenated in the
+    parts' order and ``best`` is recomputed over all of them; the merged config
+    lists the union of the split keys' values, ``parts`` keeps each part's
+    command, and ``wall_seconds`` is the longest part's.
 
     Raises:
         ValueError: no parts, a part of another suite, configs that differ
@@ -197,9 +213,14 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     other = [p.get("suite") for p in parts if p.get("suite") != "mqar-sweep"]
     if other:
         raise ValueError(f"merge joins mqar-sweep parts only, got suite(s) {other}")
-    shared = [{k: v for k, v in p["config"].items() if k not in SPLIT_KEYS} for p in parts]
+    shared = [{k: v for k, v in _flat(p["config"]).items() if k not in SPLIT_KEYS}
+              for p in parts]
     for i, cfg in enumerate(shared[1:], start=1):
-        differ = sorted(k for k in shared[0].keys() | cfg.keys() if shared[0].get(k) != cfg.get(k))
+        differ = sorted(k for k in shared[0].keys() & cfg.keys() if shared[0][k] != cfg[k])
+        one_sided = sorted(shared[0].keys() ^ cfg.keys())
+        if one_sided:
+            log.info("merge: config fields only in part 0 or part %d (added since): %s",
+                     i, one_sided)
         if differ:
             raise ValueError(f"part {i} ({parts[i].get('command', '?')}) differs from part 0 in "
                              f"{differ}: only {list(SPLIT_KEYS)} may differ between parts")
@@ -216,7 +237,7 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**parts[0], "config": config, "results": rows,
             "best": best_rows(rows) if config.get("lrs") else [],
             "state_sweep": [r for p in parts for r in p.get("state_sweep", [])],
-            "parts": [p.get("command", "?") for p in parts],
+            "parts": [c for p in parts for c in p.get("parts") or [p.get("command", "?")]],
             "wall_seconds": max(p.get("wall_seconds", 0.0) for p in parts)}
 
 
