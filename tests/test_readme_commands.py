@@ -99,6 +99,11 @@ TINY: dict[str, list[str]] = {
     # `obs report` leaves it out (unless --include-quick), so the README's `; obs report`
     # would find nothing to report.
     "eval --task continual": _sets(*SUITES["continual"].quick),
+    # The step-matched sweep in parts: two rates and a few examples keep the best-rate
+    # merge meaningful; no state-size sweep.
+    "eval --task mqar-sweep": _sets(*SUITES["mqar-sweep"].quick, "train_examples=32",
+                                    "lrs=[3e-3, 1e-2]", "state_sizes=[]"),
+    "eval --merge": [],
     "report": [],
     "plot": [],
     "config show": [],
@@ -107,6 +112,8 @@ TINY: dict[str, list[str]] = {
     "ckpt": [],
     "bench step": ["--nodes", "256", "--k-max", "4", "--active", "8", "--d-model", "16",
                    "--batch", "2", "--window", "4", "--windows", "1"],
+    "bench deltanet": ["--seq-len", "20", "--batch", "2", "--d-model", "16", "--heads", "2",
+                       "--chunk-size", "8", "--vocab", "32", "--repeats", "1"],
     "bench data": ["--data-streams", "2", "--clips-per-stream", "4", "--streams", "2",
                    "--window", "2", "--batches", "1", "--workers", "0"],
 }
@@ -120,6 +127,7 @@ NOT_RUN: dict[str, str] = {
     "bench sync": "tests/test_dist_cli.py",
     "bench scaling": "tests/test_dist_cli.py",
     "bench checkpoint": "tests/test_checkpoint_store.py",
+    "bench shard": "several ranks: tests/test_dist_cli.py",
 }
 
 # The README's stand-in endpoint (MinIO/Ceph on loopback); the test's moto server replaces it.
