@@ -202,7 +202,7 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merge contributes its own parts' commands. Rows are concatenated in the
     parts' order and ``best`` is recomputed over all of them; the merged config
     lists the union of the split keys' values, ``parts`` keeps each part's
-    command, and ``wall_seconds`` is the longest part's.
+    command, ``wall_seconds`` is the longest part's and ``finished`` the last.
 
     Raises:
         ValueError: no parts, a part of another suite, configs that differ
@@ -238,7 +238,8 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "best": best_rows(rows) if config.get("lrs") else [],
             "state_sweep": [r for p in parts for r in p.get("state_sweep", [])],
             "parts": [c for p in parts for c in p.get("parts") or [p.get("command", "?")]],
-            "wall_seconds": max(p.get("wall_seconds", 0.0) for p in parts)}
+            "wall_seconds": max(p.get("wall_seconds", 0.0) for p in parts),
+            "finished": max(str(p.get("finished", "")) for p in parts)}
 
 
 def targets(result: dict[str, Any]) -> list[str]:
