@@ -30,9 +30,11 @@ log = logging.getLogger("obs.eval")
 
 
 def _start_worker(threads: int) -> None:
-    """Each worker: its own thread count before any work, and the parent's log format."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
+    """Each worker: its own thread count before any work, and the parent's log format.
+
+    ``torch.set_num_threads`` and not ``OMP_NUM_THREADS``: torch is already loaded
+    when the initializer runs, so the variable would no longer size its pool.
+    """
     torch.set_num_threads(threads)
     from launch.runner import setup_logging
 
