@@ -34,6 +34,11 @@ def _summary(result: dict) -> dict:
     return {"results": rows, "suite": result["suite"], "out": result.get("out", "")}
 
 
+def _command_words(args: argparse.Namespace) -> list[str]:
+    """The words after ``obs`` of the command that is running (recorded in results)."""
+    return sys.argv[1:] if args.command_line is None else list(args.command_line)
+
+
 def _merge(args: argparse.Namespace) -> int:
     from launch.evals.mqar_sweep import merge_parts
 
@@ -51,8 +56,7 @@ def _merge(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise ValueError(f"--merge part {name} is not JSON: {exc}") from exc
     result = merge_parts(parts)
-    result["command"] = shlex.join(["obs", *(sys.argv[1:] if args.command_line is None
-                                             else args.command_line)])
+    result["command"] = shlex.join(["obs", *_command_words(args)])
     result["out"] = str(write_result(result, args.out))
     emit(_summary(result), args.json)
     return 0
@@ -70,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging()
     result = run_suite(args.task, args.config, args.overrides, quick=args.quick,
-                       command=sys.argv[1:] if args.command_line is None else args.command_line)
+                       command=_command_words(args))
     out = args.out or f"runs/eval/{args.task}{'-quick' if args.quick else ''}.json"
     result["out"] = str(write_result(result, out))
     emit(_summary(result), args.json)
