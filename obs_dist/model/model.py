@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from obs_dist.model.encoders import build_encoder
+from obs_dist.model.table_bag import TableBags
 from obs_dist.model.writer import Writer, WriterConfig
 
 NEGATIVES = ("all", "recording")
@@ -207,12 +207,6 @@ class Memory(Protocol):
     def next_step(self) -> None: ...
 
 
-def _densify_grad(param: torch.Tensor) -> None:
-    """Turn an accumulated sparse gradient into a dense one (once per backward)."""
-    if param.grad is not None and param.grad.is_sparse:
-        param.grad = param.grad.coalesce().to_dense()
-
-
 class OBSModel(nn.Module):
     """The slow weights θ: encoder, node embeddings E, writer, read-out and head.
 
@@ -231,12 +225,12 @@ class OBSModel(nn.Module):
         d = config.d_model
         self.encoder = build_encoder(config.encoder, d, config.vocab, config.n_mels,
                                      config.image_size)
-        # E gets sparse gradients: each step touches only m + k_max rows, and
-        # dense [N, d] gradients per step cost more than the whole state read at
-        # large N (measured: 1.5 s of a 2.9 s window at N = 32768). They are
-        # densified once per backward pass, so optimizers see a dense grad.
-        self.node_embed = nn.Embedding(nodes, d, sparse=True)
-        self.node_embed.weight.register_post_accumulate_grad_hook(_densify_grad)
+        # E is read through TableBags: each step touches only m + k_max rows,
+        # a dense [N, d] gradient per lookup would cost more than the whole state
+        # read at large N (measured: 1.5 s of a 2.9 s window at N = 32768), and
+        # summed sparse ones are quadratic in T; the window's lookups add into
+        # one dense gradient instead.
+        self.node_embed = nn.Embedding(nodes, d)
         self.writer = Writer(config.writer, nodes, context_dim=2 * d)
         self.back_gain = nn.Parameter(torch.tensor(0.5)) if config.writer.backward_links else None
         self.norm = nn.LayerNorm(d)
@@ -248,12 +242,7 @@ class OBSModel(nn.Module):
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
-    def _bag(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``Eᵀ a`` for a sparse activity vector: O(m·d)."""
-        return F.embedding_bag(ids, self.node_embed.weight, per_sample_weights=weights,
-                               mode="sum", sparse=True)
-
-    def step(self, f: torch.Tensor, memory: Memory, carry: Carry
+    def step(self, f: torch.Tensor, memory: Memory, carry: Carry, table: TableBags
              ) -> tuple[torch.Tensor, Carry, dict[str, torch.Tensor]]:
         """One time step for all streams.
 
@@ -261,12 +250,13 @@ class OBSModel(nn.Module):
             f: ``[B, d]`` encoded input of this step.
             memory: the fast state as seen by this window.
             carry: the previous step's active nodes.
+            table: the window's lookups of E (``Eᵀ a``: O(m·d) each).
 
         Returns:
             ``(y [B, d], new carry, per-step statistics)``.
         """
         cfg = self.config.writer
-        context = torch.cat([f, self._bag(carry.ids, carry.vals)], dim=1)
+        context = torch.cat([f, table.bag(carry.ids, carry.vals)], dim=1)
         prop = self.writer(context)
         rows = torch.cat([prop.ids, carry.ids], dim=1)
         key = torch.cat([prop.alpha, carry.vals], dim=1)
@@ -285,7 +275,7 @@ class OBSModel(nn.Module):
         h = memory.read(prop.ids, prop.alpha)
         vals, ids = h.topk(cfg.active, dim=1)
         vals = vals / (vals.norm(dim=1, keepdim=True) + 1e-6)
-        y = self.norm(self._bag(ids, vals) + f)
+        y = self.norm(table.bag(ids, vals) + f)
         memory.next_step()
         stats = {"count": prop.k_hat.detach().mean(), "eta": prop.eta.detach().mean()}
         return y, Carry(ids, vals), stats
@@ -311,8 +301,9 @@ class OBSModel(nn.Module):
             carry = Carry(carry.ids, carry.vals * keep)
         outs = []
         totals: dict[str, torch.Tensor] = {}
+        table = TableBags(self.node_embed.weight)
         for t in range(steps):
-            y, carry, stats = self.step(feats[:, t], memory, carry)
+            y, carry, stats = self.step(feats[:, t], memory, carry, table)
             outs.append(y)
             for k, v in stats.items():
                 totals[k] = totals[k] + v if k in totals else v

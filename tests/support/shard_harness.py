@@ -125,7 +125,7 @@ def run(layout: str, phase: str, rule: str, frozen: bool, out: Path, device: tor
 SCENARIOS = [  # (phase, rule, frozen)
     ("sequential", "hebbian", True), ("parallel", "hebbian", True),
     ("sequential", "hebbian", False), ("parallel", "hebbian", False),
-    ("parallel", "delta", False),
+    ("parallel", "delta", False), ("parallel", "delta", True),
 ]
 
 
