@@ -177,25 +177,33 @@ class WindowMemory:
         return parts[0], parts[1], parts[2], parts[3], mask
 
     def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
+        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``."""
+        if not self.seqs:
+            return None
+        out = weights.new_zeros(rows.shape[0], self.num_nodes)
+        self._add_window(out, rows, weights)
+        return out
+
+    def _add_window(self, out: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add the window's blocks' part of the row combination into ``out [B, N]`` in place.
 
         The row combination is scattered once into a dense ``[B, N]`` vector, so
         each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
-        per stream, with nothing of size L·k·r kept for the backward pass.
+        per stream, with nothing of size L·k·r kept for the backward pass. The
+        scatters are in place (into fresh zeros and into ``out``): an
+        out-of-place scatter copies a ``[B, N]`` tensor first, twice a step.
+        ``out`` must start at zero for the sums to be the sharded layout's.
         """
-        if not self.seqs:
-            return None
         bsz = rows.shape[0]
-        w_dense = weights.new_zeros(bsz, self.num_nodes).scatter_add(1, rows.long(), weights)
-        out = weights.new_zeros(bsz, self.num_nodes)
+        w_dense = torch.zeros(bsz, self.num_nodes, dtype=weights.dtype, device=weights.device)
+        w_dense.scatter_add_(1, rows.long(), weights)
         for kind, seq in self.seqs.items():
             r, a, c, b, mask = self._visible(kind, seq)
             length = r.shape[1]
             o = (w_dense.gather(1, r.flatten(1).long()).view(bsz, length, -1) * a).sum(-1)
             if mask is not None:
                 o = o * mask.to(o.dtype)
-            out = out.scatter_add(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
-        return out
+            out.scatter_add_(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
 
     def column_mass(self) -> torch.Tensor:
         """``Σ_i |X[i, j]|`` of the committed state per column ``[N]`` (cached, no gradient).
@@ -212,8 +220,10 @@ class WindowMemory:
         dt = self.base.dtype
         h = F.embedding_bag(rows, self.base, per_sample_weights=weights.to(dt), mode="sum")
         h = h.to(weights.dtype)
+        # The window's part summed on its own first, then added: the sharded
+        # layout's owners add the same local part to their base part, bit for bit.
         window = self._window_part(rows, weights)
-        return h if window is None else h + window
+        return h if window is None else h.add_(window)
 
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
