@@ -199,6 +199,9 @@ class Memory(Protocol):
 
     def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor: ...
 
+    def read_top(self, rows: torch.Tensor, weights: torch.Tensor, m: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def column_mass(self) -> torch.Tensor: ...
 
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
@@ -272,8 +275,7 @@ class OBSModel(nn.Module):
         if self.back_gain is not None:
             memory.write("back", prop.ids, self.back_gain * prop.eta[:, None] * prop.alpha,
                          carry.ids, carry.vals)
-        h = memory.read(prop.ids, prop.alpha)
-        vals, ids = h.topk(cfg.active, dim=1)
+        vals, ids = memory.read_top(prop.ids, prop.alpha, cfg.active)
         vals = vals / (vals.norm(dim=1, keepdim=True) + 1e-6)
         y = self.norm(table.bag(ids, vals) + f)
         memory.next_step()

@@ -137,6 +137,11 @@ class ShardedWindowMemory(WindowMemory):
                        device=weights.device)
         return h.scatter(1, ids, h_cand)
 
+    def read_top(self, rows: torch.Tensor, weights: torch.Tensor, m: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-``m`` of :meth:`read` (already read at the owners' candidates only)."""
+        return self.read(rows, weights).topk(m, dim=1)
+
     def _base_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``X[rows, cols]`` as the replicated layout's base holds it (held-back commits added)."""
         shape = rows.shape

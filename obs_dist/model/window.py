@@ -225,6 +225,39 @@ class WindowMemory:
         window = self._window_part(rows, weights)
         return h if window is None else h.add_(window)
 
+    def read_top(self, rows: torch.Tensor, weights: torch.Tensor, m: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``m`` largest entries of :meth:`read` per stream, and their columns.
+
+        The values are :meth:`read`'s, bit for bit, and so is the choice; only
+        the gradient is taken differently. Through :meth:`read` it reaches the
+        coefficients as ``Σ_j grad[b, j] · X[S_i, j]`` over all N columns
+        (``embedding_bag``'s backward reads every selected row again, and the
+        top-m's backward fills a dense ``[B, N]``), although ``grad`` is zero
+        outside the m chosen columns. Here it goes through those ``k × m``
+        entries of the base alone (as the sharded layout's read does); the
+        window's part keeps its own gradient.
+
+        Returns:
+            ``(values [B, m], columns [B, m])``, values in decreasing order.
+        """
+        dt = self.base.dtype
+        with torch.no_grad():
+            h = F.embedding_bag(rows, self.base, per_sample_weights=weights.detach().to(dt),
+                                mode="sum").to(weights.dtype)
+        window = self._window_part(rows, weights)
+        if window is not None:
+            h.add_(window.detach())
+        vals, ids = h.topk(m, dim=1)
+        if not (torch.is_grad_enabled() and (weights.requires_grad or window is not None)):
+            return vals, ids
+        base = self.base[rows.long()[:, :, None], ids[:, None, :]]  # [B, k, m]
+        grad_path = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
+        if window is not None:
+            grad_path = grad_path + window.gather(1, ids)
+        # Exactly the values above (x - x == 0), with grad_path's gradient.
+        return vals + (grad_path - grad_path.detach()), ids
+
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
         """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""

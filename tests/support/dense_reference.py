@@ -48,6 +48,10 @@ class DenseMemory:
         picked = x[torch.arange(rows.shape[0])[:, None], rows]  # [B, k, N]
         return torch.einsum("bk,bkn->bn", weights, picked)
 
+    def read_top(self, rows: torch.Tensor, weights: torch.Tensor, m: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read(rows, weights).topk(m, dim=1)
+
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
         x = self._view()

@@ -1,0 +1,68 @@
+"""``WindowMemory.read_top``: the top-m of a read, with the gradient through m entries only (#17).
+
+Its values and columns must be :meth:`WindowMemory.read`'s top-m bit for bit (the
+forward pass, and so every write and commit, is unchanged), and its gradients
+those of ``read(...).topk(m)`` up to summation order, for the coefficients and
+for every block of the window, in both phases.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from obs_dist.model.window import WindowMemory
+
+
+def _memory(shared: bool, gen: torch.Generator) -> tuple[WindowMemory, list[torch.Tensor]]:
+    n, bsz = 200, 3
+    memory = WindowMemory(torch.randn(n, n, generator=gen, dtype=torch.float64) * 0.02, bsz,
+                          shared=shared)
+    leaves = []
+    for _ in range(5):
+        for kind, (r, c) in {"link": (6, 4), "back": (4, 4)}.items():
+            a = torch.randn(bsz, r, generator=gen, dtype=torch.float64, requires_grad=True)
+            b = torch.randn(bsz, c, generator=gen, dtype=torch.float64, requires_grad=True)
+            leaves += [a, b]
+            memory.write(kind, torch.randint(0, n, (bsz, r), generator=gen), a,
+                         torch.randint(0, n, (bsz, c), generator=gen), b)
+        memory.next_step()
+    return memory, leaves
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_read_top_equals_the_top_of_a_read(shared: bool) -> None:
+    results = []
+    for mode in ("read", "read_top"):
+        gen = torch.Generator().manual_seed(7)
+        memory, leaves = _memory(shared, gen)
+        rows = torch.randint(0, 200, (3, 5), generator=gen)
+        weights = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+        if mode == "read":
+            vals, ids = memory.read(rows, weights).topk(9, dim=1)
+        else:
+            vals, ids = memory.read_top(rows, weights, 9)
+        (vals * torch.randn(vals.shape, generator=gen, dtype=torch.float64)).sum().backward()
+        results.append((vals.detach(), ids, weights.grad, [leaf.grad for leaf in leaves]))
+    (v0, i0, g0, l0), (v1, i1, g1, l1) = results
+    assert torch.equal(v0, v1) and torch.equal(i0, i1)  # the forward pass is unchanged
+    assert g0 is not None and float(g0.abs().max()) > 0
+    torch.testing.assert_close(g1, g0, atol=1e-12, rtol=0)
+    assert sum(1 for g in l0 if g is not None and float(g.abs().max()) > 0) > 0
+    for a, b in zip(l1, l0):
+        if b is None:
+            assert a is None or float(a.abs().max()) == 0
+        else:
+            assert a is not None
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_read_top_without_gradients_and_without_blocks() -> None:
+    gen = torch.Generator().manual_seed(1)
+    memory = WindowMemory(torch.randn(50, 50, generator=gen), 2)
+    rows, weights = torch.randint(0, 50, (2, 3), generator=gen), torch.rand(2, 3, generator=gen)
+    with torch.no_grad():
+        vals, ids = memory.read_top(rows, weights, 4)
+    want_vals, want_ids = memory.read(rows, weights).topk(4, dim=1)
+    assert torch.equal(vals, want_vals) and torch.equal(ids, want_ids)
+    assert not vals.requires_grad
