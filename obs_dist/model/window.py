@@ -38,6 +38,19 @@ Blocks = dict[str, tuple[torch.Tensor, ...]]
 Exchange = Callable[[Blocks], Blocks]
 
 
+def pick(dense: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``dense.gather(1, index)`` (``[B, N]``, ``[B, Q]``), saving only the index for backward.
+
+    ``gather`` saves its whole input for the backward pass: a ``[B, N]`` tensor
+    per time step, kept until the window's backward (2 GiB for a 256-step window
+    of 64 streams at N = 16,384), and the first window pays a page fault for every
+    new page of it. Indexing the flattened tensor gives the same values and a
+    gradient that needs only the ``B·Q`` positions.
+    """
+    rows = torch.arange(dense.shape[0], device=dense.device)[:, None] * dense.shape[1]
+    return dense.reshape(-1)[(rows + index.long()).reshape(-1)].view(index.shape)
+
+
 @dataclass
 class BlockSeq:
     """Blocks of one shape, stacked over time: ``rows/a: [B, L, r]``, ``cols/b: [B, L, c]``."""
@@ -200,7 +213,7 @@ class WindowMemory:
         for kind, seq in self.seqs.items():
             r, a, c, b, mask = self._visible(kind, seq)
             length = r.shape[1]
-            o = (w_dense.gather(1, r.flatten(1).long()).view(bsz, length, -1) * a).sum(-1)
+            o = (pick(w_dense, r.flatten(1)).view(bsz, length, -1) * a).sum(-1)
             if mask is not None:
                 o = o * mask.to(o.dtype)
             out.scatter_add_(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
@@ -254,7 +267,7 @@ class WindowMemory:
         base = self.base[rows.long()[:, :, None], ids[:, None, :]]  # [B, k, m]
         grad_path = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
         if window is not None:
-            grad_path = grad_path + window.gather(1, ids)
+            grad_path = grad_path + pick(window, ids)
         # Exactly the values above (x - x == 0), with grad_path's gradient.
         return vals + (grad_path - grad_path.detach()), ids
 
@@ -264,7 +277,7 @@ class WindowMemory:
         base = self.base[rows.long()[:, :, None], cols.long()[:, None, :]]  # [B, k, Q]
         p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
         window = self._window_part(rows, weights)
-        return p if window is None else p + window.gather(1, cols.long())
+        return p if window is None else p + pick(window, cols)
 
     # ------------------------------------------------------------------ commit
     def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
