@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,17 +39,34 @@ Blocks = dict[str, tuple[torch.Tensor, ...]]
 Exchange = Callable[[Blocks], Blocks]
 
 
+class _Pick(torch.autograd.Function):
+    """``dense.gather(1, index)`` whose backward keeps the index and the shape only."""
+
+    @staticmethod
+    def forward(ctx: Any, dense: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.shape = dense.shape
+        return dense.gather(1, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors
+        # What gather's own backward computes: zeros, then a scatter-add.
+        return grad.new_zeros(ctx.shape).scatter_add_(1, index, grad), None
+
+
 def pick(dense: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``dense.gather(1, index)`` (``[B, N]``, ``[B, Q]``), saving only the index for backward.
 
     ``gather`` saves its whole input for the backward pass: a ``[B, N]`` tensor
     per time step, kept until the window's backward (2 GiB for a 256-step window
     of 64 streams at N = 16,384), and the first window pays a page fault for every
-    new page of it. Indexing the flattened tensor gives the same values and a
-    gradient that needs only the ``B·Q`` positions.
+    new page of it. The same gather and the same backward, keeping only the index.
     """
-    rows = torch.arange(dense.shape[0], device=dense.device)[:, None] * dense.shape[1]
-    return dense.reshape(-1)[(rows + index.long()).reshape(-1)].view(index.shape)
+    index = index.long()
+    if not (torch.is_grad_enabled() and dense.requires_grad):
+        return dense.gather(1, index)
+    return _Pick.apply(dense, index)
 
 
 @dataclass
