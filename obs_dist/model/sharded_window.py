@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from obs_dist.model.delta import SparseDelta
-from obs_dist.model.window import Exchange, WindowMemory
+from obs_dist.model.window import Exchange, WindowMemory, pick
 
 
 class ShardReads(Protocol):
@@ -131,7 +131,7 @@ class ShardedWindowMemory(WindowMemory):
         # The owner's exact value, with the gradient of Σ_i w_i X[S_i, j] + local_j.
         grad_path = torch.einsum("bi,bim->bm", weights, base.to(weights.dtype))
         if local is not None:
-            grad_path = grad_path + local.gather(1, ids)
+            grad_path = grad_path + pick(local, ids)
         h_cand = values.to(weights.dtype) + (grad_path - grad_path.detach())
         h = torch.full((rows.shape[0], self.num_nodes), float("-inf"), dtype=weights.dtype,
                        device=weights.device)

@@ -208,26 +208,20 @@ class WindowMemory:
         return parts[0], parts[1], parts[2], parts[3], mask
 
     def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``."""
-        if not self.seqs:
-            return None
-        out = weights.new_zeros(rows.shape[0], self.num_nodes)
-        self._add_window(out, rows, weights)
-        return out
-
-    def _add_window(self, out: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
-        """Add the window's blocks' part of the row combination into ``out [B, N]`` in place.
+        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
 
         The row combination is scattered once into a dense ``[B, N]`` vector, so
         each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
         per stream, with nothing of size L·k·r kept for the backward pass. The
-        scatters are in place (into fresh zeros and into ``out``): an
-        out-of-place scatter copies a ``[B, N]`` tensor first, twice a step.
-        ``out`` must start at zero for the sums to be the sharded layout's.
+        scatters are in place (into fresh zeros): an out-of-place scatter copies
+        a ``[B, N]`` tensor first, twice a step.
         """
+        if not self.seqs:
+            return None
         bsz = rows.shape[0]
         w_dense = torch.zeros(bsz, self.num_nodes, dtype=weights.dtype, device=weights.device)
         w_dense.scatter_add_(1, rows.long(), weights)
+        out = torch.zeros_like(w_dense)
         for kind, seq in self.seqs.items():
             r, a, c, b, mask = self._visible(kind, seq)
             length = r.shape[1]
@@ -235,6 +229,7 @@ class WindowMemory:
             if mask is not None:
                 o = o * mask.to(o.dtype)
             out.scatter_add_(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
+        return out
 
     def column_mass(self) -> torch.Tensor:
         """``Σ_i |X[i, j]|`` of the committed state per column ``[N]`` (cached, no gradient).
