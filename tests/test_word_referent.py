@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from launch.evals import SUITES, suite_config
-from launch.evals.word_referent import learner_overrides, targets
+from launch.evals import SUITES, suite_config, word_referent
+from launch.evals.word_referent import WordReferentConfig, learner_overrides, targets
 from launch.evals.word_referent_trials import (
     ClipLabel,
     build_trials,
+    name_occurrences,
     occurrences,
     recording_trials,
     referents,
@@ -95,6 +96,67 @@ def test_too_few_other_objects_give_no_trial() -> None:
         recording_trials(clips, candidates=1)
     with pytest.raises(ValueError, match="one recording"):
         recording_trials(clips + _recording("other"))
+
+
+CARRIERS = ["look the {}", "where s the {}", "a {}", "{}", "see the {}", "it s a {}",
+            "there s the {}", "oh a {}", "can you see the {}"]
+NAMES = ["striped red circle", "dotted red circle", "striped blue square"]
+
+
+def _narrated(name: str = "rec_000") -> list[ClipLabel]:
+    """Three objects whose names share words ("red circle", "striped"), each named nine
+    times, every time in another carrier phrase (no line is said twice), the filler
+    ``look`` near another object each time, and silent stretches of three more objects."""
+    plan: list[tuple[str, str | None]] = []
+    for k in range(3):
+        for obj in NAMES:
+            for j in range(3):
+                plan += [(CARRIERS[3 * k + j].format(obj), obj), ("", obj), ("", None)]
+            plan += [("", "car"), ("", "car"), ("", None)]
+        plan += [("look", ("doll", "kite", "car")[k]), ("", None)]
+        plan += [("", "doll"), ("", "doll"), ("", "kite"), ("", "kite"), ("", None)]
+    return [ClipLabel(name, i, w, o) for i, (w, o) in enumerate(plan)]
+
+
+def test_name_unit_finds_names_inside_varying_lines() -> None:
+    clips = _narrated()
+    by_index = {c.index: c for c in clips}
+    assert recording_trials(clips, min_gap=3) == []  # no line recurs
+    assert len(name_occurrences(clips)["red circle"]) == 18
+    trials = recording_trials(clips, min_gap=3, unit="name")
+    # One trial per naming utterance, named by the whole name: its pieces ("red circle",
+    # "striped", "circle") name two objects and carrier words ("the", "look") name none.
+    assert {t.text for t in trials} == set(NAMES)
+    assert len(trials) == 27 and len({t.query for t in trials}) == 27
+    for t in trials:
+        assert t.referent == t.text and t.objects[t.answer] == t.referent
+        assert t.text in by_index[t.query].word
+        assert [c for c in t.heard] == [t.query]
+    kept = referents(clips, unit="name")
+    assert set(kept) == set(NAMES) and all(kept[n][1] == 1.0 for n in NAMES)
+    # The line unit is unchanged where lines recur, and both give the same trials there.
+    recurring = _recording()
+    assert recording_trials(recurring, unit="name") == recording_trials(recurring)
+    with pytest.raises(ValueError, match="unit"):
+        referents(clips, unit="word")
+
+
+def test_held_out_data_without_trials_is_refused_before_training(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clips = _narrated()
+    media = {(c.recording, c.index): (torch.zeros(1), torch.zeros(1)) for c in clips}
+    monkeypatch.setattr(word_referent, "count_recordings", lambda *_: 1)
+    monkeypatch.setattr(word_referent, "collect", lambda *_: (clips, media))
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("trained before the trials were checked")
+
+    monkeypatch.setattr(word_referent, "train", no_training)
+    cfg = WordReferentConfig(train_source="train", heldout_source="heldout", min_gap=3)
+    with pytest.raises(ValueError, match="no word-referent trial in heldout.*trial_unit=name"):
+        word_referent.run_setting(cfg, "class")
+    with pytest.raises(ValueError, match="trial_unit"):
+        WordReferentConfig(trial_unit="word")
 
 
 def test_tally_and_wilson_interval() -> None:

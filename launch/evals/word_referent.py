@@ -52,7 +52,7 @@ from launch.evals.word_referent_addresses import (
     clip_addresses,
     hebbian_ceiling,
 )
-from launch.evals.word_referent_trials import ClipLabel, Trial, build_trials, tally
+from launch.evals.word_referent_trials import UNITS, ClipLabel, Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
 
@@ -99,6 +99,11 @@ class WordReferentConfig:
         min_purity: share of its occurrences with its referent in view.
         min_gap: clips between the query and a candidate, when possible.
         trial_seed: seed of the trials' candidates and order.
+        trial_unit: what a trial's text is: ``line`` (a whole transcript line
+            that recurs, as the generator's bare names do) or ``name`` (a run of
+            up to four words inside the lines, each utterance given to the one
+            that most surely names one object: for narration whose lines vary;
+            :mod:`launch.evals.word_referent_trials`).
         study_streams: rows of the study pass (0: one per held-out recording).
         query_batch: queries scored together.
         threads: torch intra-op threads.
@@ -129,6 +134,7 @@ class WordReferentConfig:
     min_purity: float = 0.6
     min_gap: int = 10
     trial_seed: int = 0
+    trial_unit: str = "line"
     study_streams: int = 0
     query_batch: int = 256
     threads: int = 1
@@ -164,6 +170,8 @@ class WordReferentConfig:
             raise ValueError(f"need 2 <= candidates <= objects_per_recording, got "
                              f"candidates={self.candidates}, "
                              f"objects_per_recording={self.objects_per_recording}")
+        if self.trial_unit not in UNITS:
+            raise ValueError(f"trial_unit must be one of {list(UNITS)}, got {self.trial_unit!r}")
         if self.min_occurrences < 1 or not 0 <= self.min_purity <= 1:
             raise ValueError(f"need min_occurrences >= 1 and min_purity in [0, 1], got "
                              f"{self.min_occurrences}, {self.min_purity}")
@@ -401,6 +409,27 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
     """Data, the learners' training and their trials in one setting: rows and details."""
     train_source, heldout_source = prepare_data(cfg, setting)
     order = [n for n in LEARNERS if n in cfg.models]
+    # The trials first: held-out data that gives none is refused before any training.
+    from launch.runner import resolve_config
+
+    run_cfg = resolve_config(cfg.config, learner_overrides(
+        cfg, order[0], train_source, Path(cfg.work_dir) / setting / order[0], cfg.steps))
+    streams = cfg.study_streams or count_recordings(run_cfg, heldout_source)
+    labels, media = collect(run_cfg, heldout_source, streams)
+    trials = usable(build_trials(labels, cfg.candidates, cfg.min_occurrences, cfg.min_purity,
+                                 cfg.min_gap, cfg.trial_seed, cfg.trial_unit), media)
+    if not trials:
+        # No score is better than a NaN in a table: say what the trials need.
+        raise ValueError(
+            f"no word-referent trial in {heldout_source} ({len(labels)} clips): a trial "
+            f"needs a transcript text said >= {cfg.min_occurrences} times with one object "
+            f"in view around >= {cfg.min_purity:.0%} of them (objects.json), and "
+            f"{cfg.candidates} objects of the recording seen in silence; with "
+            f"trial_unit={cfg.trial_unit!r}"
+            + (" whole lines must recur: narration whose lines vary needs "
+               "--set trial_unit=name" if cfg.trial_unit == "line" else ""))
+    log.info("setting %s: %d held-out clips, %d trials over %d texts", setting, len(labels),
+             len(trials), len({(t.recording, t.text) for t in trials}))
     trained: list[Trained] = []
     obs_steps = cfg.steps
     for name in order:
@@ -409,21 +438,14 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
         if name == "obs":
             obs_steps = learner.steps
         trained.append(learner)
-    run_cfg = trained[0].run_cfg
-    streams = cfg.study_streams or count_recordings(run_cfg, heldout_source)
-    labels, media = collect(run_cfg, heldout_source, streams)
-    trials = usable(build_trials(labels, cfg.candidates, cfg.min_occurrences, cfg.min_purity,
-                                 cfg.min_gap, cfg.trial_seed), media)
-    log.info("setting %s: %d held-out clips, %d trials over %d texts", setting, len(labels),
-             len(trials), len({(t.recording, t.text) for t in trials}))
     rows, details = [], {}
     for learner in trained:
         state = (study(learner, heldout_source, streams)
                  if getattr(learner.model, "writer", None) is not None else None)
-        picks = choose(learner, state, trials, media, cfg.query_batch) if trials else []
+        picks = choose(learner, state, trials, media, cfg.query_batch)
         scores = tally(trials, picks)
         nodes = (clip_addresses(learner.model, media)
-                 if getattr(learner.model, "writer", None) is not None and trials else None)
+                 if getattr(learner.model, "writer", None) is not None else None)
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
                                  "addresses": address_agreement(learner.model, labels, media),

@@ -7,9 +7,14 @@ A held-out recording is a list of :class:`ClipLabel` (its clips in time order:
 the normalised transcript line spoken there, ``labels.word``, and the object in
 view, ``labels.object``). :func:`build_trials` turns it into trials:
 
-* a *text* is a distinct non-empty ``word`` label ("dax", "look the dax"); an
-  *occurrence* of it is a run of consecutive clips with that text (one
-  utterance may span two clips);
+* with ``unit = "line"`` a *text* is a distinct non-empty ``word`` label
+  ("dax", "look the dax"); an *occurrence* of it is a run of consecutive clips
+  with that text (one utterance may span two clips). With ``unit = "name"`` a
+  text is a run of up to :data:`NAME_WORDS` words *inside* the lines, and its
+  occurrences are the utterances that contain it ("look the dax", "a dax" and
+  "dax" are three occurrences of "dax"): real narration rarely repeats a whole
+  line, and a name said only in carrier phrases would otherwise give few
+  trials or none (:func:`name_occurrences` says which runs of words count);
 * its *referent* is the majority object over the clips of its occurrences and
   their neighbours (±1 clip); a text is kept if it occurs at least
   ``min_occurrences`` times and the referent is in view (±1 clip) in at least
@@ -95,14 +100,102 @@ def occurrences(clips: Sequence[ClipLabel]) -> dict[str, list[list[int]]]:
     return out
 
 
+#: The longest run of words a ``name`` text may have ("striped red circle" is 3).
+NAME_WORDS = 4
+
+UNITS = ("line", "name")
+
+
+def _word_runs(line: str) -> set[str]:
+    """Every run of 1..NAME_WORDS consecutive words of a normalised line."""
+    words = line.split()
+    return {" ".join(words[i:i + n]) for n in range(1, min(NAME_WORDS, len(words)) + 1)
+            for i in range(len(words) - n + 1)}
+
+
+def name_occurrences(clips: Sequence[ClipLabel]) -> dict[str, list[list[int]]]:
+    """Per run of words, the utterances (runs of positions, time order) whose line holds it.
+
+    Every run of up to :data:`NAME_WORDS` words of every line is a candidate;
+    :func:`referents` keeps those whose occurrences have one referent in view,
+    so carrier words ("look", "the") fall out as fillers do, for they are said
+    with every object.
+    """
+    out: dict[str, list[list[int]]] = {}
+    for line, runs in occurrences(clips).items():
+        for words in _word_runs(line):
+            out.setdefault(words, []).extend(runs)
+    return {words: sorted(runs) for words, runs in out.items()}
+
+
+def _in_view_rates(clips: Sequence[ClipLabel]) -> dict[str, float]:
+    """Per object, the share of all utterances (line occurrences) it is in view around."""
+    runs = [run for line_runs in occurrences(clips).values() for run in line_runs]
+    counts = Counter(o for run in runs for o in set(_around(clips, run)))
+    return {o: n / len(runs) for o, n in counts.items()} if runs else {}
+
+
+def _referent(clips: Sequence[ClipLabel], runs: list[list[int]]
+              ) -> tuple[str, float, list[list[int]]]:
+    """The majority object around ``runs`` (ties: first in sorted order), its purity, runs."""
+    seen = [_around(clips, run) for run in runs]
+    counts = Counter(o for objs in seen for o in objs)
+    if not counts:
+        return "", 0.0, runs
+    referent = min(counts, key=lambda o: (-counts[o], o))
+    return referent, sum(referent in objs for objs in seen) / len(runs), runs
+
+
+def _one_name_per_utterance(clips: Sequence[ClipLabel],
+                            kept: dict[str, tuple[str, float, list[list[int]]]],
+                            min_purity: float) -> dict[str, tuple[str, float, list[list[int]]]]:
+    """Keep the ``name`` texts that surely name their referent, one per utterance.
+
+    Thousands of runs of words are tried, so some pass ``min_purity`` by
+    chance: a carrier word ("look the") said a few times while one object was
+    about, a filler ("oh"), an object seen in most scenes. A text is kept only
+    if its purity is above its referent's share of *all* utterances with 95 %
+    confidence (the lower bound of its Wilson interval): words said whatever
+    is in view are not names. Then each utterance, which holds several kept
+    texts (the name in pieces, "striped red circle" and "red circle"; a word
+    two objects share, "triangle"), goes to the text with the highest margin,
+    then the longest; a text left with no utterance goes.
+    """
+    base = _in_view_rates(clips)
+
+    def margin(text: str) -> float:
+        referent, purity, runs = kept[text]
+        return wilson(round(purity * len(runs)), len(runs))[0] - base.get(referent, 0.0)
+
+    sure = {t: margin(t) for t in kept if margin(t) > 0}
+    order = sorted(sure, key=lambda t: (-sure[t], -len(t.split()), t))
+    while True:
+        owner: dict[int, str] = {}
+        for text in order:
+            for run in kept[text][2]:
+                owner.setdefault(run[0], text)
+        out = {}
+        for text in order:
+            runs = [run for run in kept[text][2] if owner[run[0]] == text]
+            if runs:
+                out[text] = _referent(clips, runs)
+        # A piece of a name ("circle", "striped") may keep its majority only
+        # through utterances that a longer name took: over what is left to it,
+        # it must still name its referent, or it goes and frees those utterances.
+        drop = {t for t, (_, purity, _) in out.items() if purity < min_purity}
+        if not drop:
+            return {t: out[t] for t in sorted(out)}
+        order = [t for t in order if t not in drop]
+
+
 def _around(clips: Sequence[ClipLabel], run: list[int]) -> list[str]:
     """The objects in view over a run of positions and one clip either side."""
     lo, hi = max(run[0] - 1, 0), min(run[-1] + 1, len(clips) - 1)
     return [o for o in (clips[p].object for p in range(lo, hi + 1)) if o is not None]
 
 
-def referents(clips: Sequence[ClipLabel], min_occurrences: int = 2, min_purity: float = 0.6
-              ) -> dict[str, tuple[str, float, list[list[int]]]]:
+def referents(clips: Sequence[ClipLabel], min_occurrences: int = 2, min_purity: float = 0.6,
+              unit: str = "line") -> dict[str, tuple[str, float, list[list[int]]]]:
     """The kept texts of one recording: ``text → (referent, purity, occurrences)``.
 
     Args:
@@ -110,28 +203,28 @@ def referents(clips: Sequence[ClipLabel], min_occurrences: int = 2, min_purity: 
         min_occurrences: a text must occur at least this often.
         min_purity: the referent must be in view (±1 clip) in at least this share
             of the text's occurrences.
+        unit: ``line`` (a text is a whole transcript line) or ``name`` (a run of
+            words inside the lines; see the module docstring).
 
     Raises:
-        ValueError: naming ``min_occurrences`` or ``min_purity`` when out of range.
+        ValueError: naming ``min_occurrences``, ``min_purity`` or ``unit`` when
+            out of range.
     """
     if min_occurrences < 1:
         raise ValueError(f"min_occurrences must be >= 1, got {min_occurrences}")
     if not 0.0 <= min_purity <= 1.0:
         raise ValueError(f"min_purity must be in [0, 1], got {min_purity}")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
+    found = occurrences(clips) if unit == "line" else name_occurrences(clips)
     kept: dict[str, tuple[str, float, list[list[int]]]] = {}
-    for text, runs in sorted(occurrences(clips).items()):
+    for text, runs in sorted(found.items()):
         if len(runs) < min_occurrences:
             continue
-        seen = [_around(clips, run) for run in runs]
-        counts = Counter(o for objs in seen for o in objs)
-        if not counts:
-            continue
-        # The majority object; ties go to the name first in sorted order.
-        referent = min(counts, key=lambda o: (-counts[o], o))
-        purity = sum(referent in objs for objs in seen) / len(runs)
-        if purity >= min_purity:
+        referent, purity, _ = _referent(clips, runs)
+        if referent and purity >= min_purity:
             kept[text] = (referent, purity, runs)
-    return kept
+    return kept if unit == "line" else _one_name_per_utterance(clips, kept, min_purity)
 
 
 def _pick(rng: np.random.Generator, pool: list[int], query: int, min_gap: int,
@@ -143,7 +236,8 @@ def _pick(rng: np.random.Generator, pool: list[int], query: int, min_gap: int,
 
 
 def recording_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurrences: int = 2,
-                     min_purity: float = 0.6, min_gap: int = 10, seed: int = 0) -> list[Trial]:
+                     min_purity: float = 0.6, min_gap: int = 10, seed: int = 0,
+                     unit: str = "line") -> list[Trial]:
     """The trials of one recording (see the module docstring).
 
     Occurrences for which the recording lacks silent clips of the referent or
@@ -170,7 +264,7 @@ def recording_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurr
     rng = np.random.default_rng([seed, zlib.crc32(recording.encode())])
     trials: list[Trial] = []
     for text, (referent, _purity, runs) in referents(clips, min_occurrences,
-                                                      min_purity).items():
+                                                      min_purity, unit).items():
         others = sorted(o for o in silent if o != referent)
         if referent not in silent or len(others) < candidates - 1:
             continue
@@ -188,7 +282,8 @@ def recording_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurr
 
 
 def build_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurrences: int = 2,
-                 min_purity: float = 0.6, min_gap: int = 10, seed: int = 0) -> list[Trial]:
+                 min_purity: float = 0.6, min_gap: int = 10, seed: int = 0,
+                 unit: str = "line") -> list[Trial]:
     """Trials of every recording among ``clips`` (grouped by recording, sorted by index).
 
     Args:
@@ -199,6 +294,7 @@ def build_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurrence
         min_gap: clips between the query and a candidate, when possible.
         seed: seed of the foil choice, clip choice and order (the same seed gives
             the same trials).
+        unit: ``line`` or ``name``: what a text is (see the module docstring).
     """
     by_recording: dict[str, list[ClipLabel]] = {}
     for clip in clips:
@@ -207,7 +303,7 @@ def build_trials(clips: Sequence[ClipLabel], candidates: int = 4, min_occurrence
     for name in sorted(by_recording):
         ordered = sorted(by_recording[name], key=lambda c: c.index)
         trials += recording_trials(ordered, candidates, min_occurrences, min_purity, min_gap,
-                                   seed)
+                                   seed, unit)
     return trials
 
 
