@@ -15,7 +15,8 @@ above-floor log-mel, one or two clips) has the same text, and how often the
 nearest other occurrence in the model's own audio features names the same
 referent (does the model recognise a name when it hears it again?).
 
-Usage (the overrides are the run's ``train_set``, so the model is rebuilt as trained)::
+Usage (the overrides are the run's ``train_set``, so the model is rebuilt as trained;
+``trial_unit=name`` among them builds the trials by names instead of lines)::
 
     python scripts/diagnose_word_referent.py WORK_DIR SETTING HELDOUT_SHARDS \\
         model.stream.audio_floor=true data.window=64 model.stream.audio_context=1 ...
@@ -36,6 +37,9 @@ from obs_dist.model.av_stream import Candidates, Probe, above_floor
 
 def main() -> None:
     work_dir, setting, source, *overrides = sys.argv[1:]
+    # trial_unit=line|name picks the suite's trial unit; every other entry is a --set.
+    unit = next((o.split("=", 1)[1] for o in overrides if o.startswith("trial_unit=")), "line")
+    overrides = [o for o in overrides if not o.startswith("trial_unit=")]
     torch.set_num_threads(1)
     out = Path(work_dir) / setting / "obs"
     cfg = resolve_config("configs/av_stream.toml",
@@ -46,7 +50,7 @@ def main() -> None:
     learner = wr.Trained("obs", model, cfg, 0, 0, 0.0)
     streams = wr.count_recordings(cfg, source)
     labels, media = wr.collect(cfg, source, streams)
-    trials = wr.usable(build_trials(labels), media)
+    trials = wr.usable(build_trials(labels, unit=unit), media)
     state = wr.study(learner, source, streams)
     x = state.matrix()
     mass = x.abs().sum(0)
