@@ -113,8 +113,15 @@ class _Input:
     reached: float = 0.0
 
 
-def _open(path: Path, video: bool, audio: bool) -> _Input:
+def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> _Input:
     """Open ``path`` and pick its first video and/or audio stream.
+
+    Args:
+        path: the file.
+        video: pick its video stream.
+        audio: pick its audio stream.
+        origin: the clock's zero in seconds (default: the earliest start of the
+            picked streams, else the container's).
 
     Raises:
         ValueError: the file cannot be opened or lacks the streams asked for.
@@ -129,7 +136,9 @@ def _open(path: Path, video: bool, audio: bool) -> _Input:
             stream.thread_type = "NONE"
             stream.codec_context.thread_count = 1
         starts = [float(s.start_time * s.time_base) for s in picked if s.start_time is not None]
-        if starts:
+        if origin is not None:
+            pass
+        elif starts:
             origin = min(starts)
         else:
             origin = float(container.start_time or 0) / 1e6
@@ -246,7 +255,8 @@ def _encode_frames(frames: list[av.VideoFrame], fps: float) -> bytes:
     rate = int(round(fps))
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = add_video_stream(container, rate, frames[0].width, frames[0].height)
+        stream = add_video_stream(container, rate, frames[0].width, frames[0].height,
+                                  reproducible=True)
         for i, frame in enumerate(frames):
             frame.pts, frame.time_base = i, Fraction(1, rate)
             container.mux(stream.encode(frame))
@@ -292,6 +302,14 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
                 inputs.append(_open(path, want_video, want_audio))
             except Exception as exc:  # noqa: BLE001 - FFmpeg reports bad files many ways
                 result.errors.append((kind, path, f"cannot open: {exc}"))
+        if video and audio is None and inputs and len(inputs[0].streams) == 2:
+            # The file's own audio is demuxed on its own, on the same clock: a file
+            # whose tracks are not interleaved (all video, then all audio) would
+            # otherwise run the video far ahead and cut its clips without sound.
+            both = inputs[0]
+            inputs[0] = _Input(both.path, both.container, both.streams[:1], both.origin,
+                               both.duration)
+            inputs.append(_open(video, False, True, origin=both.origin))
         if not inputs:
             kind, path, why = result.errors[0]
             raise RecordingError(kind, path, why)
@@ -347,7 +365,8 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
 def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int = 320,
                          height: int = 240, fps: int = 30, rate: int = 16000,
                          tone_at: float = 10.0, white_at: float = 20.0,
-                         audio_start: float = 0.0, container_format: str | None = None) -> Path:
+                         audio_start: float = 0.0, container_format: str | None = None,
+                         interleaved: bool = True) -> Path:
     """Write a recording to test and time the cutter with: video and AAC audio in one file.
 
     The picture is a dark, noisy background with a grey square moving across
@@ -355,6 +374,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     ``tone_at``, then a 1 kHz tone; the audio track starts ``audio_start``
     seconds after the video (its first pts). An mp4 is written with its moov atom first
     (``movflags=faststart``), so that a truncated copy keeps a readable prefix.
+    ``interleaved=False`` writes every video packet before the first audio one,
+    as some muxers do.
 
     Raises:
         ValueError: a size, rate or duration that is not positive.
@@ -366,6 +387,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = container_format or ("matroska" if path.suffix == ".mkv" else path.suffix[1:])
     options = {"movflags": "faststart"} if fmt in ("mp4", "mov") else {}
+    if not interleaved:  # FFmpeg's muxer would interleave by time within 10 s otherwise
+        options["max_interleave_delta"] = "1"
     rng = np.random.default_rng(0)
     first = int(round(audio_start * rate))
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * rate)) - first
@@ -378,7 +401,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
         audio.layout = "mono"
         frame_i = sample_i = 0
         while frame_i < n_frames or sample_i < n_samples:
-            if sample_i < n_samples and (t[sample_i] <= frame_i / fps or frame_i >= n_frames):
+            audio_next = (t[sample_i] <= frame_i / fps and interleaved) or frame_i >= n_frames
+            if sample_i < n_samples and audio_next:
                 chunk = av.AudioFrame.from_ndarray(wave[None, sample_i: sample_i + 1024],
                                                    format="flt", layout="mono")
                 chunk.sample_rate, chunk.pts = rate, first + sample_i
