@@ -16,6 +16,7 @@ names are only stripped. A file that cannot be parsed raises ``ValueError``.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -88,7 +89,8 @@ def _subtitle_block(block: list[tuple[int, str]]) -> list[Cue]:
     if match is None:
         raise ValueError(f"line {number}: bad timing line {line.strip()!r}")
     start, end = _checked(_seconds(match.group(1)), _seconds(match.group(2)), f"line {number}")
-    words = " ".join(_TAG.sub("", t).strip() for _n, t in block[timed[0] + 1:])
+    # Tags (<v Mum>, <c>, inline <00:01.500> timings) go, then entities (&amp;, &lt;).
+    words = " ".join(html.unescape(_TAG.sub("", t)).strip() for _n, t in block[timed[0] + 1:])
     return [(start, end, words)]
 
 

@@ -257,6 +257,10 @@ def test_subtitle_and_json_cue_parsing() -> None:
     vtt = ("WEBVTT\nKind: captions\n\nNOTE a comment\n\n"
            "intro\n00:01.500 --> 00:02.000 align:start\n<v Mum>Hello, there!</v>\n")
     assert parse_subtitles(vtt) == [(1.5, 2.0, "Hello, there!")]
+    # Auto-captions: inline word timings and class spans; entities are text.
+    auto = ("WEBVTT\n\n00:00:01.000 --> 00:00:03.500 align:start position:0%\n"
+            "look<00:00:01.500><c> at</c><00:00:02.000><c> the</c> ball &amp; cup\n")
+    assert parse_subtitles(auto) == [(1.0, 3.5, "look at the ball & cup")]
     assert normalise_word("  Hello, THERE! it's  ") == "hello there it s"
     assert parse_json_cues('[{"start": 0, "end": 1.5, "text": "hi"}]', "text") == \
         [(0.0, 1.5, "hi")]
