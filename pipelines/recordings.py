@@ -136,12 +136,8 @@ def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> 
             stream.thread_type = "NONE"
             stream.codec_context.thread_count = 1
         starts = [float(s.start_time * s.time_base) for s in picked if s.start_time is not None]
-        if origin is not None:
-            pass
-        elif starts:
-            origin = min(starts)
-        else:
-            origin = float(container.start_time or 0) / 1e6
+        if origin is None:
+            origin = min(starts) if starts else float(container.start_time or 0) / 1e6
         seconds = [float(s.duration * s.time_base) for s in picked if s.duration]
         duration = float(container.duration) / 1e6 if container.duration else \
             (max(seconds) if seconds else None)
