@@ -362,8 +362,11 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                          height: int = 240, fps: int = 30, rate: int = 16000,
                          tone_at: float = 10.0, white_at: float = 20.0,
                          audio_start: float = 0.0, container_format: str | None = None,
-                         interleaved: bool = True) -> Path:
-    """Write a recording to test and time the cutter with: video and AAC audio in one file.
+                         interleaved: bool = True, channels: int = 1) -> Path:
+    """Write a recording to test and time the cutter with: video and audio in one file.
+
+    H.264 and AAC, or VP8 and Opus in a ``.webm`` (another camera's codecs); the
+    audio has ``channels`` channels (the second, if any, at half the level).
 
     The picture is a dark, noisy background with a grey square moving across
     it, and one white frame at ``white_at``; the audio is silent until
@@ -376,9 +379,10 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     Raises:
         ValueError: a size, rate or duration that is not positive.
     """
-    if min(seconds, width, height, fps, rate) <= 0 or not 0 <= audio_start < seconds:
-        raise ValueError("seconds, width, height, fps and rate must be > 0, and audio_start "
-                         "in [0, seconds)")
+    if min(seconds, width, height, fps, rate) <= 0 or not 0 <= audio_start < seconds \
+            or channels not in (1, 2):
+        raise ValueError("seconds, width, height, fps and rate must be > 0, audio_start "
+                         "in [0, seconds) and channels 1 or 2")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = container_format or ("matroska" if path.suffix == ".mkv" else path.suffix[1:])
@@ -391,19 +395,31 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     t = (first + np.arange(n_samples)) / rate
     wave = np.where(t >= tone_at, 0.5 * np.sin(2 * np.pi * 1000.0 * t), 0.0).astype(np.float32)
     side = max(2, min(width, height) // 4)
+    layout = "mono" if channels == 1 else "stereo"
     with av.open(str(path), "w", format=fmt, options=options) as out:
-        video = add_video_stream(out, fps, width, height, keyframe_seconds=2.0)
-        audio = out.add_stream("aac", rate=rate)
-        audio.layout = "mono"
+        if fmt == "webm":
+            video = out.add_stream("libvpx", rate=fps)
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            audio = out.add_stream("libopus", rate=rate, layout=layout)
+        else:
+            video = add_video_stream(out, fps, width, height, keyframe_seconds=2.0)
+            audio = out.add_stream("aac", rate=rate)
+            audio.layout = layout
+        step = 960 if fmt == "webm" else 1024  # Opus takes 20 ms frames
         frame_i = sample_i = 0
         while frame_i < n_frames or sample_i < n_samples:
-            audio_next = (t[sample_i] <= frame_i / fps and interleaved) or frame_i >= n_frames
-            if sample_i < n_samples and audio_next:
-                chunk = av.AudioFrame.from_ndarray(wave[None, sample_i: sample_i + 1024],
-                                                   format="flt", layout="mono")
+            audio_next = sample_i < n_samples and (
+                frame_i >= n_frames or (interleaved and t[sample_i] <= frame_i / fps))
+            if audio_next:
+                piece = wave[sample_i: sample_i + step]
+                if channels == 1:
+                    chunk = av.AudioFrame.from_ndarray(piece[None], format="flt", layout="mono")
+                else:
+                    chunk = av.AudioFrame.from_ndarray(np.stack([piece, 0.5 * piece]),
+                                                       format="fltp", layout="stereo")
                 chunk.sample_rate, chunk.pts = rate, first + sample_i
                 packets = audio.encode(chunk)
-                sample_i += 1024
+                sample_i += step
             else:
                 image = (20 + rng.integers(0, 16, (height, width, 3))).astype(np.uint8)
                 x = int(frame_i * 4) % max(1, width - side)
@@ -411,7 +427,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                 if frame_i == int(round(white_at * fps)):
                     image[:] = 255
                 picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-                picture.pts = frame_i
+                picture.pts, picture.time_base = frame_i, Fraction(1, fps)
                 packets = video.encode(picture)
                 frame_i += 1
             for packet in packets:

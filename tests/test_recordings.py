@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -112,43 +111,10 @@ def test_packing_a_recording_twice_gives_the_same_bytes(recording: Path, tmp_pat
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def _write_webm(path: Path, seconds: int = 12, tone_at: float = 10.0) -> None:
-    """VP8 at 10 fps, 64×48, with Opus stereo at 48 kHz: another camera's codecs."""
-    rate, fps = 48000, 10
-    t = np.arange(seconds * rate) / rate
-    wave = np.where(t >= tone_at, 0.5 * np.sin(2 * np.pi * 1000.0 * t), 0.0).astype(np.float32)
-    stereo = np.stack([wave, 0.5 * wave])
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libvpx", rate=fps)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("libopus", rate=rate, layout="stereo")
-        frame_i = sample_i = 0
-        while frame_i < seconds * fps or sample_i < len(wave):
-            if sample_i < len(wave) and (sample_i / rate <= frame_i / fps
-                                         or frame_i >= seconds * fps):
-                chunk = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(stereo[:, sample_i: sample_i + 960]), format="fltp",
-                    layout="stereo")
-                chunk.sample_rate, chunk.pts, chunk.time_base = rate, sample_i, Fraction(1, rate)
-                packets = audio.encode(chunk)
-                sample_i += 960
-            else:
-                image = np.full((48, 64, 3), 40 + 2 * frame_i % 200, np.uint8)
-                picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-                picture.pts, picture.time_base = frame_i, Fraction(1, fps)
-                packets = video.encode(picture)
-                frame_i += 1
-            for packet in packets:
-                out.mux(packet)
-        for stream in (video, audio):
-            for packet in stream.encode():
-                out.mux(packet)
-
-
 def test_webm_with_vp8_and_opus_stereo_packs_aligned_clips(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    _write_webm(src / "phone.webm")
+    write_test_recording(src / "phone.webm", 12.0, rate=48000, channels=2, **SMALL)
     summary = _pack(src, tmp_path / "out")
     assert summary["samples"] == 12 and summary["skipped"] == {}
     clips = [m for _k, m in sorted(_samples(tmp_path / "out").items())]
