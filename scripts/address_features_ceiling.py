@@ -6,7 +6,8 @@ addresses and picture addresses hashed (random hyperplanes, N = 4096 nodes) from
 an *untrained* video encoder's feature map, either pooled over the whole frame
 (as the model's address is) or per location of its 4×4 map (DenseAV-style: an
 object's location might address the same nodes whatever the background).
-Features are centred per recording. Two encoder seeds, two hash seeds each.
+Features are centred per recording. Two encoder seeds, two hash seeds each. First,
+the ceiling with perfect addresses for both at several binding windows (``lag``).
 
 Usage::
 
@@ -55,6 +56,11 @@ def main() -> None:
         means = torch.stack([x[rec_of == r].mean(0) for r in range(len(recs))])
         return x - means[rec_of]
 
+    # The binding window alone: perfect words and pictures, linked `lag` clips either side.
+    for lag in (0, 1, 2, 3, 5):
+        acc = hebbian_ceiling(learner, labels, media, trials, lag=lag,
+                              perfect=("video", "audio"))
+        print(f"perfect addresses, lag {lag}: {acc:.3f}")
     print(f"{len(trials)} trials; ceiling with perfect words, pictures hashed from:")
     for enc_seed in (0, 1):
         torch.manual_seed(enc_seed)
