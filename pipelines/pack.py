@@ -13,15 +13,17 @@ probed with soundfile/PyAV); missing ``kind`` comes from ``--kind`` (default
 
 *Recordings* (``--cut``): with ``auto`` (the default) a media file is a
 recording when it has no sidecar ``<stem>.json`` and it is longer than 1.5
-clips, or when it is an mkv/webm/mov (only mp4 clips are stored as they are);
+clips, or when it is another video format than mp4 (mkv, webm, mov, avi, …: only
+mp4 clips are stored as they are);
 ``always`` cuts every media file, ``never`` none. A recording is one stream
 named by its path without extension, cut by :mod:`pipelines.recordings` into
 ``--clip-seconds`` clips of kind ``--kind`` (default ``continuous``), labelled
 from the timed-label files beside it (:mod:`pipelines.transcripts`).
 
 A file that cannot be used (unreadable media, malformed sidecar or label file,
-sidecar without media, a recording cut short) is skipped, counted by kind and
-logged with its path; the rest is packed. ``classes.json`` lists the object
+sidecar without media, a recording cut short, a file of a kind this packer does
+not read) is skipped, counted by kind and logged with its path; the rest is
+packed. Hidden files (a leading dot) are not looked at. ``classes.json`` lists the object
 names that occur in the packed clips' ``labels.object``, sorted.
 """
 
@@ -97,24 +99,33 @@ def _probe_seconds(path: Path, ext: str) -> float:
         raise _BadMedia(path, ext, f"unreadable media: {exc}") from exc
 
 
-def _collect(src: Path) -> dict[tuple[str, str], dict[str, Path]]:
-    """Files grouped by (folder, stem); ``rec.objects.json`` joins ``rec`` as ``objects.json``
-    (and likewise the transcripts) unless media of its own stem make it a sidecar."""
+def _collect(src: Path) -> tuple[dict[tuple[str, str], dict[str, Path]], list[Path]]:
+    """Files grouped by (folder, stem), and the files of no kind this packer reads.
+
+    ``rec.objects.json`` joins ``rec`` as ``objects.json`` (and likewise the
+    transcripts) unless media of its own stem make it a sidecar. Hidden files and
+    folders (a leading dot) are not looked at.
+    """
     groups: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
+    unused: list[Path] = []
     for dirpath, dirs, files in os.walk(src):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(dirpath).relative_to(src).as_posix()
         for name in sorted(files):
+            if name.startswith("."):
+                continue
             stem, dot_ext = os.path.splitext(name)
             ext = dot_ext[1:].lower()
             if ext in _MEDIA or ext in ("json", "srt", "vtt"):
                 groups[(rel, stem)][ext] = Path(dirpath) / name
+            else:
+                unused.append(Path(dirpath) / name)
     for (rel, stem), files in list(groups.items()):
         base, dot_kind = os.path.splitext(stem)
         if dot_kind.lower() in LABEL_JSON_STEMS and set(files) == {"json"} and base:
             groups[(rel, base)][dot_kind[1:].lower() + ".json"] = files["json"]
             del groups[(rel, stem)]
-    return groups
+    return groups, unused
 
 
 @dataclass
@@ -227,13 +238,23 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
     streams: dict[str, list[_Clip]] = defaultdict(list)
     recordings: list[_Recording] = []
     root_name = root.resolve().name
-    for (rel, stem), files in tqdm(sorted(_collect(root).items()), desc="scanning",
+    groups, unused = _collect(root)
+    by_ext: dict[str, list[Path]] = defaultdict(list)
+    for path in unused:
+        by_ext[path.suffix.lower() or "(no extension)"].append(path)
+    for ext, paths in sorted(by_ext.items()):
+        # Counted per file, logged once per extension: a folder of .AVI files
+        # from an unsupported camera must not vanish without a word.
+        skip("unsupported_file", paths[0],
+             f"{len(paths)} file(s) with extension {ext} are not media this packer reads "
+             f"({'/'.join(_MEDIA)}, or json/srt/vtt labels)", count=len(paths))
+    for (rel, stem), files in tqdm(sorted(groups.items()), desc="scanning",
                                    unit="file", disable=not progress):
         media = {e: p for e, p in files.items() if e in _MEDIA}
         labels = {e: p for e, p in files.items() if e in _LABEL_FILES}
         if not media:
             skip("no_modality", files.get("json") or next(iter(labels.values())),
-                 "sidecar or label file without mp4/mkv/webm/mov/wav/flac")
+                 f"sidecar or label file without media ({'/'.join(_MEDIA)})")
             continue
         video = next((e for e in RECORDING_VIDEO_EXTS if e in media), None)
         audio = next((e for e in AUDIO_EXTS if e in media), None)
@@ -268,8 +289,8 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
             log.warning("%s: timed labels apply to recordings only; ignored",
                         ", ".join(str(p) for p in labels.values()))
         if video is not None and video not in VIDEO_EXTS:
-            log.warning("%s: only mp4 is stored as a clip (cut it with --cut auto/always); "
-                        "ignored", media[video])
+            skip("unsupported_clip", media[video], "only mp4 is stored as a pre-cut clip "
+                 "(pack it as a recording with --cut auto/always)")
             del chosen[video]
             if not chosen:
                 continue

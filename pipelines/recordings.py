@@ -1,6 +1,7 @@
 """Cutting long recordings into clips, in one sequential pass over each file.
 
-A recording is a video (mp4/mkv/webm/mov) with its own audio track, or with a
+A recording is a video (mp4, mov, mkv, webm, avi, mts, … : ``RECORDING_VIDEO_EXTS``)
+with its own audio track, or with a
 same-named wav/flac beside it, or a long wav/flac alone. :func:`cut_recording`
 decodes it once, packet after packet (no seeking), and cuts it into
 consecutive clips ``[i·c, (i+1)·c)`` of ``c = clip_seconds``. Both modalities are
@@ -34,11 +35,15 @@ from typing import Any
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from pipelines.render import add_video_stream, encode_audio
 
-RECORDING_VIDEO_EXTS = ("mp4", "mkv", "webm", "mov")
+# What FFmpeg demuxes and cameras write: phones (mp4/mov/3gp), head and action
+# cameras (avi with MJPEG, mp4), camcorders (mts/m2ts/ts, mpg), screen or web
+# recordings (mkv/webm, m4v).
+RECORDING_VIDEO_EXTS = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "mts", "m2ts",
+                        "ts", "3gp")
 # A clip is cut once every modality has passed its end, or once one modality is
 # this far past it (a badly interleaved or silent track must not hold everything).
 _SLACK_SECONDS = 10.0
@@ -164,9 +169,20 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
             if kind == "video":
                 size = size or scaled_size(frame.width, frame.height, max_side)
                 # Scaling in yuv420p, the encoder's format, costs a tenth of RGB.
-                payload: Any = reformatter.reformat(frame, width=size[0], height=size[1],
-                                                    format="yuv420p", interpolation="AREA",
-                                                    threads=1)
+                # The clips are untagged yuv420p, which every decoder reads as
+                # limited-range BT.601: a full-range source (MJPEG, many phones)
+                # or a BT.709 one is converted, not copied, or its shadows and
+                # highlights would be clipped and its colours shifted.
+                space, scale = _colorspace(frame), _color_range(frame)
+                converts = space != Colorspace.ITU601 or scale != ColorRange.MPEG
+                # Accurate rounding keeps greys grey through a matrix conversion
+                # (off by up to 3 levels without it); it is not needed otherwise.
+                flags = Interpolation.AREA | (Interpolation.ACCURATE_RND if converts else 0)
+                payload: Any = reformatter.reformat(
+                    frame, width=size[0], height=size[1], format="yuv420p",
+                    src_colorspace=space, dst_colorspace=Colorspace.ITU601,
+                    src_color_range=scale, dst_color_range=ColorRange.MPEG,
+                    interpolation=flags, threads=1)
                 step = frame_seconds[packet.stream.index]
             else:
                 payload = _mono(frame)
@@ -174,6 +190,22 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
             last[kind] = t + step
             inp.reached = max(inp.reached, t + step)
             yield t, kind, payload
+
+
+def _color_range(frame: av.VideoFrame) -> ColorRange:
+    """The frame's range: full (JPEG) when tagged so or in a ``yuvj`` format, else limited."""
+    if int(frame.color_range) == int(ColorRange.JPEG) or frame.format.name.startswith("yuvj"):
+        return ColorRange.JPEG
+    return ColorRange.MPEG
+
+
+def _colorspace(frame: av.VideoFrame) -> Colorspace:
+    """The frame's matrix when tagged with one swscale knows, else BT.601 (FFmpeg's guess)."""
+    # FFmpeg's AVColorSpace numbers: 6 (SMPTE 170M) is BT.601's matrix, 10 BT.2020's.
+    known = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601,
+             6: Colorspace.ITU601, 7: Colorspace.SMPTE240M, 9: Colorspace.BT2020,
+             10: Colorspace.BT2020}
+    return known.get(int(frame.colorspace), Colorspace.ITU601)
 
 
 def _fps(stream: Any) -> float:
@@ -365,8 +397,9 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                          interleaved: bool = True, channels: int = 1) -> Path:
     """Write a recording to test and time the cutter with: video and audio in one file.
 
-    H.264 and AAC, or VP8 and Opus in a ``.webm`` (another camera's codecs); the
-    audio has ``channels`` channels (the second, if any, at half the level).
+    H.264 and AAC, VP8 and Opus in a ``.webm``, or full-range MJPEG and 16-bit PCM
+    in an ``.avi`` (other cameras' codecs); the audio has ``channels`` channels
+    (the second, if any, at half the level).
 
     The picture is a dark, noisy background with a grey square moving across
     it, and one white frame at ``white_at``; the audio is silent until
@@ -385,7 +418,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                          "in [0, seconds) and channels 1 or 2")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = container_format or ("matroska" if path.suffix == ".mkv" else path.suffix[1:])
+    suffix = path.suffix[1:].lower()
+    fmt = container_format or ("matroska" if suffix == "mkv" else suffix)
     options = {"movflags": "faststart"} if fmt in ("mp4", "mov") else {}
     if not interleaved:  # FFmpeg's muxer would interleave by time within 10 s otherwise
         options["max_interleave_delta"] = "1"
@@ -401,6 +435,10 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
             video = out.add_stream("libvpx", rate=fps)
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             audio = out.add_stream("libopus", rate=rate, layout=layout)
+        elif fmt == "avi":  # a head camera's own format: full-range MJPEG, PCM
+            video = out.add_stream("mjpeg", rate=fps)
+            video.width, video.height, video.pix_fmt = width, height, "yuvj420p"
+            audio = out.add_stream("pcm_s16le", rate=rate, layout=layout)
         else:
             video = add_video_stream(out, fps, width, height, keyframe_seconds=2.0)
             audio = out.add_stream("aac", rate=rate)

@@ -125,6 +125,50 @@ def test_webm_with_vp8_and_opus_stereo_packs_aligned_clips(tmp_path: Path) -> No
     assert _rms(clips[9]["flac"]) < 0.01 and _rms(clips[10]["flac"], 480, 960) > 0.2
 
 
+def _mean_level(mp4: bytes) -> float:
+    """Mean RGB value of a video's frames, decoded as any player would."""
+    with av.open(io.BytesIO(mp4)) as container:
+        return float(np.mean([f.to_ndarray(format="rgb24").mean()
+                              for f in container.decode(video=0)]))
+
+
+def test_a_head_cameras_avi_keeps_its_levels_and_alignment(tmp_path: Path) -> None:
+    # Head and action cameras write AVI with full-range ("JPEG") MJPEG and PCM.
+    # Copied into the clips' limited-range yuv420p without conversion, the
+    # dark background (~28 of 255) came back at ~13 and mid-greys were
+    # stretched: the range is now converted, so the clip looks like the source.
+    src = tmp_path / "src"
+    src.mkdir()
+    path = write_test_recording(src / "HEADCAM.AVI", 24.0, **SMALL)
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0))
+        assert first.format.name == "yuvj420p"  # the fixture is what the test is about
+        source_level = float(first.to_ndarray(format="rgb24").mean())
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 24 and summary["skipped"] == {}
+    clips = [m for _k, m in sorted(_samples(tmp_path / "out").items())]
+    assert all(set(c) == {"json", "mp4", "flac"} for c in clips)
+    assert abs(_mean_level(clips[3]["mp4"]) - source_level) < 3.0
+    assert _rms(clips[9]["flac"]) < 0.01 and _rms(clips[10]["flac"], 0, 160) > 0.3
+    brightness = [_mean_level(c["mp4"]) for c in clips]
+    assert int(np.argmax(brightness)) == 20
+
+
+def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
+                                                      ) -> None:
+    src = tmp_path / "src"
+    (src / ".cache").mkdir(parents=True)
+    shutil.copy(recording, src / "session1.mp4")
+    (src / "notes.txt").write_text("day one")
+    (src / "session2.xyz").write_bytes(b"\0" * 64)
+    (src / "other.txt").write_text("day two")
+    (src / ".DS_Store").write_bytes(b"\0")  # hidden: not looked at
+    (src / ".cache" / "x.bin").write_bytes(b"\0")
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 60
+    assert summary["skipped"] == {"unsupported_file": 3}
+
+
 def test_tracks_that_are_not_interleaved_keep_their_sound(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
