@@ -8,7 +8,8 @@ from launch.output import emit
 
 RESULT_KEYS = ("step", "loss", "accuracy", "eval_loss", "eval_accuracy", "samples_per_s",
                "tokens_per_s", "wall_seconds", "nonfinite_commits_total",
-               "committed_entries_total", "replay_steps_total", "world_size", "sync_bytes_total",
+               "committed_entries_total", "replay_steps_total", "scored_total", "world_size",
+               "sync_bytes_total",
                "sync_seconds_total",
                "checksum_mismatches_total", "scheduler_decisions_total.sequential",
                "scheduler_decisions_total.parallel")

@@ -45,7 +45,12 @@ from obs_dist.engine.shard_sync import ShardedDeltaSync
 from obs_dist.engine.sharding import build_sharded, sharded_engine
 from obs_dist.engine.slow_weights import build_slow_weights, joined_world, release
 from obs_dist.engine.sync import DeltaSync
-from obs_dist.guards import require_scored, task_scores_targets
+from obs_dist.guards import (
+    audio_clip_count,
+    require_scored,
+    require_scored_in_run,
+    task_scores_targets,
+)
 from obs_dist.hooks import NamedHook
 from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.model import OBSModel
@@ -322,6 +327,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             out = save_final(cfg, model, metrics)
             log.info("final metrics written to %s", out / "metrics.json")
         ckpt.require_final()  # a lost final checkpoint fails the run (exit 1)
+        _require_heard(cfg, trainer)
         return metrics
     finally:
         if ckpt is not None:
@@ -350,18 +356,45 @@ def start_history(cfg: RunConfig) -> RunHistory | None:
 
 
 def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict[str, Any]]:
-    """The training batches; a fresh run of a scoring task must score something first.
+    """The training batches; a fresh run must find something to learn from first.
 
     :func:`obs_dist.guards.require_scored` refuses, before the first optimizer
     step, a stream whose first batches score no target (e.g. no label is in
-    classes.json); tasks that score no class targets by design are not checked.
+    classes.json), or, for the label-free ``av-stream``, none of whose first
+    clips has sound (recordings packed without their audio track): it learns
+    by hearing. Its silent stretches are scored as nothing by design, so only a
+    missing track is refused here; a pass in which no clip was ever heard fails
+    at the end (:func:`_require_heard`).
     """
+    if fresh and cfg.task.name == "av-stream":
+        return require_scored(
+            data.train, lambda: (
+                f"task 'av-stream' learns by hearing a clip and finding its picture, and "
+                f"no clip of {cfg.data.source or 'the source'} has an audio track so far. "
+                f"Pack recordings with their audio (or a same-named wav/flac beside "
+                f"each video)"), count=audio_clip_count, what="no clip had an audio track")
     if not (fresh and task_scores_targets(cfg.task.name)):
         return data.train
     loader = data.loader
     explain = loader.explain_unscored if loader is not None else (
         lambda: f"task {cfg.task.name!r} produced batches without a scored position")
     return require_scored(data.train, explain)
+
+
+def _require_heard(cfg: RunConfig, trainer: Trainer) -> None:
+    """A label-free pass that scored no clip learned nothing: fail it (exit 1).
+
+    Checked after the final checkpoint and metrics are written, so nothing of
+    the run is lost; scoring tasks are refused before their first step instead.
+    """
+    if cfg.task.name != "av-stream":
+        return
+    require_scored_in_run(
+        trainer.counters["scored_total"], trainer.step,
+        f"no clip's sound rose above its window's noise floor by model.stream.gate = "
+        f"{cfg.model.stream.gate} (log-mel units) while its picture was there. Check "
+        f"that the recordings of {cfg.data.source or 'the source'} have speech in "
+        f"their audio, or lower model.stream.gate")
 
 
 def _data_metrics(loader: StreamLoader) -> Callable[[Trainer, dict[str, float]], None]:

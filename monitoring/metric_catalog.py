@@ -133,6 +133,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("mean_eta", "writer_eta_mean", "Writer's learned write strength eta, mean over the "
                                       "last batch."),
     _c("replay_steps_total", "replay_steps_total", "Rehearsed (replayed) batches trained on."),
+    _c("scored_total", "scored_total", "Positions (targets, or heard clips of a label-free "
+       "stream) the training steps scored, cumulative."),
     _g("step_seconds", "step_duration_seconds", "Wall time of the last training step."),
     _g(
         "last_step_timestamp",

@@ -80,6 +80,7 @@ def synthetic_metrics(rank: int, step: int, elapsed_s: float, now: float) -> dic
         "mean_count": 8.0,
         "mean_eta": 0.5 + 0.01 * math.sin(step / 5.0),
         "replay_steps_total": 0.0,
+        "scored_total": 64.0 * 8.0 * step,
         "data_store_retries_total": 0.0,
         "step_seconds": 1.0 / samples_per_s * 64.0,
         "last_step_timestamp": now,

@@ -9,7 +9,10 @@ it writes anything:
   consecutive steps whose loss or slow weights are NaN/inf.
 * :func:`require_scored` refuses a batch stream whose first batches score no
   target at all (e.g. every label is unknown to the model's classes), before
-  the first optimizer step.
+  the first optimizer step; with ``count=audio_clip_count`` it refuses a
+  label-free audio-visual stream none of whose first clips has sound.
+* :func:`require_scored_in_run` fails a run whose training steps all scored
+  nothing (a label-free stream whose speech gate never opened).
 * :func:`nonfinite_path` names the first NaN/inf tensor of a checkpoint tree,
   so that no checkpoint of diverged weights or state is ever written.
 
@@ -153,8 +156,17 @@ def scored_count(batch: Mapping[str, Any]) -> int:
     return int((targets != IGNORE).sum())
 
 
+def audio_clip_count(batch: Mapping[str, Any]) -> int:
+    """The number of clips of ``batch`` that have an audio track (``audio_mask``)."""
+    mask = batch.get("audio_mask")
+    if not isinstance(mask, torch.Tensor):
+        return 0
+    return int(mask.sum())
+
+
 def require_scored(batches: Iterator[dict[str, Any]], explain: Callable[[], str],
-                   first: int = 3) -> Iterator[dict[str, Any]]:
+                   first: int = 3, count: Callable[[Mapping[str, Any]], int] = scored_count,
+                   what: str = "no target was scored") -> Iterator[dict[str, Any]]:
     """The same batches, refusing a stream whose first ``first`` batches score nothing.
 
     The leading batches are looked at before any is trained on (at most
@@ -166,6 +178,8 @@ def require_scored(batches: Iterator[dict[str, Any]], explain: Callable[[], str]
         batches: the training batches (each with ``targets``).
         explain: the likely cause (e.g. the unknown labels), called only when refusing.
         first: how many leading batches may all score nothing.
+        count: what a batch scores (default: its scored targets).
+        what: the message's opening, saying what was missing.
 
     Raises:
         NothingScored: when iterated, if the first ``first`` batches score nothing.
@@ -175,11 +189,28 @@ def require_scored(batches: Iterator[dict[str, Any]], explain: Callable[[], str]
     held: list[dict[str, Any]] = []
     for batch in batches:
         held.append(batch)
-        if any_rank(scored_count(batch) > 0):
+        if any_rank(count(batch) > 0):
             break
         if len(held) >= first:
             raise NothingScored(
-                f"no target was scored in the first {len(held)} training batches, so the "
+                f"{what} in the first {len(held)} training batches, so the "
                 f"run would learn nothing: {explain()}")
     yield from held
     yield from batches
+
+
+def require_scored_in_run(scored_total: float, steps: int, explain: str) -> None:
+    """Fail a run whose ``steps`` training steps scored nothing at all (collective).
+
+    Args:
+        scored_total: this rank's scored positions over the run (the trainer's
+            ``scored_total`` counter).
+        steps: training steps taken (0: nothing to judge).
+        explain: the likely cause.
+
+    Raises:
+        NothingScored: no rank scored anything in ``steps > 0`` steps.
+    """
+    if steps > 0 and not any_rank(scored_total > 0):
+        raise NothingScored(f"no position was scored in {steps} training steps, so the run "
+                            f"learned nothing from its objective: {explain}")

@@ -261,7 +261,7 @@ class Trainer:
         self.counters: dict[str, float] = {"samples_total": 0.0, "tokens_total": 0.0,
                                            "nonfinite_commits_total": 0.0,
                                            "committed_entries_total": 0.0,
-                                           "replay_steps_total": 0.0}
+                                           "replay_steps_total": 0.0, "scored_total": 0.0}
         self.carry: Carry | None = None
         self._zeros: torch.Tensor | None = None
         self.last_delta_nnz = 0
@@ -464,6 +464,7 @@ class Trainer:
         """
         out = self.run_batch(batch, train=True)
         self.slow.step()
+        self.counters["scored_total"] += out["scored"]
         if advance:
             self.step += 1
             if batch.get("replay", False):

@@ -394,7 +394,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                          height: int = 240, fps: int = 30, rate: int = 16000,
                          tone_at: float = 10.0, white_at: float = 20.0,
                          audio_start: float = 0.0, container_format: str | None = None,
-                         interleaved: bool = True, channels: int = 1) -> Path:
+                         interleaved: bool = True, channels: int = 1,
+                         audio_track: bool = True) -> Path:
     """Write a recording to test and time the cutter with: video and audio in one file.
 
     H.264 and AAC, VP8 and Opus in a ``.webm``, or full-range MJPEG and 16-bit PCM
@@ -407,7 +408,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     seconds after the video (its first pts). An mp4 is written with its moov atom first
     (``movflags=faststart``), so that a truncated copy keeps a readable prefix.
     ``interleaved=False`` writes every video packet before the first audio one,
-    as some muxers do.
+    as some muxers do; ``audio_track=False`` writes the video alone.
 
     Raises:
         ValueError: a size, rate or duration that is not positive.
@@ -426,6 +427,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     rng = np.random.default_rng(0)
     first = int(round(audio_start * rate))
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * rate)) - first
+    n_samples = n_samples if audio_track else 0
     t = (first + np.arange(n_samples)) / rate
     wave = np.where(t >= tone_at, 0.5 * np.sin(2 * np.pi * 1000.0 * t), 0.0).astype(np.float32)
     side = max(2, min(width, height) // 4)
@@ -434,15 +436,15 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
         if fmt == "webm":
             video = out.add_stream("libvpx", rate=fps)
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-            audio = out.add_stream("libopus", rate=rate, layout=layout)
+            codec = "libopus"
         elif fmt == "avi":  # a head camera's own format: full-range MJPEG, PCM
             video = out.add_stream("mjpeg", rate=fps)
             video.width, video.height, video.pix_fmt = width, height, "yuvj420p"
-            audio = out.add_stream("pcm_s16le", rate=rate, layout=layout)
+            codec = "pcm_s16le"
         else:
             video = add_video_stream(out, fps, width, height, keyframe_seconds=2.0)
-            audio = out.add_stream("aac", rate=rate)
-            audio.layout = layout
+            codec = "aac"
+        audio = out.add_stream(codec, rate=rate, layout=layout) if audio_track else None
         step = 960 if fmt == "webm" else 1024  # Opus takes 20 ms frames
         frame_i = sample_i = 0
         while frame_i < n_frames or sample_i < n_samples:
@@ -456,6 +458,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                     chunk = av.AudioFrame.from_ndarray(np.stack([piece, 0.5 * piece]),
                                                        format="fltp", layout="stereo")
                 chunk.sample_rate, chunk.pts = rate, first + sample_i
+                assert audio is not None
                 packets = audio.encode(chunk)
                 sample_i += step
             else:
@@ -470,7 +473,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                 frame_i += 1
             for packet in packets:
                 out.mux(packet)
-        for stream in (video, audio):
+        for stream in (video, audio) if audio is not None else (video,):
             for packet in stream.encode():
                 out.mux(packet)
     return path

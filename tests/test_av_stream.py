@@ -277,7 +277,7 @@ def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     # 40 clips per recording, windows of 16: 3 new batches, each followed by one rehearsal.
     assert metrics["step"] == 6 and metrics["replay_steps_total"] == 3
-    assert metrics["committed_entries_total"] > 0
+    assert metrics["committed_entries_total"] > 0 and metrics["scored_total"] > 0
     assert (out / "model.safetensors").is_file()
 
 
