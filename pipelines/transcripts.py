@@ -3,7 +3,8 @@
 A recording ``rec.mp4`` may have, in the same folder:
 
 * a transcript ``rec.srt``, ``rec.vtt`` or ``rec.transcript.json`` (a JSON list
-  of ``{"start": s, "end": s, "text": str}``), which sets ``labels.word``;
+  of ``{"start": s, "end": s, "text": str}``, or the object Whisper and WhisperX
+  write, whose ``segments`` are such a list), which sets ``labels.word``;
 * ``rec.objects.json`` (a JSON list of ``{"start": s, "end": s, "object": str}``),
   which sets ``labels.object``.
 
@@ -94,13 +95,24 @@ def _subtitle_block(block: list[tuple[int, str]]) -> list[Cue]:
     return [(start, end, words)]
 
 
-def parse_json_cues(text: str, field: str) -> list[Cue]:
+def parse_json_cues(text: str, field: str, segments: bool = False) -> list[Cue]:
     """Cues of a JSON list of ``{"start": s, "end": s, field: str}``.
+
+    Args:
+        text: the JSON document.
+        field: the key of each cue's text.
+        segments: also take an object with such a list under ``"segments"``:
+            the output of Whisper (``--output_format json``) and WhisperX, whose
+            segments carry ``start``, ``end`` and ``text`` among other keys
+            (word timings, when present, are not used: a clip takes the
+            segment's whole line, as with SRT).
 
     Raises:
         ValueError: not JSON, not a list of such objects, or a bad interval.
     """
     data = json.loads(text)
+    if segments and isinstance(data, dict) and isinstance(data.get("segments"), list):
+        data = data["segments"]
     if not isinstance(data, list):
         raise ValueError(f"want a JSON list of {{start, end, {field}}}, got "
                          f"{type(data).__name__}")
@@ -128,7 +140,7 @@ def read_cues(path: Path) -> list[Cue]:
     if name.endswith(OBJECTS_SUFFIX):
         return [(s, e, o.strip()) for s, e, o in parse_json_cues(text, "object")]
     if name.endswith(".transcript.json"):
-        cues = parse_json_cues(text, "text")
+        cues = parse_json_cues(text, "text", segments=True)
     elif name.endswith((".srt", ".vtt")):
         cues = parse_subtitles(text)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import av
@@ -25,7 +26,13 @@ from pipelines.render import encode_audio, encode_mp4
 from pipelines.schema import SampleMeta
 from pipelines.sources import resolve_shards
 from pipelines.tario import iter_samples
-from pipelines.transcripts import clip_labels, normalise_word, parse_json_cues, parse_subtitles
+from pipelines.transcripts import (
+    clip_labels,
+    normalise_word,
+    parse_json_cues,
+    parse_subtitles,
+    read_cues,
+)
 
 SMALL = {"width": 64, "height": 48, "fps": 10}
 
@@ -325,6 +332,21 @@ def test_subtitle_and_json_cue_parsing() -> None:
     for bad in ('[{"start": 2, "end": 1, "text": "x"}]', '[{"start": 0, "end": 1}]', "{}"):
         with pytest.raises(ValueError):
             parse_json_cues(bad, "text")
+    # What Whisper writes (`--output_format json`; WhisperX alike): an object whose
+    # segments are the cues, with keys of its own; word timings are not used.
+    whisper = json.dumps({"text": " Look, the ball. Yes!", "language": "en", "segments": [
+        {"id": 0, "seek": 0, "start": 0.0, "end": 1.84, "text": " Look, the ball.",
+         "tokens": [50364, 2053], "temperature": 0.0, "avg_logprob": -0.3,
+         "words": [{"word": " Look,", "start": 0.0, "end": 0.5, "probability": 0.9}]},
+        {"id": 1, "seek": 0, "start": 2.5, "end": 3.0, "text": " Yes!"}]})
+    assert parse_json_cues(whisper, "text", segments=True) == \
+        [(0.0, 1.84, " Look, the ball."), (2.5, 3.0, " Yes!")]
+    with pytest.raises(ValueError, match="JSON list"):
+        parse_json_cues(whisper, "text")  # objects files stay lists
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rec.transcript.json"
+        path.write_text(whisper, "utf-8")
+        assert read_cues(path) == [(0.0, 1.84, "look the ball"), (2.5, 3.0, "yes")]
     with pytest.raises(ValueError):
         parse_subtitles("1\nnot a time line\nhello\n")
     labels = clip_labels([(0.1, 0.7, "a"), (0.5, 1.9, "b"), (3.0, 3.0, "empty")], 1.0)
