@@ -183,6 +183,9 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
                     src_colorspace=space, dst_colorspace=Colorspace.ITU601,
                     src_color_range=scale, dst_color_range=ColorRange.MPEG,
                     interpolation=flags, threads=1)
+                # A phone held upright stores its frames sideways with a display
+                # rotation; players turn them, and so must the clips.
+                payload = rotated(payload, frame.rotation)
                 step = frame_seconds[packet.stream.index]
             else:
                 payload = _mono(frame)
@@ -190,6 +193,32 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
             last[kind] = t + step
             inp.reached = max(inp.reached, t + step)
             yield t, kind, payload
+
+
+def rotated(frame: av.VideoFrame, degrees: float) -> av.VideoFrame:
+    """A yuv420p frame turned ``degrees`` counter-clockwise (a multiple of 90), as shown.
+
+    ``degrees`` is :attr:`av.VideoFrame.rotation`, the angle by which the
+    stream's display matrix turns the stored frame; 0 returns ``frame`` itself.
+
+    Raises:
+        ValueError: ``frame`` is not yuv420p with an even size.
+    """
+    turns = int(round(degrees / 90.0)) % 4
+    if turns == 0:
+        return frame
+    width, height = frame.width, frame.height
+    if frame.format.name != "yuv420p" or width % 2 or height % 2:
+        raise ValueError(f"can only turn even-sized yuv420p frames, got {frame.format.name} "
+                         f"{width}x{height}")
+    flat = frame.to_ndarray().reshape(-1)  # Y, then U and V at half the size each way
+    luma, quarter = width * height, width * height // 4
+    planes = [flat[:luma].reshape(height, width),
+              flat[luma:luma + quarter].reshape(height // 2, width // 2),
+              flat[luma + quarter:].reshape(height // 2, width // 2)]
+    planes = [np.rot90(plane, turns) for plane in planes]
+    packed = np.concatenate([plane.reshape(-1) for plane in planes])
+    return av.VideoFrame.from_ndarray(packed.reshape(-1, planes[0].shape[1]), format="yuv420p")
 
 
 def _color_range(frame: av.VideoFrame) -> ColorRange:

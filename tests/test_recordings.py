@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -159,6 +160,35 @@ def test_a_head_cameras_avi_keeps_its_levels_and_alignment(tmp_path: Path) -> No
     assert _rms(clips[9]["flac"]) < 0.01 and _rms(clips[10]["flac"], 0, 160) > 0.3
     brightness = [_mean_level(c["mp4"]) for c in clips]
     assert int(np.argmax(brightness)) == 20
+
+
+def test_a_phone_recording_held_upright_is_packed_upright(tmp_path: Path) -> None:
+    # Phones store portrait video as landscape frames plus a display rotation;
+    # the clips were packed sideways. Frame: grey top strip, white left half.
+    src = tmp_path / "src"
+    src.mkdir()
+    with av.open(str(src / "phone.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)  # counter-clockwise, as shown
+        for i in range(12):
+            image = np.zeros((32, 64, 3), np.uint8)
+            image[:, :32] = 255
+            image[:8] = 128
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            picture.pts, picture.time_base = i, Fraction(1, 4)
+            for packet in stream.encode(picture):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    assert _pack(src, tmp_path / "out")["samples"] == 3
+    with av.open(io.BytesIO(_samples(tmp_path / "out")["phone/000000"]["mp4"])) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.width, frame.height) == (32, 64) and frame.rotation == 0
+        shown = frame.to_ndarray(format="rgb24").mean(axis=2)
+    # Turned a quarter counter-clockwise: the strip on the left, white below, black above.
+    assert shown[:, :6].mean() == pytest.approx(128, abs=8)
+    assert shown[40:, 12:].mean() > 240 and shown[:24, 12:].mean() < 15
 
 
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
