@@ -96,12 +96,15 @@ def register(subparsers: Any) -> None:
                    "the clips cut from recordings (default continuous)")
     f.add_argument("--cut", choices=CUT_MODES, default="auto",
                    help="which media files are recordings to cut into clips: auto (no clip "
-                   "sidecar <stem>.json and longer than 1.5 clips, or mkv/webm/mov), always, "
-                   "never")
+                   "sidecar <stem>.json and longer than 1.5 clips, or a video other than "
+                   "mp4), always, never")
     f.add_argument("--clip-seconds", type=float, default=1.0,
                    help="length of the clips a recording is cut into")
     f.add_argument("--max-side", type=int, default=256,
                    help="scale recordings' frames so the long side is at most this (pixels)")
+    f.add_argument("--workers", type=int, default=1,
+                   help="processes cutting recordings at once (the same shards whatever the "
+                   "number; each cuts one recording into a spool file under TMPDIR)")
     p.set_defaults(func=run)
 
 
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         summary = pack_folder(args.from_dir, args.out, target_bytes=size, kind=args.kind,
                               clip_seconds=args.clip_seconds, max_side=args.max_side,
                               cut=args.cut, endpoint_url=args.endpoint_url,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, workers=args.workers)
     seconds = time.perf_counter() - start
     shards = summary["shards"]
     total = sum(int(s["bytes"]) for s in shards)

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import re
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -137,12 +140,18 @@ class _Recording:
 
 
 class _Skips:
-    """Skipped inputs counted by kind, each logged with its path."""
+    """Skipped inputs counted by kind, each logged with its path (or, in a worker
+    process, kept in ``events`` for the main process to count and log in order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: bool = False) -> None:
         self.counts: dict[str, int] = defaultdict(int)
+        self.record = record
+        self.events: list[tuple[str, Path | None, str, int]] = []
 
     def __call__(self, what: str, path: Path | None, why: str, count: int = 1) -> None:
+        if self.record:
+            self.events.append((what, path, why, count))
+            return
         self.counts[what] += count
         log.warning("skipped %s (%s): %s", path, what, why)
 
@@ -150,7 +159,7 @@ class _Skips:
 def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
                 kind: str | None = None, clip_seconds: float = 1.0, max_side: int = 256,
                 cut: str = "auto", endpoint_url: str | None = None, overwrite: bool = False,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Pack the clips and recordings under ``src`` into shards at ``out``.
 
     Args:
@@ -165,6 +174,10 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
         endpoint_url: S3 endpoint.
         overwrite: replace shards already at ``out``.
         progress: show progress bars.
+        workers: processes that cut recordings at once (decoding and re-encoding
+            is the cost: ~10 clips/s a core for VGA video). Clips are written in
+            recording order by this process, so the shards are the same bytes
+            whatever the number.
 
     Returns:
         A summary: samples, streams, recordings, shards written and ``skipped``
@@ -183,14 +196,16 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
     if not clip_seconds > 0 or max_side < 2:
         raise ValueError(f"need clip_seconds > 0 and max_side >= 2, got {clip_seconds}, "
                          f"{max_side}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     with logging_redirect_tqdm():  # warnings print above the bars, not through them
         return _pack(root, out, target_bytes, kind, clip_seconds, max_side, cut, endpoint_url,
-                     overwrite, progress)
+                     overwrite, progress, workers)
 
 
 def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_seconds: float,
           max_side: int, cut: str, endpoint_url: str | None, overwrite: bool,
-          progress: bool) -> dict[str, Any]:
+          progress: bool, workers: int) -> dict[str, Any]:
     skip = _Skips()
     streams, recordings = _scan(root, cut, clip_seconds, skip, progress)
     if not streams and not recordings:
@@ -205,7 +220,7 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
             samples = _clip_samples(stream, streams[stream], kind or "discrete", skip)
             objects.update(s.meta.labels["object"] or "" for s in samples)
             writer.write_stream(samples)
-        bar = tqdm(recordings, desc="recordings", unit="rec",
+        bar = tqdm(total=len(recordings), desc="recordings", unit="rec",
                    disable=not progress or not recordings)
         clips, start = 0, time.perf_counter()
 
@@ -218,11 +233,14 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
                     bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.1f}")
                 yield sample
 
-        for rec in bar:
+        cuts = _cut_recordings(recordings, clip_seconds, max_side, kind or "continuous", skip,
+                               workers)
+        for samples in cuts:
             before = writer.samples
-            _write_unbounded(writer, counted(_recording_samples(
-                rec, clip_seconds, max_side, kind or "continuous", skip)))
+            _write_unbounded(writer, counted(samples))
             packed += writer.samples > before
+            bar.update(1)
+        bar.close()
         objects.discard("")
         writer.classes = tuple(sorted(objects))  # classes.json, written on close
     return {"samples": writer.samples, "streams": len(writer.streams), "recordings": packed,
@@ -380,6 +398,55 @@ def _recording_samples(rec: _Recording, clip_seconds: float, max_side: int, kind
     if result.damage is not None:
         skip("recording_truncated", rec.video or rec.audio,
              f"{result.damage}; {result.clips} clips packed, {result.lost} lost", result.lost)
+
+
+def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side: int,
+                    kind: str, skip: _Skips, workers: int) -> Iterator[Iterator[Sample]]:
+    """Each recording's samples, in order; cut here, or by ``workers`` processes at once.
+
+    A worker cuts a whole recording into a spool file (pickled samples, in a
+    temporary folder under ``TMPDIR``), so memory holds one sample at a time
+    whatever the recording's length; this process reads the spools back in
+    recording order and replays each recording's skips into ``skip``.
+    """
+    if workers == 1:
+        for rec in recordings:
+            yield _recording_samples(rec, clip_seconds, max_side, kind, skip)
+        return
+    # spawn: a fresh interpreter per worker, no forked FFmpeg or tqdm thread state.
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="obs-pack-") as spool, \
+            context.Pool(workers) as pool:
+        jobs = [(rec, clip_seconds, max_side, kind, str(Path(spool) / f"{i}.pickle"))
+                for i, rec in enumerate(recordings)]
+        for path, events in pool.imap(_cut_to_spool, jobs):
+            yield _read_spool(path)
+            os.remove(path)
+            for what, where, why, count in events:
+                skip(what, where, why, count)
+
+
+def _cut_to_spool(job: tuple[_Recording, float, int, str, str]
+                  ) -> tuple[str, list[tuple[str, Path | None, str, int]]]:
+    """In a worker: one recording's samples pickled one after another into ``path``."""
+    rec, clip_seconds, max_side, kind, path = job
+    skip = _Skips(record=True)
+    with open(path, "wb") as fh:
+        for sample in _recording_samples(rec, clip_seconds, max_side, kind, skip):
+            pickle.dump(sample, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return path, skip.events
+
+
+def _read_spool(path: str) -> Iterator[Sample]:
+    """The samples a worker spooled (this program's own file, read back once)."""
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                sample = pickle.load(fh)
+            except EOFError:
+                return
+            assert isinstance(sample, Sample)
+            yield sample
 
 
 def _write_unbounded(writer: ShardWriter, samples: Iterable[Sample]) -> None:

@@ -191,6 +191,31 @@ def test_a_phone_recording_held_upright_is_packed_upright(tmp_path: Path) -> Non
     assert shown[40:, 12:].mean() > 240 and shown[:24, 12:].mean() < 15
 
 
+def test_recordings_cut_by_worker_processes_give_the_same_shards(recording: Path,
+                                                                tmp_path: Path) -> None:
+    # SAYCam is hundreds of hours: one core cuts ~10 VGA clips/s. Workers cut whole
+    # recordings at once; this process writes them in order, so nothing changes.
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    write_test_recording(src / "a.mp4", 12.0, **SMALL)
+    write_test_recording(src / "b" / "c.webm", 8.0, **SMALL)
+    (src / "a.srt").write_text("1\n00:00:02,000 --> 00:00:03,500\nLook, a ball!\n", "utf-8")
+    data = recording.read_bytes()
+    (src / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])  # counted as truncated
+    (src / "broken.mkv").write_bytes(b"not a video")  # counted as undecodable
+    one = _pack(src, tmp_path / "one")
+    two = _pack(src, tmp_path / "two", workers=2)
+    assert one["skipped"] == two["skipped"] and set(one["skipped"]) == {
+        "recording_truncated", "video_decode"}
+    assert one["samples"] == two["samples"] and one["recordings"] == two["recordings"] == 3
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    with pytest.raises(ValueError, match="workers"):
+        _pack(src, tmp_path / "three", workers=0)
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
