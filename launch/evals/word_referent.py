@@ -86,7 +86,8 @@ class WordReferentConfig:
         scene_seconds: ``[min, max]`` scene length of the generated recordings.
         name_gap: ``[min, max]`` seconds of in-view time between namings.
         carrier_fraction: share of namings said in a carrier phrase.
-        gen_workers: processes generating recordings side by side.
+        gen_workers: processes generating recordings side by side, and cutting them
+            into clips (the same shards whatever the number).
         seed: seed of the training recordings and of every learner's training.
         config: the training config of every learner.
         train_set: extra ``--set`` overrides of every learner's training.
@@ -209,7 +210,7 @@ def prepare_data(cfg: WordReferentConfig, setting: str) -> tuple[str, str]:
         folder = root / f"{part}_recordings"
         write_recordings(folder, rec, workers=cfg.gen_workers, overwrite=True, progress=False)
         shards = root / f"{part}_shards"
-        pack_folder(folder, str(shards), overwrite=True, progress=False)
+        pack_folder(folder, str(shards), overwrite=True, progress=False, workers=cfg.gen_workers)
         sources.append(str(shards))
     return sources[0], sources[1]
 
