@@ -29,6 +29,8 @@ names that occur in the packed clips' ``labels.object``, sorted.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -137,6 +139,7 @@ class _Recording:
     video: Path | None
     audio: Path | None
     labels: dict[str, Path] = field(default_factory=dict)
+    original: str = ""  # its path under DIR without extension, before sanitising
 
 
 class _Skips:
@@ -299,9 +302,11 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
         if recording:
             if "json" in files:
                 log.warning("%s: not a clip sidecar with --cut always; ignored", files["json"])
-            name = _stream_for(stem if rel == "." else f"{rel}/{stem}", root_name)
-            recordings.append(_Recording(name, media.get(video) if video else None,
-                                         media.get(audio) if audio else None, labels))
+            original = stem if rel == "." else f"{rel}/{stem}"
+            recordings.append(_Recording(_stream_for(original, root_name),
+                                         media.get(video) if video else None,
+                                         media.get(audio) if audio else None, labels,
+                                         original))
             continue
         if labels:
             log.warning("%s: timed labels apply to recordings only; ignored",
@@ -325,12 +330,23 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
         streams[str(stream)].append((index if isinstance(index, int) else None, stem, sidecar,
                                      chosen))
     kept: list[_Recording] = []
+    taken = set(streams)
     for rec in recordings:
-        if rec.stream in streams or any(k.stream == rec.stream for k in kept):
+        if rec.stream in taken:
+            # Names differ only where the stream alphabet cannot say it ("公园" and
+            # "厨房" are both "__"), or clips already use the name: a short hash of
+            # the file's own path tells the recording apart, the same at every pack.
+            digest = hashlib.sha1(rec.original.encode("utf-8")).hexdigest()[:8]
+            unique = check_stream_name(f"{rec.stream}-{digest}")
+            log.info("%s: stream %r is taken; packed as %r", rec.video or rec.audio,
+                     rec.stream, unique)
+            rec = dataclasses.replace(rec, stream=unique)
+        if rec.stream in taken:  # pragma: no cover - two paths with one sha1 prefix
             skip("stream_clash", rec.video or rec.audio,
                  f"stream {rec.stream!r} is already taken by other clips")
-        else:
-            kept.append(rec)
+            continue
+        taken.add(rec.stream)
+        kept.append(rec)
     return streams, kept
 
 

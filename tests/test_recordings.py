@@ -216,6 +216,25 @@ def test_recordings_cut_by_worker_processes_give_the_same_shards(recording: Path
         _pack(src, tmp_path / "three", workers=0)
 
 
+def test_recordings_whose_names_sanitise_alike_are_all_packed(recording: Path,
+                                                              tmp_path: Path) -> None:
+    # Stream names use ASCII letters, digits and _-./: "公园" and "厨房" both became
+    # "__", and the second recording was skipped as a clash; so was a recording
+    # named like a folder of pre-cut clips.
+    src = tmp_path / "src"
+    (src / "day").mkdir(parents=True)
+    for name in ("公园.mp4", "厨房.mp4", "day.mp4"):
+        shutil.copy(recording, src / name)
+    (src / "day" / "clip0.mp4").write_bytes(encode_mp4(np.zeros((4, 16, 16, 3), np.uint8), 4.0))
+    summary = _pack(src, tmp_path / "out")
+    assert summary["skipped"] == {} and summary["recordings"] == 3
+    streams = {key.split("/")[0] for key in _samples(tmp_path / "out")}
+    assert len(streams) == 4 and "__" in streams and "day" in streams
+    again = _pack(src, tmp_path / "again")  # the same names at every pack
+    assert again["samples"] == summary["samples"]
+    assert streams == {key.split("/")[0] for key in _samples(tmp_path / "again")}
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
