@@ -259,6 +259,19 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
     streams: dict[str, list[_Clip]] = defaultdict(list)
     recordings: list[_Recording] = []
     root_name = root.resolve().name
+    folders: dict[str, str] = {}  # stream name → the folder that has it
+
+    def folder_stream(rel: str) -> str:
+        # Two folders whose names sanitise alike ("公园", "厨房": "__") must not
+        # become one stream with their clips interleaved: the second one gets a
+        # short hash of its own path, the same at every pack.
+        name = _stream_for(rel, root_name)
+        if folders.setdefault(name, rel) != rel:
+            name = check_stream_name(
+                f"{name}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}")
+            folders.setdefault(name, rel)
+        return name
+
     groups, unused = _collect(root)
     by_ext: dict[str, list[Path]] = defaultdict(list)
     for path in unused:
@@ -324,7 +337,7 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
         except _BadMedia as exc:
             skip(exc.kind, exc.path, str(exc))
             continue
-        stream = sidecar.get("stream") or _stream_for(rel, root_name)
+        stream = sidecar.get("stream") or folder_stream(rel)
         sidecar.setdefault("duration", seconds)
         index = sidecar.get("index")
         streams[str(stream)].append((index if isinstance(index, int) else None, stem, sidecar,

@@ -234,6 +234,16 @@ def test_recordings_whose_names_sanitise_alike_are_all_packed(recording: Path,
     assert again["samples"] == summary["samples"]
     assert streams == {key.split("/")[0] for key in _samples(tmp_path / "again")}
 
+    # Folders of pre-cut clips alike: "公园/" and "厨房/" were merged into one stream.
+    clips = tmp_path / "clips"
+    for folder in ("公园", "厨房"):
+        (clips / folder).mkdir(parents=True)
+        for i in range(2):
+            (clips / folder / f"c{i}.mp4").write_bytes(
+                encode_mp4(np.full((4, 16, 16, 3), 40 * i, np.uint8), 4.0))
+    summary = _pack(clips, tmp_path / "clips_out")
+    assert summary["streams"] == 2 and summary["samples"] == 4
+
 
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
