@@ -133,9 +133,13 @@ def read_cues(path: Path) -> list[Cue]:
     ``.objects.json``); transcript text normalised, object names stripped.
 
     Raises:
-        ValueError: the file is not valid UTF-8 or cannot be parsed.
+        ValueError: the file is neither UTF-8 nor UTF-16 with a byte-order mark, or
+            cannot be parsed.
     """
-    text = path.read_bytes().decode("utf-8-sig")
+    data = path.read_bytes()
+    # UTF-8 (with or without a BOM), or UTF-16 with its BOM (Windows subtitle tools).
+    text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+        data.decode("utf-8-sig")
     name = path.name.lower()
     if name.endswith(OBJECTS_SUFFIX):
         return [(s, e, o.strip()) for s, e, o in parse_json_cues(text, "object")]

@@ -431,6 +431,12 @@ def test_subtitle_and_json_cue_parsing() -> None:
         path = Path(tmp) / "rec.transcript.json"
         path.write_text(whisper, "utf-8")
         assert read_cues(path) == [(0.0, 1.84, "look the ball"), (2.5, 3.0, "yes")]
+        srt = Path(tmp) / "rec.srt"  # UTF-16 with its BOM, as Windows tools save it
+        srt.write_bytes("1\r\n00:00:01,000 --> 00:00:02,000\r\nÇa, le ballon\r\n".encode("utf-16"))
+        assert read_cues(srt) == [(1.0, 2.0, "ça le ballon")]
+        srt.write_bytes("1\n00:00:01,000 --> 00:00:02,000\nÇa\n".encode("latin-1"))
+        with pytest.raises(ValueError):  # Latin-1 is not guessed at: counted as malformed
+            read_cues(srt)
     with pytest.raises(ValueError):
         parse_subtitles("1\nnot a time line\nhello\n")
     labels = clip_labels([(0.1, 0.7, "a"), (0.5, 1.9, "b"), (3.0, 3.0, "empty")], 1.0)
