@@ -12,7 +12,9 @@ Each file becomes a list of :data:`Cue` ``(start, end, text)``. A clip
 ``[t0, t0 + clip_seconds)`` takes the text of the cue that overlaps it most
 (overlap > 0; the earlier cue on a tie). Transcript text is normalised by
 :func:`normalise_word` (stripped, lower-cased, punctuation removed); object
-names are only stripped. A file that cannot be parsed raises ``ValueError``.
+names are lower-cased with their spaces squeezed (:func:`normalise_object`: an
+annotator's "Ball" and "ball " are one object). A file that cannot be parsed
+raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def parse_json_cues(text: str, field: str, segments: bool = False) -> list[Cue]:
 
 def read_cues(path: Path) -> list[Cue]:
     """The cues of a label file, by its name (``.srt``, ``.vtt``, ``.transcript.json``,
-    ``.objects.json``); transcript text normalised, object names stripped.
+    ``.objects.json``); transcript text and object names normalised.
 
     Raises:
         ValueError: the file is neither UTF-8 nor UTF-16 with a byte-order mark, or
@@ -142,7 +144,7 @@ def read_cues(path: Path) -> list[Cue]:
         data.decode("utf-8-sig")
     name = path.name.lower()
     if name.endswith(OBJECTS_SUFFIX):
-        return [(s, e, o.strip()) for s, e, o in parse_json_cues(text, "object")]
+        return [(s, e, normalise_object(o)) for s, e, o in parse_json_cues(text, "object")]
     if name.endswith(".transcript.json"):
         cues = parse_json_cues(text, "text", segments=True)
     elif name.endswith((".srt", ".vtt")):
@@ -150,6 +152,12 @@ def read_cues(path: Path) -> list[Cue]:
     else:
         raise ValueError(f"{path.name}: not a transcript or objects file")
     return [(s, e, normalise_word(t)) for s, e, t in cues]
+
+
+def normalise_object(name: str) -> str:
+    """An object name as one class: lower-cased, spaces squeezed (punctuation kept:
+    "t-shirt" is not "t shirt")."""
+    return " ".join(name.lower().split())
 
 
 def normalise_word(text: str) -> str:
