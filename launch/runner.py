@@ -295,6 +295,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             exporter = start_sink_for_current_process(cfg.metrics)
             all_sinks.append(exporter)
         trainer = build_trainer(cfg, model, state, slow, all_sinks)
+        trainer.expected_steps = _pass_steps(cfg, data)
         trainer.hooks.add("nodes_written", _nodes_written, stage="report")
         if data.loader is not None:
             trainer.hooks.add("data_metrics", _data_metrics(data.loader), stage="report")
@@ -379,6 +380,15 @@ def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict
     explain = loader.explain_unscored if loader is not None else (
         lambda: f"task {cfg.task.name!r} produced batches without a scored position")
     return require_scored(data.train, explain)
+
+
+def _pass_steps(cfg: RunConfig, data: RunData) -> int | None:
+    """Training steps of one ``av-stream`` pass (each new batch and its rehearsals),
+    when the shards' index tells how many batches the pass has; else None."""
+    if cfg.task.name != "av-stream" or data.loader is None:
+        return None
+    batches = data.loader.pass_batches()
+    return None if batches is None else batches * (1 + cfg.rehearsal.ratio)
 
 
 def _require_heard(cfg: RunConfig, trainer: Trainer) -> None:

@@ -270,6 +270,9 @@ class Trainer:
         self.hooks.add("divergence", DivergenceGuard(cfg.max_nonfinite_steps), stage=GUARD_STAGE)
         # An on_step hook sets this to end fit() after the current step (preemption).
         self.stop_requested = False
+        # Steps the data will last, when it ends before cfg.steps (one pass): the
+        # progress bar's total, so that its time left is the pass's.
+        self.expected_steps: int | None = None
 
     # ------------------------------------------------------------ resumption
     def state_dict(self) -> dict[str, Any]:
@@ -505,7 +508,8 @@ class Trainer:
         """Train for ``cfg.steps`` optimizer steps; returns the final metrics."""
         cfg = self.cfg
         self.model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+        total = cfg.steps if self.expected_steps is None else min(cfg.steps, self.expected_steps)
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step",
                    disable=not (cfg.progress and is_rank_zero()), dynamic_ncols=True)
         metrics: dict[str, float] = {}
         t_log = time.perf_counter()

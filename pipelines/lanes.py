@@ -75,6 +75,58 @@ def worker_units(plan: LanePlan, worker: int, epoch: int) -> list[int]:
     return [int(u) for u in order[plan.rank::plan.world_size][worker::plan.workers]]
 
 
+def pass_batches(plan: LanePlan) -> int | None:
+    """How many batches one pass over the data gives this rank (ordered/shuffled, no loop).
+
+    The lanes are played out on the clip counts of ``index.json``, as
+    :meth:`_Lane.fill_row` reads them: a lane takes the next unit of its
+    worker's queue when its stream ends, a row never mixes two streams, and the
+    pass ends when every lane found the queue empty. Exact when every sample
+    decodes; None when it cannot be told: resampled or looping data, no
+    ``index.json``, or a unit holding more than one stream (pre-cut clips of
+    several streams in one shard), whose stream lengths the index does not give.
+    """
+    if plan.mode == "resampled" or plan.loop or not plan.shards.expected:
+        return None
+    sizes: dict[int, int] = {}
+    for unit, chain in enumerate(plan.shards.chains):
+        entries = [plan.shards.expected[i] for i in chain]
+        keys = [e.get(k) for e in entries for k in ("first", "last")]
+        counts = [e.get("samples") for e in entries]
+        if not all(isinstance(k, str) for k in keys) or \
+                not all(isinstance(n, int) for n in counts):
+            return None
+        if len({str(k).rsplit("/", 1)[0] for k in keys}) != 1:
+            return None
+        sizes[unit] = sum(int(n) for n in counts)  # type: ignore[arg-type]
+    longest = 0
+    for worker in range(plan.workers):
+        queue = [sizes[u] for u in worker_units(plan, worker, 0)]
+        remaining = [0] * plan.lanes_per_worker
+        exhausted = [False] * plan.lanes_per_worker
+        batches = 0
+        while not all(exhausted):
+            delivered = 0
+            for lane in range(plan.lanes_per_worker):
+                row = 0
+                while row < plan.window and not exhausted[lane]:
+                    if remaining[lane] == 0:
+                        if not queue:
+                            exhausted[lane] = True
+                            break
+                        remaining[lane] = queue.pop(0)
+                        if row:  # the new stream's first clip waits for the next row
+                            break
+                        continue
+                    take = min(plan.window - row, remaining[lane])
+                    row += take
+                    remaining[lane] -= take
+                delivered += row
+            batches += delivered > 0
+        longest = max(longest, batches)
+    return longest
+
+
 @dataclass
 class _Read:
     clip: DecodedClip

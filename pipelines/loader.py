@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from obs_dist.storage import StoreUnavailable
 from pipelines.decode import audio_frames
-from pipelines.lanes import LanePlan, WorkerLanes
+from pipelines.lanes import LanePlan, WorkerLanes, pass_batches
 from pipelines.sources import resolve_shards
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,11 @@ class StreamLoader:
         self.clips_seen = 0
         self.bytes_seen = 0
         self.batches = 0
+
+    def pass_batches(self) -> int | None:
+        """Batches in one pass over this rank's data, when ``index.json`` tells
+        (:func:`pipelines.lanes.pass_batches`); None for endless or untold data."""
+        return pass_batches(self.plan)
 
     @property
     def num_classes(self) -> int:

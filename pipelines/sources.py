@@ -41,7 +41,7 @@ class ShardSet:
             one reader (a stream split across shards); usually one shard each.
         classes: the class vocabulary.
         expected: per shard, what ``index.json`` says of it (``samples``,
-            ``bytes``); empty without an index.
+            ``bytes``, the ``first`` and ``last`` keys); empty without an index.
         mismatches: shards whose size on a local disk differs from ``index.json``.
     """
 
@@ -140,7 +140,8 @@ def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 
         chains = [[i] for i in range(len(names))]
     if not names:
         raise ValueError(f"data source {source!r} holds no .tar shards")
-    expected = ([{"samples": e.get("samples"), "bytes": e.get("bytes")} for e in entries]
+    expected = ([{"samples": e.get("samples"), "bytes": e.get("bytes"), "first": e.get("first"),
+                  "last": e.get("last")} for e in entries]
                 if raw_index is not None else [])
     mismatches = _size_mismatches(path, names, expected) if path is not None else []
     return ShardSet([store.url_for(n) for n in names], chains, classes, expected, mismatches)

@@ -21,6 +21,7 @@ from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
 from obs_dist.model.writer import WriterConfig
+from pipelines.loader import DataConfig, StreamLoader
 from pipelines.rehearsal import Rehearsal, RehearsalConfig
 
 NODES = 256
@@ -277,6 +278,8 @@ def test_one_chronological_pass_from_raw_recordings(tmp_path: Path) -> None:
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     # 40 clips per recording, windows of 16: 3 new batches, each followed by one rehearsal.
     assert metrics["step"] == 6 and metrics["replay_steps_total"] == 3
+    told = StreamLoader(DataConfig(source=str(shards), streams=2, window=16)).pass_batches()
+    assert told == 3  # what the progress bar counted to: 3 × (1 + 1) steps
     assert metrics["committed_entries_total"] > 0 and metrics["scored_total"] > 0
     assert (out / "model.safetensors").is_file()
 
