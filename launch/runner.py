@@ -56,13 +56,13 @@ from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.model import OBSModel
 from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState
-from obs_dist.model.state_budget import available, check_state_fits
+from obs_dist.model.state_budget import HEADROOM, available, check_state_fits, rank_bytes
 from obs_dist.storage import RedactCredentials, redact_tree
 from obs_dist.tasks import ResumableTaskStream, task_batches
 from obs_dist.trainer import MetricsSink, SlowWeights, Trainer
 from pipelines.av_data import av_batches, av_eval_batches, ensure_local_shards, num_classes
 from pipelines.loader import StreamLoader, build_loader
-from pipelines.rehearsal import Rehearsal
+from pipelines.rehearsal import Rehearsal, batch_bytes, reservoir_bytes
 
 log = logging.getLogger("obs.runner")
 
@@ -282,6 +282,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         rank, world = get_rank(), get_world_size()
         history = start_history(cfg)
         data = build_data(cfg, rank, world)
+        _check_reservoir_fits(cfg, data, device, world)
         if cfg.task.name == "av" and not cfg.model.classes:
             cfg.model.classes = num_classes(cfg.data)
         model, state = build_model(cfg, device)
@@ -380,6 +381,45 @@ def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict
     explain = loader.explain_unscored if loader is not None else (
         lambda: f"task {cfg.task.name!r} produced batches without a scored position")
     return require_scored(data.train, explain)
+
+
+def _check_reservoir_fits(cfg: RunConfig, data: RunData, device: torch.device,
+                          world: int) -> None:
+    """Refuse a rehearsal reservoir that would outgrow this rank's RAM, before training.
+
+    The reservoir fills as the pass goes (``rehearsal.capacity`` batches, held on
+    the host), so a run that does not fit would be killed hours in. On a CPU
+    run it shares the RAM with the state (the estimate of
+    :func:`obs_dist.model.state_budget.rank_bytes`).
+
+    Raises:
+        ValueError: naming the estimate, the RAM each rank has and the capacity
+            that would fit.
+    """
+    if cfg.task.name != "av-stream" or data.loader is None or cfg.rehearsal.ratio == 0:
+        return
+    d = cfg.data
+    one = batch_bytes(d.streams, d.window, d.frames, d.image_size, d.n_mels, d.audio_frames)
+    new_batches = data.loader.pass_batches()
+    need = reservoir_bytes(cfg.rehearsal, one, new_batches)
+    budget = available(torch.device("cpu"), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    state = rank_bytes(cfg.state, cfg.state.layout, world, cfg.model.d_model) \
+        if device.type == "cpu" else 0
+    room = budget.bytes_per_rank - state
+    log.info("rehearsal reservoir: up to %.2f GiB per rank (%d batches of %.1f MiB)",
+             need / 2**30, need // max(one, 1), one / 2**20)
+    if need <= room:
+        return
+    fits = max(room // max(one, 1), 0)
+    advice = (f"set rehearsal.capacity <= {fits} or make the batches smaller" if fits else
+              "not one batch fits: make the batches smaller (data.streams, data.window, "
+              "data.frames, data.image_size) or turn rehearsal off (rehearsal.ratio = 0)")
+    raise ValueError(
+        f"the rehearsal reservoir would grow to ~{need / 2**30:.1f} GiB per rank "
+        f"({need // one} batches of ~{one / 2**20:.1f} MiB: data.streams x data.window clips "
+        f"of data.frames x data.image_size^2 video and data.n_mels log-mel audio), but each "
+        f"rank has ~{room / 2**30:.1f} GiB ({budget.what}, {HEADROOM:.0%} usable"
+        f"{', less the state' if state else ''}); {advice}")
 
 
 def _pass_steps(cfg: RunConfig, data: RunData) -> int | None:

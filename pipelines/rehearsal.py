@@ -63,6 +63,31 @@ class RehearsalConfig:
             raise ValueError(f"rehearsal.capacity must be >= 1, got {self.capacity}")
 
 
+# Per clip, what a kept batch holds beside its video and audio: masks, labels,
+# targets and its kind (bool/int64 tensors), and its key and word (Python strings).
+_CLIP_OVERHEAD_BYTES = 256
+
+
+def batch_bytes(streams: int, window: int, frames: int, image_size: int, n_mels: int,
+                audio_frames: int) -> int:
+    """Host bytes of one loader batch as the reservoir keeps it (a copy of each tensor).
+
+    Video is uint8 ``[B, T, F, 3, H, W]``, audio float32 ``[B, T, n_mels, A]``.
+    """
+    clips = streams * window
+    return clips * (frames * 3 * image_size * image_size + 4 * n_mels * audio_frames
+                    + _CLIP_OVERHEAD_BYTES)
+
+
+def reservoir_bytes(cfg: RehearsalConfig, one_batch: int, new_batches: int | None) -> int:
+    """Host bytes the reservoir reaches: ``capacity`` batches, or every new batch of a
+    shorter pass (``new_batches``, when known); 0 without rehearsal."""
+    if cfg.ratio == 0:
+        return 0
+    kept = cfg.capacity if new_batches is None else min(cfg.capacity, new_batches)
+    return kept * one_batch
+
+
 def _detach_cpu(batch: dict[str, Any]) -> dict[str, Any]:
     """A copy of a batch that does not pin the loader's buffers (tensors cloned)."""
     out = {}
