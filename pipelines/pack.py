@@ -39,7 +39,7 @@ import pickle
 import re
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,7 +436,10 @@ def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side:
     A worker cuts a whole recording into a spool file (pickled samples, in a
     temporary folder under ``TMPDIR``), so memory holds one sample at a time
     whatever the recording's length; this process reads the spools back in
-    recording order and replays each recording's skips into ``skip``.
+    recording order and replays each recording's skips into ``skip``. At most
+    ``2 · workers`` recordings are handed out ahead of the one being written, so
+    a slow destination (S3) bounds the spool instead of letting it grow to the
+    whole folder.
     """
     if workers == 1:
         for rec in recordings:
@@ -446,9 +449,18 @@ def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="obs-pack-") as spool, \
             context.Pool(workers) as pool:
-        jobs = [(rec, clip_seconds, max_side, kind, str(Path(spool) / f"{i}.pickle"))
-                for i, rec in enumerate(recordings)]
-        for path, events in pool.imap(_cut_to_spool, jobs):
+        jobs = iter([(rec, clip_seconds, max_side, kind, str(Path(spool) / f"{i}.pickle"))
+                     for i, rec in enumerate(recordings)])
+        ahead: deque[Any] = deque()
+        while True:
+            while len(ahead) < 2 * workers:
+                job = next(jobs, None)
+                if job is None:
+                    break
+                ahead.append(pool.apply_async(_cut_to_spool, (job,)))
+            if not ahead:
+                return
+            path, events = ahead.popleft().get()
             yield _read_spool(path)
             os.remove(path)
             for what, where, why, count in events:
