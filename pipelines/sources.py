@@ -58,6 +58,25 @@ class ShardSet:
         self.class_ids = {name: i for i, name in enumerate(self.classes)}
 
 
+def index_fingerprints(shards: ShardSet) -> dict[tuple[str, int, int], str]:
+    """``(stream, samples, bytes)`` of every one-stream shard in ``index.json`` → its stream.
+
+    Packing is byte-reproducible, so the same recording packed twice (with the
+    same settings) gives the same fingerprints, while two recordings that only
+    share a name (``rec_000`` of two generated sets) do not. Empty without an
+    index; shards holding several streams are left out.
+    """
+    out: dict[tuple[str, int, int], str] = {}
+    for entry in shards.expected:
+        first, last = entry.get("first"), entry.get("last")
+        if not (isinstance(first, str) and isinstance(last, str) and "/" in first):
+            continue
+        stream = first.rsplit("/", 1)[0]
+        if last.rsplit("/", 1)[0] == stream:
+            out[(stream, int(entry.get("samples") or 0), int(entry.get("bytes") or 0))] = stream
+    return out
+
+
 def _split_url(url: str) -> tuple[str, str]:
     """(store root, key) of a shard URL."""
     if url.startswith("s3://"):

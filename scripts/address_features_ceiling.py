@@ -21,8 +21,9 @@ from types import SimpleNamespace
 
 import torch
 
-from launch.evals.word_referent import WordReferentConfig, collect, count_recordings, usable
+from launch.evals.word_referent import WordReferentConfig
 from launch.evals.word_referent_addresses import hebbian_ceiling
+from launch.evals.word_referent_data import collect, count_recordings, usable
 from launch.evals.word_referent_trials import build_trials
 from launch.runner import resolve_config
 from obs_dist.model.av_encoders import VideoClipEncoder

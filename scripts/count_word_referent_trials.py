@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from launch.evals.word_referent import WordReferentConfig, collect, count_recordings, usable
+from launch.evals.word_referent import WordReferentConfig
+from launch.evals.word_referent_data import collect, count_recordings, usable
 from launch.evals.word_referent_trials import UNITS, build_trials
 from launch.runner import resolve_config
 

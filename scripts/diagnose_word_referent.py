@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from launch.evals import word_referent as wr
+from launch.evals.word_referent_data import collect, count_recordings, usable
 from launch.evals.word_referent_trials import build_trials, occurrences, referents, tally
 from launch.runner import build_model, load_weights, resolve_config
 from obs_dist.model.av_stream import Candidates, Probe, above_floor
@@ -48,9 +49,9 @@ def main() -> None:
     load_weights(model, out / "model.safetensors")
     model.eval()
     learner = wr.Trained("obs", model, cfg, 0, 0, 0.0)
-    streams = wr.count_recordings(cfg, source)
-    labels, media = wr.collect(cfg, source, streams)
-    trials = wr.usable(build_trials(labels, unit=unit), media)
+    streams = count_recordings(cfg, source)
+    labels, media = collect(cfg, source, streams)
+    trials = usable(build_trials(labels, unit=unit), media)
     state = wr.study(learner, source, streams)
     x = state.matrix()
     mass = x.abs().sum(0)

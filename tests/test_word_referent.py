@@ -24,6 +24,8 @@ from launch.evals.word_referent_trials import (
     tally,
     wilson,
 )
+from pipelines.pack import pack_folder
+from pipelines.recordings import write_test_recording
 
 
 def _recording(name: str = "rec_000", words: int = 3) -> list[ClipLabel]:
@@ -147,6 +149,7 @@ def test_held_out_data_without_trials_is_refused_before_training(
     media = {(c.recording, c.index): (torch.zeros(1), torch.zeros(1)) for c in clips}
     monkeypatch.setattr(word_referent, "count_recordings", lambda *_: 1)
     monkeypatch.setattr(word_referent, "collect", lambda *_: (clips, media))
+    monkeypatch.setattr(word_referent, "refuse_shared_recordings", lambda *_: None)
 
     def no_training(*_: object) -> None:
         raise AssertionError("trained before the trials were checked")
@@ -157,6 +160,22 @@ def test_held_out_data_without_trials_is_refused_before_training(
         word_referent.run_setting(cfg, "class")
     with pytest.raises(ValueError, match="trial_unit"):
         WordReferentConfig(trial_unit="word")
+
+
+def test_held_out_recordings_that_were_trained_on_are_refused(tmp_path: Path) -> None:
+    # A user who packs one folder twice, or overlapping folders, would score the
+    # learners on recordings they trained on: recall, not word learning.
+    for folder, names in (("train", "ab"), ("held", "c"), ("all", "abc")):
+        for name in names:
+            write_test_recording(tmp_path / folder / f"{name}.mp4", 4.0, width=32, height=32,
+                                 fps=4, audio_track=False)
+        pack_folder(tmp_path / folder, str(tmp_path / f"{folder}_shards"), progress=False)
+    train, held, every = (str(tmp_path / f"{f}_shards") for f in ("train", "held", "all"))
+    word_referent.refuse_shared_recordings(train, held, None)  # apart: fine
+    with pytest.raises(ValueError, match=r"shares recordings .* \(1 streams, e.g. \['c'\]"):
+        word_referent.refuse_shared_recordings(every, held, None)
+    with pytest.raises(ValueError, match="shares recordings"):
+        word_referent.refuse_shared_recordings(train, train + "/", None)
 
 
 def test_tally_and_wilson_interval() -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,15 @@ from launch.evals.word_referent_addresses import (
     clip_addresses,
     hebbian_ceiling,
 )
-from launch.evals.word_referent_trials import UNITS, ClipLabel, Trial, build_trials, tally
+from launch.evals.word_referent_data import (
+    Media,
+    collect,
+    count_recordings,
+    heldout_batches,
+    refuse_shared_recordings,
+    usable,
+)
+from launch.evals.word_referent_trials import UNITS, Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
 
@@ -106,6 +113,9 @@ class WordReferentConfig:
             that most surely names one object: for narration whose lines vary;
             :mod:`launch.evals.word_referent_trials`).
         study_streams: rows of the study pass (0: one per held-out recording).
+        heldout_may_be_trained: let ``heldout_source`` share recordings with
+            ``train_source`` (a diagnostic of memorisation; refused otherwise,
+            since a score on trained recordings is recall, not word learning).
         query_batch: queries scored together.
         threads: torch intra-op threads.
     """
@@ -137,6 +147,7 @@ class WordReferentConfig:
     trial_seed: int = 0
     trial_unit: str = "line"
     study_streams: int = 0
+    heldout_may_be_trained: bool = False
     query_batch: int = 256
     threads: int = 1
 
@@ -277,51 +288,6 @@ def train(cfg: WordReferentConfig, setting: str, learner: str, source: str,
 
 
 # ------------------------------------------------------------------------- held out
-def heldout_batches(run_cfg: Any, source: str, streams: int) -> Iterator[dict[str, Any]]:
-    """The held-out stream in time order, one recording per row (``streams`` rows)."""
-    from pipelines.loader import DataConfig, build_loader
-
-    d = run_cfg.data
-    data = DataConfig(source=source, streams=streams, window=d.window, mode="ordered",
-                      workers=0, frames=d.frames, image_size=d.image_size, n_mels=d.n_mels,
-                      audio_seconds=d.audio_seconds, loop=False,
-                      endpoint_url=d.endpoint_url)
-    loader = build_loader(data)
-    classes = loader.classes
-    for batch in loader:
-        batch["object_names"] = [[classes[o] if o >= 0 else None for o in row.tolist()]
-                                 for row in batch["objects"]]
-        yield batch
-
-
-def count_recordings(run_cfg: Any, source: str) -> int:
-    """Recordings (shard chains) of a held-out source."""
-    from pipelines.sources import resolve_shards
-
-    return len(resolve_shards(source, run_cfg.data.endpoint_url).chains)
-
-
-Media = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
-
-
-def collect(run_cfg: Any, source: str, streams: int) -> tuple[list[ClipLabel], Media]:
-    """Every held-out clip's labels, and its audio log-mel and video (both present only)."""
-    labels: list[ClipLabel] = []
-    media: Media = {}
-    for batch in heldout_batches(run_cfg, source, streams):
-        for b, row in enumerate(batch["keys"]):
-            for t, key in enumerate(row):
-                if not key:
-                    continue
-                recording, index = key.rsplit("/", 1)
-                labels.append(ClipLabel(recording, int(index), batch["words"][b][t],
-                                        batch["object_names"][b][t]))
-                if batch["audio_mask"][b, t] and batch["video_mask"][b, t]:
-                    media[(recording, int(index))] = (batch["audio"][b, t].clone(),
-                                                      batch["video"][b, t].clone())
-    return labels, media
-
-
 def study(learner: Trained, source: str, streams: int) -> Any:
     """The study pass: a fresh big state after the held-out stream, window by window."""
     from obs_dist.model.state import BigState
@@ -398,12 +364,6 @@ def heard_audio(media: Media, recording: str, index: int, context: int) -> torch
     return with_neighbours(clip, index, context)
 
 
-def usable(trials: list[Trial], media: Media) -> list[Trial]:
-    """Trials whose query has audio and whose candidates have video."""
-    return [t for t in trials if (t.recording, t.query) in media
-            and all((t.recording, c) in media for c in t.candidates)]
-
-
 # ------------------------------------------------------------------------------ run
 def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, Any]],
                                                                  dict[str, Any]]:
@@ -415,6 +375,8 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
 
     run_cfg = resolve_config(cfg.config, learner_overrides(
         cfg, order[0], train_source, Path(cfg.work_dir) / setting / order[0], cfg.steps))
+    if not cfg.heldout_may_be_trained:
+        refuse_shared_recordings(train_source, heldout_source, run_cfg.data.endpoint_url)
     streams = cfg.study_streams or count_recordings(run_cfg, heldout_source)
     labels, media = collect(run_cfg, heldout_source, streams)
     trials = usable(build_trials(labels, cfg.candidates, cfg.min_occurrences, cfg.min_purity,
