@@ -118,6 +118,32 @@ class _Input:
     reached: float = 0.0
 
 
+_STILL = (av.stream.Disposition.attached_pic | av.stream.Disposition.still_image
+          | av.stream.Disposition.timed_thumbnails)
+
+
+def _stream_seconds(stream: Any) -> float:
+    """A stream's length as its container states it (0 when it does not)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = str(stream.metadata.get("DURATION", ""))  # Matroska: "HH:MM:SS.nnnnnnnnn"
+    parts = tag.split(":")
+    try:
+        return float(parts[0]) * 3600 + float(parts[1]) * 60 + float(parts[2]) \
+            if len(parts) == 3 else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _main_video(container: Any) -> Any:
+    """The recording's own video stream: not a cover picture or a thumbnail track, and
+    the longest of the rest (a file may carry a one-frame still as its first track),
+    then the one with the higher frame rate where lengths are not stated."""
+    streams = list(container.streams.video)
+    moving = [s for s in streams if not int(s.disposition) & int(_STILL)] or streams
+    return max(moving, key=lambda s: (_stream_seconds(s), float(s.guessed_rate or 0), -s.index))
+
+
 def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> _Input:
     """Open ``path`` and pick its first video and/or audio stream.
 
@@ -133,7 +159,7 @@ def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> 
     """
     container = av.open(str(path))
     try:
-        picked = ([container.streams.video[0]] if video and container.streams.video else []) \
+        picked = ([_main_video(container)] if video and container.streams.video else []) \
             + ([container.streams.audio[0]] if audio and container.streams.audio else [])
         if not picked:
             raise ValueError(f"no {'video' if video else 'audio'} stream")

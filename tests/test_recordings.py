@@ -245,6 +245,37 @@ def test_recordings_whose_names_sanitise_alike_are_all_packed(recording: Path,
     assert summary["streams"] == 2 and summary["samples"] == 4
 
 
+def test_a_still_picture_track_before_the_video_is_not_taken_for_it(tmp_path: Path) -> None:
+    # A Matroska file may carry a one-frame cover or thumbnail as its first video
+    # track. Taken for the video, it gave one clip and counted the other nine as
+    # lost to damage; the longest moving track is the recording's video.
+    src = tmp_path / "src"
+    src.mkdir()
+    with av.open(str(src / "covered.mkv"), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        video = out.add_stream("libx264", rate=4)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        still = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        still.pts, still.time_base = 0, Fraction(1, 1)
+        for packet in [*cover.encode(still), *cover.encode()]:
+            out.mux(packet)
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 4)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    with av.open(str(src / "covered.mkv")) as container:
+        assert container.streams.video[0].codec_context.name == "mjpeg"  # the still is first
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 10 and summary["skipped"] == {}
+    levels = [_mean_level(m["mp4"]) for _k, m in sorted(_samples(tmp_path / "out").items())]
+    assert levels == sorted(levels) and levels[-1] > 150  # the ramp, not the still
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
