@@ -50,7 +50,13 @@ import soundfile
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipelines.recordings import RECORDING_VIDEO_EXTS, CutResult, RecordingError, cut_recording
+from pipelines.recordings import (
+    RECORDING_VIDEO_EXTS,
+    CutResult,
+    RecordingError,
+    cut_recording,
+    embedded_audio,
+)
 from pipelines.schema import AUDIO_EXTS, VIDEO_EXTS, SampleMeta, check_stream_name
 from pipelines.shards import Sample, ShardWriter
 from pipelines.transcripts import (
@@ -250,7 +256,7 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
             "shards": list(writer.shards), "skipped": dict(skip.counts)}
 
 
-_Clip = tuple[int | None, str, dict[str, Any], dict[str, Path]]
+_Clip = tuple[int | None, str, dict[str, Any], dict[str, Path | bytes]]
 
 
 def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: bool,
@@ -301,13 +307,13 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
             except (ValueError, UnicodeDecodeError) as exc:
                 skip("json_malformed", files["json"], str(exc))
                 continue
-        chosen = {e: media[e] for e in (video, audio) if e is not None}
+        chosen: dict[str, Path | bytes] = {e: media[e] for e in (video, audio) if e is not None}
         seconds: float | None = None
         recording = cut == "always" or (cut == "auto" and sidecar is None and (
             video is not None and video not in VIDEO_EXTS))
         if cut == "auto" and sidecar is None and not recording:
             try:
-                seconds = max(_probe_seconds(p, e) for e, p in chosen.items())
+                seconds = max(_probe_seconds(media[e], e) for e in chosen)
             except _BadMedia as exc:
                 skip(exc.kind, exc.path, str(exc))
                 continue
@@ -333,10 +339,19 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
         sidecar = sidecar or {}
         try:
             if seconds is None:
-                seconds = max(_probe_seconds(p, e) for e, p in chosen.items())
+                seconds = max(_probe_seconds(media[e], e) for e in chosen)
         except _BadMedia as exc:
             skip(exc.kind, exc.path, str(exc))
             continue
+        if "mp4" in chosen and audio is None:
+            # A clip's sound inside its mp4 would be lost: the loader hears flac/wav.
+            try:
+                sound = embedded_audio(media["mp4"])
+            except ValueError as exc:
+                skip("audio_decode", media["mp4"], f"{exc}; the clip is packed without sound")
+                sound = None
+            if sound is not None:
+                chosen["flac"] = sound
         stream = sidecar.get("stream") or folder_stream(rel)
         sidecar.setdefault("duration", seconds)
         index = sidecar.get("index")

@@ -178,6 +178,30 @@ def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> 
         raise
 
 
+def embedded_audio(path: Path) -> bytes | None:
+    """A media file's first audio track as mono flac at its own rate (None: it has none).
+
+    For pre-cut mp4 clips, whose video is stored as it is but whose sound the
+    loader reads from a flac/wav member.
+
+    Raises:
+        ValueError: the file or its audio track cannot be decoded.
+    """
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            stream.thread_type = "NONE"
+            rate = int(stream.sample_rate)
+            chunks = [_mono(frame) for frame in container.decode(stream)]
+    except Exception as exc:  # noqa: BLE001 - FFmpeg reports bad files many ways
+        raise ValueError(f"cannot decode its audio track: {exc}") from exc
+    if not chunks:
+        return None
+    return encode_audio(np.clip(np.concatenate(chunks), -1.0, 1.0), "flac", rate)
+
+
 def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
     """``(seconds, "video" | "audio", payload)`` of every decoded frame, in file order.
 

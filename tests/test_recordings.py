@@ -276,6 +276,22 @@ def test_a_still_picture_track_before_the_video_is_not_taken_for_it(tmp_path: Pa
     assert levels == sorted(levels) and levels[-1] > 150  # the ramp, not the still
 
 
+def test_pre_cut_mp4_clips_keep_the_sound_inside_them(tmp_path: Path) -> None:
+    # One-second mp4 clips (pre-cut: too short to be recordings) with their own AAC
+    # track and no wav beside them were packed as video alone: the loader hears
+    # flac/wav members, so their sound was lost without a count.
+    src = tmp_path / "src" / "cam"
+    for i in range(3):
+        write_test_recording(src / f"clip{i}.mp4", 1.0, tone_at=0.0, **SMALL)
+    summary = _pack(tmp_path / "src", tmp_path / "out")
+    assert summary["samples"] == 3 and summary["recordings"] == 0 and summary["skipped"] == {}
+    for members in _samples(tmp_path / "out").values():
+        assert set(members) == {"json", "mp4", "flac"}
+        assert _rms(members["flac"], 0, 16000) > 0.3  # the tone
+        wave, rate = read_audio(members["flac"])
+        assert rate == 16000 and len(wave) >= 16000
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
