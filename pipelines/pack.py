@@ -74,6 +74,8 @@ _MEDIA = RECORDING_VIDEO_EXTS + AUDIO_EXTS
 _TRANSCRIPTS = tuple(s[1:] for s in TRANSCRIPT_SUFFIXES)
 _LABEL_FILES = (*_TRANSCRIPTS, OBJECTS_SUFFIX[1:])
 CUT_MODES = ("auto", "always", "never")
+# Longest pre-cut clip packed as it is (the loader decodes a clip whole).
+MAX_CLIP_SECONDS = 60.0
 
 
 def _stream_for(rel_dir: str, root_name: str) -> str:
@@ -342,6 +344,14 @@ def _scan(root: Path, cut: str, clip_seconds: float, skip: _Skips, progress: boo
                 seconds = max(_probe_seconds(media[e], e) for e in chosen)
         except _BadMedia as exc:
             skip(exc.kind, exc.path, str(exc))
+            continue
+        if seconds > MAX_CLIP_SECONDS:
+            # The loader decodes a clip whole: an hour-long "clip" (a recording with a
+            # metadata .json beside it, taken for a clip sidecar) would stall it.
+            skip("clip_too_long", next(iter(media.values())),
+                 f"a pre-cut clip of {seconds:.0f} s (more than {MAX_CLIP_SECONDS:.0f} s): "
+                 f"a recording with a .json beside it? Pack it with --cut always (which "
+                 f"ignores sidecars) or move the .json away")
             continue
         if "mp4" in chosen and audio is None:
             # A clip's sound inside its mp4 would be lost: the loader hears flac/wav.

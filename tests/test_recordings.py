@@ -292,6 +292,22 @@ def test_pre_cut_mp4_clips_keep_the_sound_inside_them(tmp_path: Path) -> None:
         assert rate == 16000 and len(wave) >= 16000
 
 
+def test_a_long_recording_with_a_json_beside_it_is_not_packed_as_one_clip(
+        tmp_path: Path) -> None:
+    # A .json beside a video makes it a pre-cut clip: a long recording with one
+    # (a sidecar written for it, say) became one "clip" that the loader would
+    # decode whole. It is counted and left out, with what to do.
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "day.mp4", 65.0, **SMALL)
+    (src / "day.json").write_text(json.dumps({"kind": "continuous"}))
+    write_test_recording(src / "other.mp4", 5.0, **SMALL)
+    summary = _pack(src, tmp_path / "out")
+    assert summary["skipped"] == {"clip_too_long": 1} and summary["samples"] == 5
+    summary = _pack(src, tmp_path / "again", cut="always")  # what the message says
+    assert summary["skipped"] == {} and summary["samples"] == 70
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
