@@ -169,9 +169,12 @@ def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> 
         starts = [float(s.start_time * s.time_base) for s in picked if s.start_time is not None]
         if origin is None:
             origin = min(starts) if starts else float(container.start_time or 0) / 1e6
-        seconds = [float(s.duration * s.time_base) for s in picked if s.duration]
-        duration = float(container.duration) / 1e6 if container.duration else \
-            (max(seconds) if seconds else None)
+        # The picked streams' own length first: an audio track that ends before the
+        # video (a microphone stopped early) is not damage, though the container's
+        # duration is the video's. The container's figure when the streams state none.
+        seconds = [t for t in (_stream_seconds(s) for s in picked) if t > 0]
+        duration = max(seconds) if seconds else \
+            (float(container.duration) / 1e6 if container.duration else None)
         return _Input(path, container, picked, origin, duration)
     except Exception:
         container.close()
@@ -474,7 +477,7 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
                          tone_at: float = 10.0, white_at: float = 20.0,
                          audio_start: float = 0.0, container_format: str | None = None,
                          interleaved: bool = True, channels: int = 1,
-                         audio_track: bool = True) -> Path:
+                         audio_track: bool = True, audio_end: float | None = None) -> Path:
     """Write a recording to test and time the cutter with: video and audio in one file.
 
     H.264 and AAC, VP8 and Opus in a ``.webm``, or full-range MJPEG and 16-bit PCM
@@ -487,7 +490,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
     seconds after the video (its first pts). An mp4 is written with its moov atom first
     (``movflags=faststart``), so that a truncated copy keeps a readable prefix.
     ``interleaved=False`` writes every video packet before the first audio one,
-    as some muxers do; ``audio_track=False`` writes the video alone.
+    as some muxers do; ``audio_track=False`` writes the video alone; ``audio_end``
+    stops the audio track there (a microphone that stopped before the camera).
 
     Raises:
         ValueError: a size, rate or duration that is not positive.
@@ -505,7 +509,8 @@ def write_test_recording(path: str | Path, seconds: float = 60.0, *, width: int 
         options["max_interleave_delta"] = "1"
     rng = np.random.default_rng(0)
     first = int(round(audio_start * rate))
-    n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * rate)) - first
+    audio_seconds = seconds if audio_end is None else min(seconds, audio_end)
+    n_frames, n_samples = int(round(seconds * fps)), int(round(audio_seconds * rate)) - first
     n_samples = n_samples if audio_track else 0
     t = (first + np.arange(n_samples)) / rate
     wave = np.where(t >= tone_at, 0.5 * np.sin(2 * np.pi * 1000.0 * t), 0.0).astype(np.float32)

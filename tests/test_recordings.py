@@ -308,6 +308,20 @@ def test_a_long_recording_with_a_json_beside_it_is_not_packed_as_one_clip(
     assert summary["skipped"] == {} and summary["samples"] == 70
 
 
+def test_audio_that_ends_before_the_video_is_not_damage(tmp_path: Path) -> None:
+    # The container's duration is the video's; the audio input (demuxed on its own)
+    # took it as its own, so a track that ended at 12 s of 20 looked cut short: the
+    # last 8 clips were dropped and counted as truncated.
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "mic_off.mp4", 20.0, audio_end=12.0, **SMALL)
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 20 and summary["skipped"] == {}
+    clips = [m for _k, m in sorted(_samples(tmp_path / "out").items())]
+    assert all("mp4" in c for c in clips) and all("flac" not in c for c in clips[13:])
+    assert _rms(clips[11]["flac"]) > 0.3  # the tone, up to where the track stops
+
+
 def test_files_of_no_kind_the_packer_reads_are_counted(recording: Path, tmp_path: Path
                                                       ) -> None:
     src = tmp_path / "src"
