@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -162,25 +163,30 @@ def test_a_head_cameras_avi_keeps_its_levels_and_alignment(tmp_path: Path) -> No
     assert int(np.argmax(brightness)) == 20
 
 
+def _mux_frames(out: Any, stream: Any, images: list[np.ndarray], rate: int) -> None:
+    """RGB images as the frames of ``stream`` at ``rate`` per second, then its flush."""
+    for i, image in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, rate)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
 def test_a_phone_recording_held_upright_is_packed_upright(tmp_path: Path) -> None:
     # Phones store portrait video as landscape frames plus a display rotation;
     # the clips were packed sideways. Frame: grey top strip, white left half.
     src = tmp_path / "src"
     src.mkdir()
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[:, :32] = 255
+    image[:8] = 128
     with av.open(str(src / "phone.mp4"), "w") as out:
         stream = out.add_stream("libx264", rate=4)
         stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
         stream.set_display_rotation(90)  # counter-clockwise, as shown
-        for i in range(12):
-            image = np.zeros((32, 64, 3), np.uint8)
-            image[:, :32] = 255
-            image[:8] = 128
-            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-            picture.pts, picture.time_base = i, Fraction(1, 4)
-            for packet in stream.encode(picture):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        _mux_frames(out, stream, [image] * 12, 4)
     assert _pack(src, tmp_path / "out")["samples"] == 3
     with av.open(io.BytesIO(_samples(tmp_path / "out")["phone/000000"]["mp4"])) as container:
         frame = next(container.decode(video=0))
@@ -256,18 +262,8 @@ def test_a_still_picture_track_before_the_video_is_not_taken_for_it(tmp_path: Pa
         cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
         video = out.add_stream("libx264", rate=4)
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
-        still = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
-        still.pts, still.time_base = 0, Fraction(1, 1)
-        for packet in [*cover.encode(still), *cover.encode()]:
-            out.mux(packet)
-        for i in range(40):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8),
-                                               format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 4)
-            for packet in video.encode(frame):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
+        _mux_frames(out, cover, [np.full((32, 32, 3), 200, np.uint8)], 1)
+        _mux_frames(out, video, [np.full((32, 32, 3), 5 * i, np.uint8) for i in range(40)], 4)
     with av.open(str(src / "covered.mkv")) as container:
         assert container.streams.video[0].codec_context.name == "mjpeg"  # the still is first
     summary = _pack(src, tmp_path / "out")
