@@ -98,7 +98,7 @@ def pass_batches(plan: LanePlan) -> int | None:
             return None
         if len({str(k).rsplit("/", 1)[0] for k in keys}) != 1:
             return None
-        sizes[unit] = sum(int(n) for n in counts)  # type: ignore[arg-type]
+        sizes[unit] = sum(int(n) for n in counts if isinstance(n, int))
     longest = 0
     for worker in range(plan.workers):
         queue = [sizes[u] for u in worker_units(plan, worker, 0)]

@@ -1,8 +1,8 @@
 """Cutting long recordings into clips, in one sequential pass over each file.
 
 A recording is a video (mp4, mov, mkv, webm, avi, mts, … : ``RECORDING_VIDEO_EXTS``)
-with its own audio track, or with a
-same-named wav/flac beside it, or a long wav/flac alone. :func:`cut_recording`
+with its own audio track, or with a same-named wav/flac beside it, or a long
+wav/flac alone. :func:`cut_recording`
 decodes it once, packet after packet (no seeking), and cuts it into
 consecutive clips ``[i·c, (i+1)·c)`` of ``c = clip_seconds``. Both modalities are
 cut on the container's clock: a frame or an audio frame is at
@@ -145,7 +145,8 @@ def _main_video(container: Any) -> Any:
 
 
 def _open(path: Path, video: bool, audio: bool, origin: float | None = None) -> _Input:
-    """Open ``path`` and pick its first video and/or audio stream.
+    """Open ``path`` and pick its own video stream (:func:`_main_video`) and/or its
+    first audio stream.
 
     Args:
         path: the file.
@@ -281,13 +282,16 @@ def _color_range(frame: av.VideoFrame) -> ColorRange:
     return ColorRange.MPEG
 
 
-def _colorspace(frame: av.VideoFrame) -> Colorspace:
-    """The frame's matrix when tagged with one swscale knows, else BT.601 (FFmpeg's guess)."""
-    # FFmpeg's AVColorSpace numbers: 6 (SMPTE 170M) is BT.601's matrix, 10 BT.2020's.
-    known = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601,
+# FFmpeg's AVColorSpace numbers → swscale's matrices (6, SMPTE 170M, is BT.601's
+# matrix; 10 is BT.2020's constant-luminance variant, converted as BT.2020).
+_MATRICES = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601,
              6: Colorspace.ITU601, 7: Colorspace.SMPTE240M, 9: Colorspace.BT2020,
              10: Colorspace.BT2020}
-    return known.get(int(frame.colorspace), Colorspace.ITU601)
+
+
+def _colorspace(frame: av.VideoFrame) -> Colorspace:
+    """The frame's matrix when tagged with one swscale knows, else BT.601 (FFmpeg's guess)."""
+    return _MATRICES.get(int(frame.colorspace), Colorspace.ITU601)
 
 
 def _fps(stream: Any) -> float:
