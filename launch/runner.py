@@ -282,7 +282,11 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
         rank, world = get_rank(), get_world_size()
         history = start_history(cfg)
         data = build_data(cfg, rank, world)
-        _check_reservoir_fits(cfg, data, device, world)
+        # One pass's new batches (av-stream, when the index tells): sizes the
+        # rehearsal reservoir's estimate and the progress bar.
+        new_batches = data.loader.pass_batches() \
+            if cfg.task.name == "av-stream" and data.loader is not None else None
+        _check_reservoir_fits(cfg, data, device, world, new_batches)
         if cfg.task.name == "av" and not cfg.model.classes:
             cfg.model.classes = num_classes(cfg.data)
         model, state = build_model(cfg, device)
@@ -296,7 +300,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str,
             exporter = start_sink_for_current_process(cfg.metrics)
             all_sinks.append(exporter)
         trainer = build_trainer(cfg, model, state, slow, all_sinks)
-        trainer.expected_steps = _pass_steps(cfg, data)
+        if new_batches is not None:
+            trainer.expected_steps = new_batches * (1 + cfg.rehearsal.ratio)
         trainer.hooks.add("nodes_written", _nodes_written, stage="report")
         if data.loader is not None:
             trainer.hooks.add("data_metrics", _data_metrics(data.loader), stage="report")
@@ -384,13 +389,14 @@ def _scored_batches(cfg: RunConfig, data: RunData, fresh: bool) -> Iterator[dict
 
 
 def _check_reservoir_fits(cfg: RunConfig, data: RunData, device: torch.device,
-                          world: int) -> None:
+                          world: int, new_batches: int | None) -> None:
     """Refuse a rehearsal reservoir that would outgrow this rank's RAM, before training.
 
     The reservoir fills as the pass goes (``rehearsal.capacity`` batches, held on
     the host), so a run that does not fit would be killed hours in. On a CPU
     run it shares the RAM with the state (the estimate of
-    :func:`obs_dist.model.state_budget.rank_bytes`).
+    :func:`obs_dist.model.state_budget.rank_bytes`). ``new_batches``: the pass's
+    new batches when known (a shorter pass keeps fewer than the capacity).
 
     Raises:
         ValueError: naming the estimate, the RAM each rank has and the capacity
@@ -400,7 +406,6 @@ def _check_reservoir_fits(cfg: RunConfig, data: RunData, device: torch.device,
         return
     d = cfg.data
     one = batch_bytes(d.streams, d.window, d.frames, d.image_size, d.n_mels, d.audio_frames)
-    new_batches = data.loader.pass_batches()
     need = reservoir_bytes(cfg.rehearsal, one, new_batches)
     budget = available(torch.device("cpu"), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     state = rank_bytes(cfg.state, cfg.state.layout, world, cfg.model.d_model) \
@@ -420,15 +425,6 @@ def _check_reservoir_fits(cfg: RunConfig, data: RunData, device: torch.device,
         f"of data.frames x data.image_size^2 video and data.n_mels log-mel audio), but each "
         f"rank has ~{room / 2**30:.1f} GiB ({budget.what}, {HEADROOM:.0%} usable"
         f"{', less the state' if state else ''}); {advice}")
-
-
-def _pass_steps(cfg: RunConfig, data: RunData) -> int | None:
-    """Training steps of one ``av-stream`` pass (each new batch and its rehearsals),
-    when the shards' index tells how many batches the pass has; else None."""
-    if cfg.task.name != "av-stream" or data.loader is None:
-        return None
-    batches = data.loader.pass_batches()
-    return None if batches is None else batches * (1 + cfg.rehearsal.ratio)
 
 
 def _require_heard(cfg: RunConfig, trainer: Trainer) -> None:
