@@ -197,6 +197,40 @@ def test_a_phone_recording_held_upright_is_packed_upright(tmp_path: Path) -> Non
     assert shown[40:, 12:].mean() > 240 and shown[:24, 12:].mean() < 15
 
 
+@pytest.mark.parametrize(("tags", "tolerance"), [
+    ({"color_range": 2}, 3.0),  # full range, as phones record: 30 came back at ~16
+    ({"colorspace": 1}, 6.0),   # BT.709: red (200, 40, 40) came back as ~(185, 23, 41)
+])
+def test_tagged_colour_is_converted_into_the_clips(tags: dict[str, int], tolerance: float,
+                                                   tmp_path: Path) -> None:
+    painted = np.zeros((48, 64, 3), np.uint8)
+    painted[:, :32] = 30
+    painted[:, 32:] = (200, 40, 40)
+    src = tmp_path / "src"
+    src.mkdir()
+    with av.open(str(src / "tagged.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for key, value in tags.items():
+            setattr(stream.codec_context, key, value)
+        for i in range(8):  # the frames stored as the tags say
+            frame = av.VideoFrame.from_ndarray(painted, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=tags.get("colorspace"),
+                dst_color_range=tags.get("color_range"))
+            frame.pts, frame.time_base = i, Fraction(1, 4)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    assert _pack(src, tmp_path / "out")["samples"] == 2
+    with av.open(io.BytesIO(_samples(tmp_path / "out")["tagged/000000"]["mp4"])) as container:
+        shown = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    # Away from the edge that 4:2:0 chroma blurs.
+    for region, colour in ((shown[8:40, 4:24], (30, 30, 30)), (shown[8:40, 40:60],
+                                                             (200, 40, 40))):
+        assert np.abs(region.reshape(-1, 3).mean(0) - np.array(colour)).max() < tolerance
+
+
 def test_recordings_cut_by_worker_processes_give_the_same_shards(recording: Path,
                                                                 tmp_path: Path) -> None:
     # SAYCam is hundreds of hours: one core cuts ~10 VGA clips/s. Workers cut whole
