@@ -53,7 +53,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fps", type=int, default=d.fps)
     p.add_argument("--objects-per-recording", type=int, default=d.objects_per_recording)
     p.add_argument("--classes", type=int, default=d.classes,
-                   help="draw each recording's objects from the first CLASSES classes")
+                   help="draw each recording's objects from CLASSES classes")
+    p.add_argument("--first-class", type=int, default=d.first_class,
+                   help="the first of those classes (e.g. 24: objects a model trained on "
+                        "--classes 24 never saw)")
     p.add_argument("--scene-seconds", type=_pair, default=d.scene_seconds, metavar="MIN,MAX")
     p.add_argument("--name-gap", type=_pair, default=d.name_gap, metavar="MIN,MAX",
                    help="seconds of in-view time between namings")
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = RecordingConfig(
         recordings=args.recordings, seconds=args.seconds, names=args.names, seed=args.seed,
         size=args.size, fps=args.fps, objects_per_recording=args.objects_per_recording,
-        classes=args.classes, scene_seconds=args.scene_seconds, name_gap=args.name_gap,
+        classes=args.classes, first_class=args.first_class,
+        scene_seconds=args.scene_seconds, name_gap=args.name_gap,
         name_tolerance=args.name_tolerance, carrier_fraction=args.carrier_fraction,
         filler_rate=args.filler_rate, sound_rate=args.sound_rate,
         sample_rate=args.sample_rate, voices=args.voices,

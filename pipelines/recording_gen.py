@@ -111,7 +111,10 @@ class RecordingConfig:
         size: frame width and height (even).
         fps: frames per second (an integer).
         objects_per_recording: classes one recording shows.
-        classes: the recording's objects are drawn from the first ``classes`` classes.
+        classes: the recording's objects are drawn from ``classes`` classes, starting
+            at class ``first_class``.
+        first_class: the first class drawn from (a held-out set of objects never seen
+            in training: e.g. train on classes 0–23, test on ``first_class = 24``).
         scene_seconds: (min, max) length of a scene.
         name_gap: (min, max) seconds of in-view time between two namings.
         name_tolerance: an utterance starts at most this far from a moment its object
@@ -132,6 +135,7 @@ class RecordingConfig:
     fps: int = 8
     objects_per_recording: int = 8
     classes: int = len(CLASSES)
+    first_class: int = 0
     scene_seconds: tuple[float, float] = (8.0, 30.0)
     name_gap: tuple[float, float] = (3.0, 10.0)
     name_tolerance: float = 1.5
@@ -155,6 +159,10 @@ class RecordingConfig:
             raise ValueError(f"fps must be an integer in [1, 60], got {self.fps}")
         if not 1 <= self.classes <= len(CLASSES):
             raise ValueError(f"classes must be in [1, {len(CLASSES)}], got {self.classes}")
+        if not 0 <= self.first_class <= len(CLASSES) - self.classes:
+            raise ValueError(f"first_class + classes must be at most {len(CLASSES)} (the "
+                             f"classes there are), got first_class = {self.first_class} "
+                             f"with classes = {self.classes}")
         if not 1 <= self.objects_per_recording <= self.classes:
             raise ValueError(f"objects_per_recording must be in [1, classes = {self.classes}]"
                              f", got {self.objects_per_recording}")
@@ -210,7 +218,8 @@ def recording_name(i: int) -> str:
 def recording_words(cfg: RecordingConfig, i: int) -> dict[int, str]:
     """Recording ``i``'s objects (class ids) and what the narrator calls each."""
     rng = np.random.default_rng([cfg.seed, i, 0])
-    objects = sorted(int(c) for c in rng.permutation(cfg.classes)[:cfg.objects_per_recording])
+    objects = sorted(cfg.first_class + int(c)
+                     for c in rng.permutation(cfg.classes)[:cfg.objects_per_recording])
     if cfg.names == "class":
         return {c: CLASSES[c] for c in objects}
     words: list[str] = []

@@ -119,6 +119,12 @@ def test_names_per_recording_and_per_class(written: tuple[Path, dict[str, Any]],
     assert cues and all(len(_named(t, words)) == 1 or t in FILLERS for _, _, t in cues)
     assert recording_words(RecordingConfig(classes=2, objects_per_recording=2), 5) == \
         {0: CLASSES[0], 1: CLASSES[1]}
+    # A held-out set of objects: classes 24-47 only, never one of 0-23.
+    foreign = [recording_words(RecordingConfig(classes=24, first_class=24), i) for i in range(8)]
+    assert all(24 <= c < 48 for words in foreign for c in words)
+    assert len({c for words in foreign for c in words}) > 12
+    with pytest.raises(ValueError, match="first_class"):
+        RecordingConfig(classes=24, first_class=25)
 
 
 def test_narration_is_in_the_audio(written: tuple[Path, dict[str, Any]]) -> None:
