@@ -204,6 +204,10 @@ def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
     assert not any(s.startswith("train.steps") for s in obs)
     dual = learner_overrides(cfg, "dual", "/d", tmp_path, 40)
     assert "model.stream.state_path=false" in dual and "train.steps=40" in dual
+    assert not any(o.startswith("model.stream.recent") for o in obs + dual)
+    attention = learner_overrides(cfg, "attention", "/d", tmp_path, 40)
+    assert {"model.stream.state_path=false", "model.stream.recent=64", "train.steps=40",
+            "rehearsal.ratio=3"} <= set(attention)
     offline = learner_overrides(cfg, "dual-offline", "/d", tmp_path, 40)
     assert {"data.mode=\"shuffled\"", "data.loop=true", "rehearsal.ratio=0",
             "train.steps=100"} <= set(offline)
@@ -220,7 +224,7 @@ def test_targets_read_the_rows() -> None:
     assert "**missed**" in targets({"results": rows})[1]
 
 
-def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:
+def test_cli_quick_runs_every_learner_and_draws(tmp_path: Path) -> None:
     assert "word-referent" in SUITES
     out = tmp_path / "wr.json"
     proc = subprocess.run(
@@ -230,11 +234,12 @@ def test_cli_quick_runs_three_learners_and_draws(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = result["results"]
-    assert [r["model"] for r in rows] == ["obs", "dual", "dual-offline"]
+    assert [r["model"] for r in rows] == ["obs", "dual", "dual-offline", "attention"]
     for r in rows:
         assert r["trials"] > 0 and 0.0 <= r["accuracy"] <= 1.0
         assert r["steps"] == rows[0]["steps"] > 0 and r["params"] > 0
     assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"]  # the writer
+    assert rows[3]["params"] > rows[1]["params"]  # the attention's query and key
     learners = result["details"]["class"]["learners"]
     assert set(learners["obs"]["addresses"]) == {"video", "audio"}  # OBS's addresses measured
     assert 0.0 <= learners["obs"]["hebbian_ceiling"] <= 1.0

@@ -10,17 +10,20 @@ a name can only be bound in the state):
 1. **Data.** Training recordings (seed ``seed``) and other, held-out recordings
    (seed ``seed + 1000``) are generated and packed (one shard chain per
    recording), or taken from ``train_source``/``heldout_source``.
-2. **Train** three learners through :func:`launch.runner.run_training` with
+2. **Train** the learners through :func:`launch.runner.run_training` with
    ``config`` (``configs/av_stream.toml``) at the same encoders, data and
    optimizer: ``obs``, one chronological pass with rehearsal; ``dual``, the dual
    encoder (``model.stream.state_path = false``), the same pass and rehearsal
    and OBS's number of optimizer steps; ``dual-offline``, the dual encoder on
    shuffled, looped data for ``offline_factor`` × OBS's steps, without
-   rehearsal (the upper bound).
+   rehearsal (the upper bound); ``attention``, the dual encoder with attention
+   over the last ``recent_clips`` clips (``model.stream.recent``), trained as
+   ``dual``: a memory that is a context window, not a state.
 3. **Score.** A *study pass* runs the held-out recordings in time order (one per
    batch row) through the model's window objective with a fresh big state,
    committing every window: where a name heard near an object is bound (the
-   dual encoder has no state and skips it). Trials come from the held-out
+   dual encoder has no state and skips it; the attention peer keeps the last
+   ``recent_clips`` clips of each recording as its context). Trials come from the held-out
    labels (:mod:`launch.evals.word_referent_trials`): a text's audio clip alone
    is the query, four silent video clips (its referent and three other objects
    of the same recording) the candidates; every clip of the query's utterance
@@ -64,7 +67,7 @@ from launch.evals.word_referent_trials import UNITS, Trial, build_trials, tally
 log = logging.getLogger("obs.eval.word_referent")
 
 SETTINGS = ("class", "recording")
-LEARNERS = ("obs", "dual", "dual-offline")
+LEARNERS = ("obs", "dual", "dual-offline", "attention")
 HELDOUT_SEED_OFFSET = 1000
 CHANCE = 0.25
 # The headline targets: OBS's accuracy per setting; the dual encoder near chance on novel names.
@@ -101,7 +104,12 @@ class WordReferentConfig:
         rehearsal_ratio: rehearsed batches per new one in the one-pass learners.
         steps: cap on OBS's optimizer steps (0: one whole pass).
         offline_factor: the offline dual encoder's steps per OBS step.
-        models: learners trained, among ``obs``, ``dual``, ``dual-offline``.
+        models: learners trained, among ``obs``, ``dual``, ``dual-offline`` and
+            ``attention``.
+        recent_clips: the attention peer's context: while training, the window's
+            clips of the same recording ``negative_gap`` to ``recent_clips``
+            before a clip; at test, the last ``recent_clips`` clips of each
+            recording studied.
         candidates: candidate videos per trial.
         min_occurrences: occurrences a text needs to give trials.
         min_purity: share of its occurrences with its referent in view.
@@ -140,6 +148,7 @@ class WordReferentConfig:
     steps: int = 0
     offline_factor: float = 2.0
     models: list[str] = field(default_factory=lambda: list(LEARNERS))
+    recent_clips: int = 64
     candidates: int = 4
     min_occurrences: int = 2
     min_purity: float = 0.6
@@ -168,7 +177,7 @@ class WordReferentConfig:
         if self.train_source and len(self.settings) != 1:
             raise ValueError(f"given shards are one setting; settings has {self.settings}")
         for name in ("recordings", "heldout_recordings", "gen_workers", "query_batch",
-                     "threads"):
+                     "threads", "recent_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap"):
@@ -238,13 +247,15 @@ def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_di
 
     Args:
         cfg: the suite config.
-        learner: ``obs``, ``dual`` or ``dual-offline``.
+        learner: ``obs``, ``dual``, ``dual-offline`` or ``attention``.
         source: the training shards.
         out_dir: the run's output folder.
         steps: OBS's optimizer steps (for ``obs`` itself: ``cfg.steps``, 0 = a pass).
     """
     sets = {"data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
             "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
+    if learner == "attention":
+        sets["model.stream.recent"] = cfg.recent_clips
     if learner == "dual-offline":
         sets.update({"data.mode": "shuffled", "data.loop": True, "rehearsal.ratio": 0,
                      "train.steps": max(1, round(cfg.offline_factor * steps))})
@@ -314,13 +325,39 @@ def study(learner: Trained, source: str, streams: int) -> Any:
     return state
 
 
+def recent_context(learner: Trained, media: Media, span: int
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The attention peer's context per held-out recording: its last ``span`` clips.
+
+    Returns, per recording, the clips' audio features (heard as a query is) and
+    picture embeddings (:meth:`~obs_dist.model.av_stream.AVStreamModel.context_features`).
+    """
+    model = learner.model
+    device = torch.device(learner.run_cfg.train.device)
+    last: dict[str, list[int]] = {}
+    for recording, index in media:
+        last.setdefault(recording, []).append(index)
+    context = {}
+    with torch.no_grad():
+        for recording, indices in sorted(last.items()):
+            kept = sorted(indices)[-span:]
+            audio = torch.stack([heard_audio(media, recording, i, model.audio_context)
+                                 for i in kept]).to(device)
+            video = torch.stack([media[(recording, i)][1] for i in kept]).to(device)
+            context[recording] = model.context_features(audio, video)
+    return context
+
+
 def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
-           query_batch: int) -> list[int]:
+           query_batch: int,
+           recent: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[int]:
     """The candidate position each trial's query picks.
 
     Every clip of the query's utterance (``Trial.heard``) is heard alone and
     scored against the candidates; the utterance's score of a candidate is the
     sum of its clips' log-probabilities (the clips are independent evidence).
+    ``recent`` (the attention peer, :func:`recent_context`): each query attends
+    over its own recording's context.
     """
     from obs_dist.model.av_stream import Candidates
     from obs_dist.model.window import WindowMemory
@@ -345,7 +382,16 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
                                              model.audio_context) for j, c in chunk]
                                 ).to(device)
             memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
-            logits = model.answer_scores(model.probe(audio, memory), cands)
+            attend = None
+            if recent is not None:
+                names = sorted({trials[j].recording for j, _ in chunk})
+                owner = torch.cat([torch.full((recent[n][0].shape[0],), i)
+                                   for i, n in enumerate(names)])
+                mine = torch.tensor([names.index(trials[j].recording) for j, _ in chunk])
+                attend = (torch.cat([recent[n][0] for n in names]),
+                          torch.cat([recent[n][1] for n in names]),
+                          (mine[:, None] == owner[None, :]).to(device))
+            logits = model.answer_scores(model.probe(audio, memory, attend), cands)
             cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
                                  for j, _ in chunk], device=device)
             logp = logits.gather(1, cols).log_softmax(1).cpu()
@@ -405,7 +451,9 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
     for learner in trained:
         state = (study(learner, heldout_source, streams)
                  if getattr(learner.model, "writer", None) is not None else None)
-        picks = choose(learner, state, trials, media, cfg.query_batch)
+        recent = (recent_context(learner, media, cfg.recent_clips)
+                  if getattr(learner.model, "recent", None) is not None else None)
+        picks = choose(learner, state, trials, media, cfg.query_batch, recent)
         scores = tally(trials, picks)
         nodes = (clip_addresses(learner.model, media)
                  if getattr(learner.model, "writer", None) is not None else None)

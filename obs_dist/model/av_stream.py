@@ -56,6 +56,7 @@ from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
+from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import PictureContrast, sample_pictures
 from obs_dist.model.writer import Writer
 
@@ -73,10 +74,12 @@ class WindowResult(NamedTuple):
 
 
 class Probe(NamedTuple):
-    """A cold query: its direct embedding ``[Q, e]`` and recalled activity ``[Q, N]``."""
+    """A cold query: its direct embedding ``[Q, e]``, recalled activity ``[Q, N]``
+    (the state) and what attention over the recent clips retrieved ``[Q, e]``."""
 
     embed: torch.Tensor
     recall: torch.Tensor | None
+    retrieved: torch.Tensor | None = None
 
 
 class Candidates(NamedTuple):
@@ -234,6 +237,8 @@ class AVStreamModel(nn.Module):
             PictureContrast(d) if config.stream.video_ssl > 0 else None)
         self.sound_contrast: SoundContrast | None = (
             SoundContrast(d) if config.stream.audio_ssl > 0 else None)
+        self.recent: RecentAttention | None = (
+            RecentAttention(d, e) if config.stream.recent > 0 else None)
         self.writer: Writer | None = None
         self.centring: nn.ModuleList | None = None  # row 0 video, row 1 audio
         if config.stream.state_path and config.stream.address_centring:
@@ -366,6 +371,8 @@ class AVStreamModel(nn.Module):
         if probe.recall is not None and cands.ids is not None and cands.alpha is not None:
             logits = logits + self.state_scale.exp().clamp(max=100.0) * self._state_scores(
                 probe.recall, cands.ids, cands.alpha)
+        if probe.retrieved is not None and self.recent is not None:
+            logits = logits + self.recent.scores(probe.retrieved, cands.embed)
         return logits
 
     def answer_scores(self, probe: Probe, cands: Candidates) -> torch.Tensor:
@@ -423,8 +430,13 @@ class AVStreamModel(nn.Module):
         cands = Candidates(self._embed_video(fv).flatten(0, 1),
                            torch.stack(ids, 1).flatten(0, 1) if ids else None,
                            torch.stack(alphas, 1).flatten(0, 1) if alphas else None)
-        logits = self.scores(probe, cands)
         stream, when = clip_positions(batch, b, t, fa.device)
+        if self.recent is not None:
+            present = (batch["audio_mask"].bool() & batch["video_mask"].bool()).reshape(-1)
+            probe = probe._replace(retrieved=self.recent.window_read(
+                fa.flatten(0, 1), cands.embed, stream, when, present,
+                max(self.stream_cfg.negative_gap, 1), self.stream_cfg.recent))
+        logits = self.scores(probe, cands)
         eye = torch.eye(b * t, dtype=torch.bool, device=fa.device)
         invalid = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
         gap = self.stream_cfg.negative_gap or t  # 0: none of the same recording's window
@@ -461,7 +473,8 @@ class AVStreamModel(nn.Module):
         return WindowResult(loss, int(keep.sum()), correct, carry, stats)
 
     # -------------------------------------------------------------- trials
-    def probe(self, audio: torch.Tensor, memory: Memory | None) -> Probe:
+    def probe(self, audio: torch.Tensor, memory: Memory | None,
+              recent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Probe:
         """Hear ``audio`` ``[Q, n_mels, A]`` alone, from no carried activity, and recall.
 
         With ``audio_context`` c, each query is ``2c+1`` clips' log-mel in time
@@ -471,14 +484,27 @@ class AVStreamModel(nn.Module):
             audio: log-mel clips.
             memory: the state as it stands (a fresh window over it); None for the
                 dual encoder.
+            recent: for attention over the recent clips (``stream.recent``): the
+                context's audio features ``[K, d]`` and picture embeddings ``[K, e]``
+                (:meth:`context_features`) and ``[Q, K]`` which of them each query
+                may attend to.
         """
         fa = self.audio(self._hearable(audio)) + self.modality[1]
-        recall = None
+        recall = retrieved = None
         if self.writer is not None:
             assert memory is not None
             recall, _, _, _ = self._state_step(self._addressing(fa, 1), memory, self.initial_carry(
                 audio.shape[0], audio.device), recall=True)
-        return Probe(self._embed_audio(fa), recall)
+        if self.recent is not None and recent is not None:
+            retrieved = self.recent.read(fa, *recent)
+        return Probe(self._embed_audio(fa), recall, retrieved)
+
+    def context_features(self, audio: torch.Tensor, video: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips heard and seen, as attention's context: audio features ``[K, d]``
+        and picture embeddings ``[K, e]`` (audio as :meth:`probe` hears it)."""
+        fa = self.audio(self._hearable(audio)) + self.modality[1]
+        return fa, self._embed_video(self.video(video) + self.modality[0])
 
     def candidates(self, video: torch.Tensor) -> Candidates:
         """See ``video`` clips ``[C, F, 3, H, W]`` alone: embeddings and addressed nodes."""

@@ -88,6 +88,9 @@ class StreamConfig:
         address_centring: centre and scale each modality's features (running
             statistics, no learned part) before they address nodes, so what all
             pictures or all sounds share does not send them to the same nodes.
+        recent: attention over the last ``recent`` clips of the recording, the
+            context-window peer of OBS (``obs_dist/model/recent_attention.py``;
+            needs ``state_path = false``); 0 turns it off.
     """
 
     state_path: bool = True
@@ -106,8 +109,18 @@ class StreamConfig:
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
     address_centring: bool = False
+    recent: int = 0
 
     def __post_init__(self) -> None:
+        if self.recent < 0:
+            raise ValueError(f"model.stream.recent must be >= 0, got {self.recent}")
+        if self.recent and self.state_path:
+            raise ValueError("model.stream.recent (attention over the recent clips) is the "
+                             "peer without a state: set model.stream.state_path = false")
+        if self.recent and self.recent <= self.negative_gap:
+            raise ValueError(f"model.stream.recent ({self.recent}) must exceed "
+                             f"model.stream.negative_gap ({self.negative_gap}): while training "
+                             f"a clip attends to the clips negative_gap to recent before it")
         if not math.isfinite(self.video_ssl) or self.video_ssl < 0:
             raise ValueError(f"model.stream.video_ssl must be a finite number >= 0, "
                              f"got {self.video_ssl}")
