@@ -308,3 +308,20 @@ def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
     assert hebbian_ceiling(fake, clips, media, trials, addresses=good) == 1.0  # they are used
     with pytest.raises(ValueError, match="perfect"):
         hebbian_ceiling(fake, clips, media, trials, perfect=("smell",))
+
+
+def test_trained_learners_are_reused_only_with_the_same_config(tmp_path: Path) -> None:
+    """Scoring the same learner on other recordings costs no training; another config
+    in the same folder is refused, never reused silently."""
+    from launch.evals.word_referent import QUICK, run
+
+    base = [*QUICK, f"work_dir={json.dumps(str(tmp_path))}", "models=['dual']", "steps=2"]
+    first = run(suite_config("word-referent", None, base))
+    weights = tmp_path / "class" / "dual" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = run(suite_config("word-referent", None, [*base, "reuse_trained=true"]))
+    assert weights.stat().st_mtime_ns == stamp  # loaded, not trained again
+    assert again["results"][0]["accuracy"] == first["results"][0]["accuracy"]
+    assert again["results"][0]["seconds"] == first["results"][0]["seconds"]
+    with pytest.raises(ValueError, match="another config"):
+        run(suite_config("word-referent", None, [*base, "steps=3", "reuse_trained=true"]))
