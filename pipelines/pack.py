@@ -63,6 +63,7 @@ from pipelines.transcripts import (
     LABEL_JSON_STEMS,
     OBJECTS_SUFFIX,
     TRANSCRIPT_SUFFIXES,
+    TelemetryTranscript,
     clip_labels,
     read_cues,
 )
@@ -426,6 +427,8 @@ def _timed_labels(rec: _Recording, clip_seconds: float, skip: _Skips,
     for path, into in wanted:
         try:
             into.update(clip_labels(read_cues(path), clip_seconds))
+        except TelemetryTranscript as exc:
+            skip("transcript_telemetry", path, f"{exc}; the recording is packed without it")
         except (ValueError, OSError) as exc:
             skip("labels_malformed", path, f"{exc}; the recording is packed without it")
     return words, objects

@@ -36,6 +36,31 @@ LABEL_JSON_STEMS = (".transcript", ".objects")  # "<stem>.transcript.json" etc.
 _TIME = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})[.,](\d{1,3})$")
 _TIMING = re.compile(r"^\s*(\S+)\s+-->\s+(\S+)(?:\s.*)?$")
 _TAG = re.compile(r"<[^>]*>")
+# Camera telemetry written as subtitles (DJI drones and action cameras, dash cams):
+# "FrameCnt: 1, DiffTime: 33ms", "[iso: 100] [shutter: 1/500.0] [latitude: 22.5]",
+# "GPS(113.9,22.5,18) ISO:100 Shutter:60". Such a key followed by ':' '(' or '['
+# and a number is not how anybody's speech is written down.
+_TELEMETRY = re.compile(
+    r"\b(framecnt|difftime|iso|shutter|fnum|f-num|ev|ct|focal_len|color_md|latitude|"
+    r"longitude|rel_alt|abs_alt|altitude|gps|home|dzoom|speed|heading)\s*[:(\[=]\s*[-+]?\d",
+    re.IGNORECASE)
+
+
+class TelemetryTranscript(ValueError):
+    """A subtitle file that holds camera telemetry (GPS, exposure), not speech."""
+
+
+def is_telemetry(cues: list[Cue]) -> bool:
+    """Whether most cues read as camera telemetry rather than words said.
+
+    At least half of the cues must each hold two telemetry fields (``iso: 100``,
+    ``latitude: 22.5``, ``FrameCnt: 1``): a transcript that mentions one such
+    thing now and then stays a transcript.
+    """
+    if not cues:
+        return False
+    marked = sum(len(_TELEMETRY.findall(text)) >= 2 for _, _, text in cues)
+    return 2 * marked >= len(cues)
 
 
 def _seconds(text: str) -> float:
@@ -135,6 +160,7 @@ def read_cues(path: Path) -> list[Cue]:
     ``.objects.json``); transcript text and object names normalised.
 
     Raises:
+        TelemetryTranscript: a subtitle file of camera telemetry (a ``ValueError``).
         ValueError: the file is neither UTF-8 nor UTF-16 with a byte-order mark, or
             cannot be parsed.
     """
@@ -149,6 +175,10 @@ def read_cues(path: Path) -> list[Cue]:
         cues = parse_json_cues(text, "text", segments=True)
     elif name.endswith((".srt", ".vtt")):
         cues = parse_subtitles(text)
+        if is_telemetry(cues):
+            raise TelemetryTranscript(
+                f"{path.name} holds camera telemetry (GPS, exposure, frame counts), not "
+                f"words said")
     else:
         raise ValueError(f"{path.name}: not a transcript or objects file")
     return [(s, e, normalise_word(t)) for s, e, t in cues]

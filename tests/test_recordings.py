@@ -550,3 +550,38 @@ def test_subtitle_and_json_cue_parsing() -> None:
     labels = clip_labels([(0.1, 0.7, "a"), (0.5, 1.9, "b"), (3.0, 3.0, "empty")], 1.0)
     assert labels == {0: "a", 1: "b"}  # clip 0: "a" overlaps it 0.6 s, "b" 0.5 s
     assert clip_count(4.6, 1.0) == 5 and clip_count(4.4, 1.0) == 4 and clip_count(60, 1) == 60
+
+
+_DJI_SRT = "".join(
+    f"{i + 1}\n00:00:{i:02d},000 --> 00:00:{i + 1:02d},000\n"
+    f"<font size=\"28\">FrameCnt: {30 * i + 1}, DiffTime: 33ms\n2023-05-01 12:00:{i:02d}.123\n"
+    f"[iso: 100] [shutter: 1/500.0] [fnum: 170] [ev: 0] [ct: 5500] [focal_len: 240] "
+    f"[latitude: 22.54{i}] [longitude: 113.95{i}] [rel_alt: 1.2 abs_alt: 31.4]</font>\n\n"
+    for i in range(6))
+_OLD_DJI_SRT = "".join(
+    f"{i + 1}\n00:00:{i:02d},000 --> 00:00:{i + 1:02d},000\n"
+    f"HOME(113.9512,22.5432) 2019.03.01 12:00:{i:02d}\nGPS(113.9513,22.5431,18) "
+    f"ISO:100 Shutter:60 EV:0 Fnum:2.2\n\n" for i in range(6))
+
+
+@pytest.mark.parametrize("telemetry", [_DJI_SRT, _OLD_DJI_SRT])
+def test_a_cameras_telemetry_subtitles_are_not_taken_for_speech(tmp_path: Path,
+                                                                 telemetry: str) -> None:
+    """Drones and action cameras write GPS and exposure as an .srt beside the video."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "DJI_0001.mp4", 6.0, **SMALL)
+    (src / "DJI_0001.srt").write_text(telemetry, "utf-8")
+    summary = _pack(src, tmp_path / "out")
+    assert summary["samples"] == 6 and summary["skipped"] == {"transcript_telemetry": 1}
+    metas = [SampleMeta.from_json(m["json"]) for m in _samples(tmp_path / "out").values()]
+    assert all(m.labels["word"] is None for m in metas)
+
+
+def test_a_transcript_that_mentions_camera_words_stays_a_transcript() -> None:
+    from pipelines.transcripts import is_telemetry
+
+    said = [(0.0, 1.0, "look, the speed: 2 cars"), (1.0, 2.0, "iso 100 is fine"),
+            (2.0, 3.0, "the gps (on the phone)"), (3.0, 4.0, "home: 3 minutes, speed: 4")]
+    assert not is_telemetry(said)
+    assert is_telemetry([(0.0, 1.0, "[iso: 100] [shutter: 1/60]")])
