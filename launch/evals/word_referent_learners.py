@@ -72,15 +72,22 @@ def reusable(out: Path, run_cfg: Any) -> bool:
     Raises:
         ValueError: if ``out`` holds a finished run of another config.
     """
-    from obs_dist.config import to_dict
+    from obs_dist.config import from_dict, to_dict
     from obs_dist.storage import redact_tree
 
     saved = out / "config.json"
     if not ((out / "model.safetensors").is_file() and saved.is_file()
             and (out / TRAINED_FILE).is_file()):
         return False
-    wanted = json.loads(json.dumps(redact_tree(to_dict(run_cfg))))
-    have = json.loads(saved.read_text())
+    def canonical(cfg: Any) -> dict[str, Any]:
+        return json.loads(json.dumps(redact_tree(to_dict(cfg))))
+
+    wanted = canonical(run_cfg)
+    try:  # through today's config classes: a setting added since reads as its default
+        have = canonical(from_dict(type(run_cfg), json.loads(saved.read_text())))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"reuse_trained: {saved} does not load as a config today ({exc}); "
+                         f"remove that folder or set reuse_trained=false") from exc
     if have != wanted:
         differ = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
         raise ValueError(f"reuse_trained: {out} was trained with another config (differs "
