@@ -310,3 +310,26 @@ def test_a_gap_that_masks_every_negative_is_refused() -> None:
             resolve_config("configs/av_stream.toml", sets)
     # Other recordings' clips are negatives too: any gap is fine then.
     resolve_config("configs/av_stream.toml", ["data.window=16", 'model.stream.negatives="all"'])
+
+
+def test_the_attention_peer_trains_its_path_and_answers_from_its_context() -> None:
+    model = _model(False, recent=4, negative_gap=2)
+    assert model.writer is None and model.recent is not None
+    batch = _batch(2, 6)
+    memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), 2)
+    out = model.window_objective(batch, memory, model.initial_carry(2, "cpu"))
+    assert torch.isfinite(out.loss_sum) and out.scored == 6
+    out.loss_sum.backward()
+    for p in (model.recent.query.weight, model.recent.key.weight, model.recent.scale):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # At test time a query attends over the clips it is given, and that changes its scores.
+    model.eval()
+    with torch.no_grad():
+        fa, values = model.context_features(batch["audio"][0], batch["video"][0])
+        allowed = torch.ones(2, 6, dtype=torch.bool)
+        alone = model.probe(batch["audio"][1, :2], None)
+        heard = model.probe(batch["audio"][1, :2], None, (fa, values, allowed))
+        cands = model.candidates(batch["video"][1])
+        assert alone.retrieved is None and heard.retrieved is not None
+        assert not torch.allclose(model.answer_scores(alone, cands),
+                                  model.answer_scores(heard, cands))
