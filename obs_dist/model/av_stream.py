@@ -28,7 +28,9 @@ and of the recent past. A candidate video ``j`` is scored by
 
 Only clips with sound above their window's noise floor are scored (a label-free
 speech-activity gate: silence predicts nothing). The dual-encoder peer is the
-same model with ``stream.state_path = false``: same encoders, same loss, no state.
+same model with ``stream.state_path = false``: same encoders, same loss, no state;
+with ``stream.recent`` too it is the attention peer, which keeps the recent clips
+instead of a state (:mod:`obs_dist.model.recent_attention`).
 
 Word–referent trials use :meth:`probe` (a word heard alone, cold: no carried
 activity) and :meth:`candidates` (frames seen alone) with :meth:`scores`;
