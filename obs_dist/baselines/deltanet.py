@@ -39,9 +39,9 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Left-padded so step t never sees t + 1."""
         y = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
-        # Back to [B, T, C] in memory too: the ops after it (and their backward,
-        # which hands the convolution its gradient) run several times slower on the
-        # transposed view (decisions §9).
+        # Back to [B, T, C] in memory too: the ops after it (SiLU, the split into
+        # heads, the normalisation) and their backward run slower on the transposed
+        # view.
         return self.conv(y).transpose(1, 2).contiguous()
 
 
