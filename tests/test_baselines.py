@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from launch.evals.learners import BaselineLearner, matched_baseline
 from obs_dist.baselines import KINDS, BaselineConfig, build_baseline, count_parameters
 from obs_dist.baselines.delta_rule import delta_rule_recurrent as delta_rule
+from obs_dist.baselines.deltanet import unit_rows
 from obs_dist.baselines.longhorn import longhorn_scan
 from obs_dist.tasks import IGNORE
 from obs_dist.tasks.memory_function import MemoryFunctionConfig, memory_function_batches
@@ -55,6 +56,21 @@ def test_delta_rule_overwrites_a_key_instead_of_adding() -> None:
     v = torch.tensor([[1.0, 0.0], [0.0, 2.0]])[None, None]
     out = delta_rule(k, k, v, torch.ones(1, 1, 2))
     torch.testing.assert_close(out[0, 0, 1], torch.tensor([0.0, 2.0]), atol=1e-5, rtol=1e-5)
+
+
+def test_unit_rows_is_f_normalize_in_value_and_gradient() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 7, 2, 3, 16, generator=gen, dtype=torch.float64)
+    x[0, 0, 0, 0] = 0.0  # a zero row stays zero, with the same gradient as F.normalize's
+    weight = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (unit_rows, lambda t: F.normalize(t, dim=-1)):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        (out * weight).sum().backward()
+        grads.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-10)
 
 
 def test_longhorn_step_is_the_implicit_online_regression_update() -> None:

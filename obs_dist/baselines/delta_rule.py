@@ -137,18 +137,22 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         k_to_end = k * (gamma[..., -1:] - gamma)[..., None].exp()
         end_decay = gamma[..., -1].exp()
     uw = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
-    u, w = uw[..., :dv], uw[..., dv:]
+    u, w = uw.split([dv, dk], dim=-1)  # split's backward is one cat; slices' fill zeros
     state = q.new_zeros(bsz, heads, dk, dv)
-    outs = []
-    # unbind, not indexing: each index's backward would fill a zero tensor of the full size.
+    starts, news = [], []
+    # The loop carries only the state from chunk to chunk; each chunk's outputs
+    # (its queries against the state it starts from, plus the chunk's own part) are
+    # two batched products over all chunks after it: half the small per-chunk
+    # products, forward and backward. unbind, not indexing: each index's backward
+    # would fill a zero tensor of the full size.
     ends = [None] * n if end_decay is None else end_decay.unbind(2)
-    per_chunk = zip(*(x.unbind(2) for x in (u, w, q_decayed, intra, k_to_end.transpose(-1, -2))),
-                    ends)
-    for u_i, w_i, q_i, intra_i, k_i, end_i in per_chunk:
+    for u_i, w_i, k_i, end_i in zip(u.unbind(2), w.unbind(2),
+                                    k_to_end.transpose(-1, -2).unbind(2), ends):
+        starts.append(state)
         v_new = u_i - w_i @ state
-        outs.append(q_i @ state + intra_i @ v_new)
+        news.append(v_new)
         if end_i is not None:
             state = state * end_i[..., None, None]
         state = state + k_i @ v_new
-    out = torch.stack(outs, dim=2).reshape(bsz, heads, n * c, dv)
-    return out[:, :, :steps]
+    out = q_decayed @ torch.stack(starts, dim=2) + intra @ torch.stack(news, dim=2)
+    return out.reshape(bsz, heads, n * c, dv)[:, :, :steps]
