@@ -8,6 +8,8 @@ Examples::
         --episode-objects 16 --episode-delays 32 --classes 48
     obs make-shards --from ~/videos --out data/mine --shard-size 256MB --kind continuous
     obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256
+    obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256 \
+        --resume    # after the pack above stopped: its finished recordings are kept
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shard-size", default=None,
                    help="target shard size (default 1MiB synthetic, 256MB --from)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already at --out")
+    p.add_argument("--resume", action="store_true",
+                   help="--from: continue a pack that stopped (its pack_journal.json at "
+                   "--out): same folder and options; finished recordings are kept")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     d = SyntheticConfig()
     g = p.add_argument_group("synthetic data")
@@ -114,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     summary: dict[str, Any]
     if args.synthetic:
+        if args.resume:
+            raise ValueError("--resume continues a pack of a folder (--from); synthetic "
+                             "shards are quick to write again (--overwrite)")
         cfg = SyntheticConfig(
             streams=args.streams, clips_per_stream=args.clips_per_stream, frames=args.frames,
             image_size=args.image_size, fps=args.fps, classes=args.classes,
@@ -129,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         summary = pack_folder(args.from_dir, args.out, target_bytes=size, kind=args.kind,
                               clip_seconds=args.clip_seconds, max_side=args.max_side,
                               cut=args.cut, endpoint_url=args.endpoint_url,
-                              overwrite=args.overwrite, workers=args.workers)
+                              overwrite=args.overwrite, workers=args.workers,
+                              resume=args.resume)
     seconds = time.perf_counter() - start
     shards = summary["shards"]
     total = sum(int(s["bytes"]) for s in shards)

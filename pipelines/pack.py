@@ -50,6 +50,8 @@ import soundfile
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from obs_dist.storage import open_store
+from pipelines.pack_journal import JOURNAL_FILE, PackJournal, folder_fingerprint
 from pipelines.recordings import (
     RECORDING_VIDEO_EXTS,
     CutResult,
@@ -171,7 +173,8 @@ class _Skips:
 def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
                 kind: str | None = None, clip_seconds: float = 1.0, max_side: int = 256,
                 cut: str = "auto", endpoint_url: str | None = None, overwrite: bool = False,
-                progress: bool = True, workers: int = 1) -> dict[str, Any]:
+                progress: bool = True, workers: int = 1, resume: bool = False
+                ) -> dict[str, Any]:
     """Pack the clips and recordings under ``src`` into shards at ``out``.
 
     Args:
@@ -190,6 +193,10 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
             is the cost: ~10 clips/s a core for VGA video). Clips are written in
             recording order by this process, so the shards are the same bytes
             whatever the number.
+        resume: continue the unfinished pack at ``out`` from its journal
+            (:mod:`pipelines.pack_journal`): the same folder and settings are
+            required; its finished recordings are kept, the rest is packed, and
+            the shards are the bytes an uninterrupted pack writes.
 
     Returns:
         A summary: samples, streams, recordings, shards written and ``skipped``
@@ -210,30 +217,63 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
                          f"{max_side}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if resume and overwrite:
+        raise ValueError("resume continues the pack at the destination, overwrite replaces "
+                         "it: choose one")
     with logging_redirect_tqdm():  # warnings print above the bars, not through them
         return _pack(root, out, target_bytes, kind, clip_seconds, max_side, cut, endpoint_url,
-                     overwrite, progress, workers)
+                     overwrite, progress, workers, resume)
 
 
 def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_seconds: float,
           max_side: int, cut: str, endpoint_url: str | None, overwrite: bool,
-          progress: bool, workers: int) -> dict[str, Any]:
+          progress: bool, workers: int, resume: bool) -> dict[str, Any]:
+    settings = {"clip_seconds": clip_seconds, "max_side": max_side, "kind": kind, "cut": cut,
+                "target_bytes": target_bytes}
+    store = open_store(out, endpoint_url=endpoint_url)
+    folder = folder_fingerprint(root)
+    journal: PackJournal | None = None
+    if resume:
+        journal = PackJournal.load(store, out)
+        journal.check_matches(settings, folder, out)
+    elif not overwrite and store.exists(JOURNAL_FILE):
+        raise ValueError(f"{out} holds an unfinished pack ({JOURNAL_FILE}): continue it with "
+                         "--resume, or replace it with --overwrite")
     skip = _Skips()
     streams, recordings = _scan(root, cut, clip_seconds, skip, progress)
     if not streams and not recordings:
         raise ValueError(f"--from {root}: no usable media found "
                          f"(skipped: {dict(skip.counts) or 'none'})")
-    objects: set[str] = set()
-    packed = 0
+    if journal is None:
+        journal = PackJournal(settings, folder, skipped=dict(skip.counts))
+    else:  # the scan's skips are in the journal's counts already
+        skip.counts = defaultdict(int, journal.skipped)
+        log.info("resuming the pack at %s: %d of %d recordings are packed", out,
+                 journal.recordings_done, len(recordings))
+    objects = set(journal.objects)
+    packed = journal.packed
+    # A journal without a writer's state stopped before any shard was final: start over.
     with ShardWriter(out, target_bytes=target_bytes, endpoint_url=endpoint_url,
-                     overwrite=overwrite) as writer:
-        for stream in tqdm(sorted(streams), desc="packing", unit="stream",
-                           disable=not progress or not streams):
-            samples = _clip_samples(stream, streams[stream], kind or "discrete", skip)
-            objects.update(s.meta.labels["object"] or "" for s in samples)
-            writer.write_stream(samples)
-        bar = tqdm(total=len(recordings), desc="recordings", unit="rec",
-                   disable=not progress or not recordings)
+                     overwrite=overwrite or resume, resume=journal.writer or None) as writer:
+
+        def finished() -> None:
+            """The shards so far are final: say so in the journal, after them."""
+            writer.new_shard()
+            journal.objects, journal.packed = sorted(objects), packed
+            journal.skipped, journal.writer = dict(skip.counts), writer.snapshot()
+            journal.save(writer.store)
+
+        if not journal.clips_done:
+            journal.save(writer.store)
+            for stream in tqdm(sorted(streams), desc="packing", unit="stream",
+                               disable=not progress or not streams):
+                samples = _clip_samples(stream, streams[stream], kind or "discrete", skip)
+                objects.update(s.meta.labels["object"] or "" for s in samples)
+                writer.write_stream(samples)
+            journal.clips_done = True
+            finished()
+        bar = tqdm(total=len(recordings), initial=journal.recordings_done, desc="recordings",
+                   unit="rec", disable=not progress or not recordings)
         clips, start = 0, time.perf_counter()
 
         def counted(samples: Iterable[Sample]) -> Iterator[Sample]:
@@ -245,16 +285,19 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
                     bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.1f}")
                 yield sample
 
-        cuts = _cut_recordings(recordings, clip_seconds, max_side, kind or "continuous", skip,
-                               workers)
+        cuts = _cut_recordings(recordings[journal.recordings_done:], clip_seconds, max_side,
+                               kind or "continuous", skip, workers)
         for samples in cuts:
             before = writer.samples
             _write_unbounded(writer, counted(samples))
             packed += writer.samples > before
+            journal.recordings_done += 1
+            finished()
             bar.update(1)
         bar.close()
         objects.discard("")
         writer.classes = tuple(sorted(objects))  # classes.json, written on close
+    journal.discard(store)
     return {"samples": writer.samples, "streams": len(writer.streams), "recordings": packed,
             "shards": list(writer.shards), "skipped": dict(skip.counts)}
 

@@ -100,16 +100,25 @@ class ShardWriter:
         classes: the class vocabulary written to ``classes.json``.
         endpoint_url: S3 endpoint (else from the environment).
         overwrite: replace shards already there instead of refusing.
+        resume: a :meth:`snapshot` of a writer that stopped at ``out``: its shards
+            are kept, any other shard there is deleted (written after the
+            snapshot), and writing goes on as that writer would have.
     """
 
     def __init__(self, out: str, *, target_bytes: int = 64 << 20,
                  classes: Sequence[str] = CLASSES, endpoint_url: str | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, resume: dict[str, Any] | None = None) -> None:
         if target_bytes < 4 * _BLOCK:
             raise ValueError(f"target shard size must be at least 2 KiB, got {target_bytes}")
         self.store: ObjectStore = open_store(out, endpoint_url=endpoint_url)
+        kept = {str(s["name"]) for s in resume["shards"]} if resume else set()
         existing = [k for k in self.store.list() if k.endswith(".tar") or k == INDEX_FILE]
-        if existing and not overwrite:
+        missing = sorted(kept - set(existing))
+        if missing:
+            raise ValueError(f"{out} lacks {missing[0]}, a shard its pack journal lists; "
+                             "pack again with --overwrite")
+        existing = [k for k in existing if k not in kept]
+        if existing and not overwrite and resume is None:
             raise ValueError(f"{out} already holds shards ({existing[0]} …); "
                              "choose an empty destination or overwrite (--overwrite)")
         for key in existing:
@@ -126,6 +135,24 @@ class ShardWriter:
         self._last_index = -1
         self.samples = 0
         self.streams: set[str] = set()
+        if resume:
+            self.shards = [dict(entry) for entry in resume["shards"]]
+            self.samples = int(resume["samples"])
+            self.streams = set(resume["streams"])
+            self._last_stream, self._last_key = resume["last_stream"], resume["last_key"]
+            self._last_index = int(resume["last_index"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state a writer needs to go on from here (``resume``): call between shards.
+
+        Raises:
+            ValueError: a shard is open (end it with :meth:`new_shard` first).
+        """
+        if self._tar is not None:
+            raise ValueError("a shard is open: end it (new_shard) before a snapshot")
+        return {"shards": [dict(entry) for entry in self.shards], "samples": self.samples,
+                "streams": sorted(self.streams), "last_stream": self._last_stream,
+                "last_key": self._last_key, "last_index": self._last_index}
 
     @property
     def _size(self) -> int:
