@@ -16,6 +16,7 @@ import pytest
 
 import pipelines.pack as pack
 from launch.cli import main as obs_main
+from obs_dist.storage import open_store
 from pipelines.pack import pack_folder
 from pipelines.pack_journal import JOURNAL_FILE
 from pipelines.recordings import write_test_recording
@@ -24,7 +25,7 @@ SMALL = {"width": 64, "height": 48, "fps": 10}
 TARGET = 8 << 10  # a few clips a shard: every recording spans several
 
 
-def _pack(src: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
+def _pack(src: Path, out: Path | str, **kwargs: Any) -> dict[str, Any]:
     return pack_folder(src, str(out), target_bytes=TARGET, progress=False, **kwargs)
 
 
@@ -150,3 +151,19 @@ def test_the_command_line_resumes_and_refuses_resume_for_synthetic_shards(
                      "--resume"]) == 2
     assert "--resume continues a pack of a folder" in capsys.readouterr().err
     assert not (tmp_path / "syn").exists()
+
+
+def test_a_pack_to_s3_resumes_there(folder: Path, tmp_path: Path, s3_bucket: str,
+                                    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"s3://{s3_bucket}/recs"
+    with monkeypatch.context() as patch:
+        _crash_in(patch, "r2", after=3)
+        with pytest.raises(RuntimeError, match="killed"):
+            _pack(folder, url, endpoint_url=s3_endpoint)
+    store = open_store(url, endpoint_url=s3_endpoint)
+    assert store.exists(JOURNAL_FILE)
+    _pack(folder, url, endpoint_url=s3_endpoint, resume=True)
+    _pack(folder, tmp_path / "whole")
+    local = _files(tmp_path / "whole")
+    assert sorted(store.list()) == sorted(local)  # no journal, no stray shard left
+    assert all(store.get_bytes(name) == data for name, data in local.items())
