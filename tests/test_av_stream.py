@@ -312,15 +312,18 @@ def test_a_gap_that_masks_every_negative_is_refused() -> None:
     resolve_config("configs/av_stream.toml", ["data.window=16", 'model.stream.negatives="all"'])
 
 
-def test_the_attention_peer_trains_its_path_and_answers_from_its_context() -> None:
-    model = _model(False, recent=4, negative_gap=2)
+@pytest.mark.parametrize("match", ["learnt", "features"])
+def test_the_attention_peer_trains_its_path_and_answers_from_its_context(match: str) -> None:
+    model = _model(False, recent=4, negative_gap=2, recent_match=match)
     assert model.writer is None and model.recent is not None
     batch = _batch(2, 6)
     memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), 2)
     out = model.window_objective(batch, memory, model.initial_carry(2, "cpu"))
     assert torch.isfinite(out.loss_sum) and out.scored == 6
     out.loss_sum.backward()
-    for p in (model.recent.query.weight, model.recent.key.weight, model.recent.scale):
+    trained = [model.recent.scale, *((model.recent.query.weight, model.recent.key.weight)
+                                     if match == "learnt" else (model.recent.sharpness,))]
+    for p in trained:
         assert p.grad is not None and p.grad.abs().sum() > 0
     # At test time a query attends over the clips it is given, and that changes its scores.
     model.eval()

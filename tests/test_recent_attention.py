@@ -48,3 +48,30 @@ def test_the_peer_without_a_state_is_the_only_one_with_attention() -> None:
         StreamConfig(state_path=False, recent=8, negative_gap=8)
     with pytest.raises(ValueError, match="recent"):
         StreamConfig(state_path=False, recent=-1)
+
+
+def test_matching_by_the_features_finds_the_same_sound_whatever_the_recording_shares() -> None:
+    att = RecentAttention(4, 3, match="features")
+    assert att.query is None and att.key is None
+    room = torch.tensor([5.0, 5.0, 0.0, 0.0])  # what every clip of the recording shares
+    sounds = room + torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0],
+                                  [0, 0, 0, 1.0]])
+    pictures = torch.eye(3)[[0, 1, 2, 0]]
+    allowed = torch.ones(2, 4, dtype=torch.bool)
+    heard = sounds[[2, 1]] + 0.05  # clips 2 and 1 heard again, slightly otherwise
+    logits = att.match_logits(heard, sounds, allowed)
+    centred = sounds - sounds.mean(0)
+    expect = torch.nn.functional.cosine_similarity(
+        (heard - sounds.mean(0))[:, None], centred[None], dim=-1) * 10.0
+    torch.testing.assert_close(logits, expect, rtol=1e-5, atol=1e-5)
+    assert logits.argmax(1).tolist() == [2, 1]
+    retrieved = att.read(heard, sounds, pictures, allowed)
+    assert att.scores(retrieved, torch.eye(3)).argmax(1).tolist() == [2, 1]
+    # Each query is centred over its own context (another recording's clips are not in it).
+    mine = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    one = att.match_logits(heard[:1], sounds[:2], mine[:1, :2])
+    torch.testing.assert_close(att.match_logits(heard, sounds, mine)[0, :2], one[0])
+    att.read(heard, sounds, pictures, allowed).sum().backward()
+    assert att.sharpness.grad is not None and att.sharpness.grad != 0
+    with pytest.raises(ValueError, match="recent_match"):
+        StreamConfig(state_path=False, recent=16, recent_match="nearest")

@@ -207,10 +207,31 @@ def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
     assert not any(o.startswith("model.stream.recent") for o in obs + dual)
     attention = learner_overrides(cfg, "attention", "/d", tmp_path, 40)
     assert {"model.stream.state_path=false", "model.stream.recent=64", "train.steps=40",
-            "rehearsal.ratio=3"} <= set(attention)
+            "rehearsal.ratio=3", 'model.stream.recent_match="learnt"'} <= set(attention)
+    with pytest.raises(ValueError, match="attention_match"):
+        suite_config("word-referent", None, ["attention_match='nearest'"])
     offline = learner_overrides(cfg, "dual-offline", "/d", tmp_path, 40)
     assert {"data.mode=\"shuffled\"", "data.loop=true", "rehearsal.ratio=0",
             "train.steps=100"} <= set(offline)
+
+
+def test_the_attention_peer_attends_over_the_whole_recording_or_its_last_clips() -> None:
+    # context_features stands in for the model: it returns which clips it was given.
+    def features(audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return audio[:, 0, 0], video[:, 0]
+
+    model = SimpleNamespace(audio_context=0, context_features=features)
+    learner = SimpleNamespace(model=model,
+                              run_cfg=SimpleNamespace(train=SimpleNamespace(device="cpu")))
+    media = {(rec, i): (torch.full((2, 3), float(i)), torch.full((4,), float(100 * i)))
+             for rec, clips in (("a", 10), ("b", 4)) for i in range(clips)}
+    whole = word_referent.recent_context(learner, media, 0)  # type: ignore[arg-type]
+    assert whole["a"][0].tolist() == list(range(10)) and whole["b"][0].tolist() == [0, 1, 2, 3]
+    last = word_referent.recent_context(learner, media, 3)  # type: ignore[arg-type]
+    assert last["a"][0].tolist() == [7, 8, 9] and last["a"][1].tolist() == [700, 800, 900]
+    assert suite_config("word-referent", None, []).attention_context == 0
+    with pytest.raises(ValueError, match="attention_context"):
+        suite_config("word-referent", None, ["attention_context=-1"])
 
 
 def test_targets_read_the_rows() -> None:

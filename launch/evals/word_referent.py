@@ -17,14 +17,16 @@ a name can only be bound in the state):
    and OBS's number of optimizer steps; ``dual-offline``, the dual encoder on
    shuffled, looped data for ``offline_factor`` × OBS's steps, without
    rehearsal (the upper bound); ``attention``, the dual encoder with attention
-   over the last ``recent_clips`` clips (``model.stream.recent``), trained as
-   ``dual``: a memory that is a context window, not a state.
+   over earlier clips of the recording (``model.stream.recent``; up to
+   ``recent_clips`` back in training), trained as ``dual``: a memory that is a
+   context window, not a state.
 3. **Score.** A *study pass* runs the held-out recordings in time order (one per
    batch row) through the model's window objective with a fresh big state,
    committing every window: where a name heard near an object is bound (the
-   dual encoder has no state and skips it; the attention peer keeps the last
-   ``recent_clips`` clips of each recording as its context). Trials come from the held-out
-   labels (:mod:`launch.evals.word_referent_trials`): a text's audio clip alone
+   dual encoder has no state and skips it; the attention peer keeps the
+   recording's clips, or its last ``attention_context``, as its context). Trials
+   come from the held-out labels (:mod:`launch.evals.word_referent_trials`): a
+   text's audio clip alone
    is the query, four silent video clips (its referent and three other objects
    of the same recording) the candidates; every clip of the query's utterance
    is heard alone, and the answer is the candidate with the highest summed
@@ -131,7 +133,8 @@ def study(learner: Trained, source: str, streams: int) -> Any:
 
 def recent_context(learner: Trained, media: Media, span: int
                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The attention peer's context per held-out recording: its last ``span`` clips.
+    """The attention peer's context per held-out recording: its last ``span`` clips
+    (``span`` 0: all of them).
 
     Returns, per recording, the clips' audio features (heard as a query is) and
     picture embeddings (:meth:`~obs_dist.model.av_stream.AVStreamModel.context_features`).
@@ -144,7 +147,7 @@ def recent_context(learner: Trained, media: Media, span: int
     context = {}
     with torch.no_grad():
         for recording, indices in sorted(last.items()):
-            kept = sorted(indices)[-span:]
+            kept = sorted(indices)[-span:] if span else sorted(indices)
             audio = torch.stack([heard_audio(media, recording, i, model.audio_context)
                                  for i in kept]).to(device)
             video = torch.stack([media[(recording, i)][1] for i in kept]).to(device)
@@ -255,7 +258,7 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
     for learner in trained:
         state = (study(learner, heldout_source, streams)
                  if getattr(learner.model, "writer", None) is not None else None)
-        recent = (recent_context(learner, media, cfg.recent_clips)
+        recent = (recent_context(learner, media, cfg.attention_context)
                   if getattr(learner.model, "recent", None) is not None else None)
         picks = choose(learner, state, trials, media, cfg.query_batch, recent)
         scores = tally(trials, picks)

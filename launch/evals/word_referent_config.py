@@ -50,10 +50,17 @@ class WordReferentConfig:
         offline_factor: the offline dual encoder's steps per OBS step.
         models: learners trained, among ``obs``, ``dual``, ``dual-offline`` and
             ``attention``.
-        recent_clips: the attention peer's context: while training, the window's
+        recent_clips: the attention peer's context while training: the window's
             clips of the same recording ``negative_gap`` to ``recent_clips``
-            before a clip; at test, the last ``recent_clips`` clips of each
-            recording studied.
+            before a clip.
+        attention_context: the attention peer's context at test: the last
+            ``attention_context`` clips of each held-out recording; 0, all of
+            them, the recording OBS's study pass writes into its state (the same
+            information; a cache of a few minutes of clips is small).
+        attention_match: how the attention peer matches a heard clip to its
+            context's clips (``model.stream.recent_match``): ``learnt`` query and
+            key projections, or ``features``, the audio features' own centred
+            cosine similarity at a learnt temperature.
         candidates: candidate videos per trial.
         min_occurrences: occurrences a text needs to give trials.
         min_purity: share of its occurrences with its referent in view.
@@ -97,6 +104,8 @@ class WordReferentConfig:
     offline_factor: float = 2.0
     models: list[str] = field(default_factory=lambda: list(LEARNERS))
     recent_clips: int = 64
+    attention_context: int = 0
+    attention_match: str = "learnt"
     candidates: int = 4
     min_occurrences: int = 2
     min_purity: float = 0.6
@@ -129,7 +138,11 @@ class WordReferentConfig:
                      "threads", "recent_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap"):
+        if self.attention_match not in ("learnt", "features"):
+            raise ValueError(f"attention_match must be 'learnt' or 'features', "
+                             f"got {self.attention_match!r}")
+        for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap",
+                     "attention_context"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.seconds < 1:

@@ -43,6 +43,7 @@ def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_di
             "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
     if learner == "attention":
         sets["model.stream.recent"] = cfg.recent_clips
+        sets["model.stream.recent_match"] = cfg.attention_match
     if learner == "dual-offline":
         sets.update({"data.mode": "shuffled", "data.loop": True, "rehearsal.ratio": 0,
                      "train.steps": max(1, round(cfg.offline_factor * steps))})

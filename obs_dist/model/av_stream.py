@@ -240,7 +240,8 @@ class AVStreamModel(nn.Module):
         self.sound_contrast: SoundContrast | None = (
             SoundContrast(d) if config.stream.audio_ssl > 0 else None)
         self.recent: RecentAttention | None = (
-            RecentAttention(d, e) if config.stream.recent > 0 else None)
+            RecentAttention(d, e, config.stream.recent_match) if config.stream.recent > 0
+            else None)
         self.writer: Writer | None = None
         self.centring: nn.ModuleList | None = None  # row 0 video, row 1 audio
         if config.stream.state_path and config.stream.address_centring:

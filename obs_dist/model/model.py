@@ -88,9 +88,15 @@ class StreamConfig:
         address_centring: centre and scale each modality's features (running
             statistics, no learned part) before they address nodes, so what all
             pictures or all sounds share does not send them to the same nodes.
-        recent: attention over the last ``recent`` clips of the recording, the
+        recent: attention over earlier clips of the recording, the
             context-window peer of OBS (``obs_dist/model/recent_attention.py``;
-            needs ``state_path = false``); 0 turns it off.
+            needs ``state_path = false``): in training up to ``recent`` clips
+            back; 0 turns it off.
+        recent_match: how a heard clip matches the context's clips: ``learnt``
+            (a query and a key projection, as a transformer's) or ``features``
+            (the cosine similarity of the audio features themselves, centred over
+            the context, at a learnt temperature: the same sound matches itself
+            however little the projections were trained).
     """
 
     state_path: bool = True
@@ -110,10 +116,14 @@ class StreamConfig:
     audio_ssl_clips: int = 128
     address_centring: bool = False
     recent: int = 0
+    recent_match: str = "learnt"
 
     def __post_init__(self) -> None:
         if self.recent < 0:
             raise ValueError(f"model.stream.recent must be >= 0, got {self.recent}")
+        if self.recent_match not in ("learnt", "features"):
+            raise ValueError(f"model.stream.recent_match must be 'learnt' or 'features', "
+                             f"got {self.recent_match!r}")
         if self.recent and self.state_path:
             raise ValueError("model.stream.recent (attention over the recent clips) is the "
                              "peer without a state: set model.stream.state_path = false")

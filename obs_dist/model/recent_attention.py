@@ -11,6 +11,13 @@ encoder (same encoders, same objective, no state) plus one more path:
   ``r_t = Σ_s softmax_s(q_t · k_s / √e) v_s`` over the clips of the same recording
   in its context, and a candidate picture ``j`` scores ``cos(r_t, v_j)``.
 
+With ``match = "features"`` (``model.stream.recent_match``) the match is not learnt:
+``softmax_s(τ⁻¹ cos(f_a(t) − c, f_a(s) − c))`` with ``c`` the mean of the query's
+context and ``τ`` learnt. Measured (docs/results/notes.md, "ninth round"): the
+learnt projections of the peer trained by the suite put less attention on other
+utterances of the heard name than uniform attention would, while the audio
+features' own similarity finds them.
+
 A name heard once next to an object and heard again retrieves that object's
 picture if it is still in the context: fast mapping within the window, as far
 back as the cache reaches and no further (OBS's state has no such horizon).
@@ -19,7 +26,8 @@ While training, the context of clip ``t`` is the window's clips of the same
 recording ``gap`` to ``span`` clips before it: the nearer ones show the scene of
 ``t`` itself and would let the path answer "the picture of a moment ago" without
 hearing anything (the objective's negatives leave them out for the same reason).
-At test time the context is the last ``span`` clips of the recording studied.
+At test time the context is what the caller gives (the word–referent suite: every
+clip of the recording studied, ``attention_context``).
 """
 
 from __future__ import annotations
@@ -32,18 +40,52 @@ from torch import nn
 
 
 class RecentAttention(nn.Module):
-    """Query and key projections and the path's scale.
+    """How a heard clip matches the context's clips, and the path's scale.
 
     Args:
         d: feature width of the audio encoder.
         e: width of the joint (direct-path) embedding the values live in.
+        match: ``learnt``: query and key projections (a transformer's); ``features``:
+            the cosine similarity of the audio features themselves, centred over
+            each query's context, at a learnt temperature (no projection to
+            train: a sound heard again matches itself from the first step).
     """
 
-    def __init__(self, d: int, e: int) -> None:
+    def __init__(self, d: int, e: int, match: str = "learnt") -> None:
         super().__init__()
-        self.query = nn.Linear(d, e, bias=False)
-        self.key = nn.Linear(d, e, bias=False)
+        if match not in ("learnt", "features"):
+            raise ValueError(f"match must be 'learnt' or 'features', got {match!r}")
+        self.match = match
+        self.query: nn.Linear | None = None
+        self.key: nn.Linear | None = None
+        if match == "learnt":
+            self.query = nn.Linear(d, e, bias=False)
+            self.key = nn.Linear(d, e, bias=False)
+        else:
+            self.sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
         self.scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def match_logits(self, fa_query: torch.Tensor, fa_context: torch.Tensor,
+                     allowed: torch.Tensor) -> torch.Tensor:
+        """``[Q, K]`` attention logits before the mask (see ``match``)."""
+        if self.query is not None and self.key is not None:
+            q, k = self.query(fa_query), self.key(fa_context)
+            return (q @ k.t()) / math.sqrt(q.shape[-1])
+        # cos(q − c, k − c) with c the mean of the query's own context: what every
+        # clip of a recording shares (its room, its voice) does not make them match.
+        # The expanded products cancel what the clips share; float64 keeps the rest.
+        dtype = fa_query.dtype
+        fa_query, fa_context = fa_query.double(), fa_context.double()
+        weights = allowed.double()
+        centre = (weights @ fa_context) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        k_dot_c = centre @ fa_context.t()                                   # [Q, K]
+        c_dot_c = (centre * centre).sum(1, keepdim=True)                    # [Q, 1]
+        dots = fa_query @ fa_context.t() - (fa_query * centre).sum(1, keepdim=True) \
+            - k_dot_c + c_dot_c                                             # (q−c)·(k−c)
+        k_norm = ((fa_context * fa_context).sum(1)[None, :] - 2 * k_dot_c + c_dot_c)
+        q_norm = (fa_query - centre).norm(dim=1, keepdim=True)
+        cosine = dots / (q_norm.clamp_min(1e-6) * k_norm.clamp_min(1e-12).sqrt())
+        return self.sharpness.exp().clamp(max=100.0) * cosine.to(dtype)
 
     def read(self, fa_query: torch.Tensor, fa_context: torch.Tensor, values: torch.Tensor,
              allowed: torch.Tensor) -> torch.Tensor:
@@ -55,8 +97,7 @@ class RecentAttention(nn.Module):
             values: their pictures' embeddings ``[K, e]``.
             allowed: ``[Q, K]`` bool, which context clips each query may attend to.
         """
-        q, k = self.query(fa_query), self.key(fa_context)
-        logits = (q @ k.t()) / math.sqrt(q.shape[-1])
+        logits = self.match_logits(fa_query, fa_context, allowed)
         logits = logits.masked_fill(~allowed, float("-inf"))
         weights = torch.softmax(logits, dim=1)
         # A query with nothing allowed has a row of NaNs (softmax of all -inf): none.
