@@ -46,8 +46,10 @@ def main() -> None:
     cfg = suite_config("word-referent", "configs/eval_word_referent.toml",
                        [*overrides, "reuse_trained=true"])
     torch.set_num_threads(1)
-    steps = int(json.loads((Path(cfg.work_dir) / setting / "obs" / "metrics.json")
-                           .read_text())["step"])
+    # The peer trains OBS's step count (the suite's steps when OBS was not run).
+    obs_metrics = Path(cfg.work_dir) / setting / "obs" / "metrics.json"
+    steps = int(json.loads(obs_metrics.read_text())["step"]) if obs_metrics.is_file() \
+        else cfg.steps
     learner = train(cfg, setting, "attention", cfg.train_source, steps)
     model = learner.model
     streams = cfg.study_streams or count_recordings(learner.run_cfg, cfg.heldout_source)

@@ -336,3 +336,9 @@ def test_the_attention_peer_trains_its_path_and_answers_from_its_context(match: 
         assert alone.retrieved is None and heard.retrieved is not None
         assert not torch.allclose(model.answer_scores(alone, cands),
                                   model.answer_scores(heard, cands))
+        # answer = "state": the memory path alone, here what the context retrieved.
+        model.stream_cfg.answer = "state"
+        torch.testing.assert_close(model.answer_scores(heard, cands),
+                                   model.recent.scores(heard.retrieved, cands.embed))
+        torch.testing.assert_close(model.answer_scores(alone, cands),
+                                   model.scores(alone, cands))  # nothing retrieved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,7 +208,7 @@ def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
     assert not any(o.startswith("model.stream.recent") for o in obs + dual)
     attention = learner_overrides(cfg, "attention", "/d", tmp_path, 40)
     assert {"model.stream.state_path=false", "model.stream.recent=64", "train.steps=40",
-            "rehearsal.ratio=3", 'model.stream.recent_match="learnt"'} <= set(attention)
+            "rehearsal.ratio=3", 'model.stream.recent_match="features"'} <= set(attention)
     with pytest.raises(ValueError, match="attention_match"):
         suite_config("word-referent", None, ["attention_match='nearest'"])
     offline = learner_overrides(cfg, "dual-offline", "/d", tmp_path, 40)
@@ -346,3 +347,15 @@ def test_trained_learners_are_reused_only_with_the_same_config(tmp_path: Path) -
     assert again["results"][0]["seconds"] == first["results"][0]["seconds"]
     with pytest.raises(ValueError, match="another config"):
         run(suite_config("word-referent", None, [*base, "steps=3", "reuse_trained=true"]))
+    # A learner moved to another work folder (same data) is still the same learner.
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path / "class" / "dual", moved / "class" / "dual")
+    data = [f"{k}_source={json.dumps(str(tmp_path / 'class' / f'{part}_shards'))}"
+            for k, part in (("train", "train"), ("heldout", "heldout"))]
+    elsewhere = [*QUICK, f"work_dir={json.dumps(str(moved))}", "models=['dual']", "steps=2",
+                 "reuse_trained=true", "settings=['class']", *data]
+    copied = moved / "class" / "dual" / "model.safetensors"
+    stamp = copied.stat().st_mtime_ns
+    result = run(suite_config("word-referent", None, elsewhere))
+    assert copied.stat().st_mtime_ns == stamp
+    assert result["results"][0]["accuracy"] == first["results"][0]["accuracy"]

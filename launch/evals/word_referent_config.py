@@ -105,7 +105,7 @@ class WordReferentConfig:
     models: list[str] = field(default_factory=lambda: list(LEARNERS))
     recent_clips: int = 64
     attention_context: int = 0
-    attention_match: str = "learnt"
+    attention_match: str = "features"
     candidates: int = 4
     min_occurrences: int = 2
     min_purity: float = 0.6

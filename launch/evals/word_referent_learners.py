@@ -80,8 +80,12 @@ def reusable(out: Path, run_cfg: Any) -> bool:
     if not ((out / "model.safetensors").is_file() and saved.is_file()
             and (out / TRAINED_FILE).is_file()):
         return False
+
     def canonical(cfg: Any) -> dict[str, Any]:
-        return json.loads(json.dumps(redact_tree(to_dict(cfg))))
+        tree = json.loads(json.dumps(redact_tree(to_dict(cfg))))
+        # Where the run wrote is not what it learnt: a suite's work folder may move.
+        tree.pop("out_dir", None)
+        return dict(tree)
 
     wanted = canonical(run_cfg)
     try:  # through today's config classes: a setting added since reads as its default

@@ -381,14 +381,19 @@ class AVStreamModel(nn.Module):
     def answer_scores(self, probe: Probe, cands: Candidates) -> torch.Tensor:
         """Logits ``[Q, C]`` a word–referent trial is answered with (``stream.answer``).
 
-        ``both`` is :meth:`scores`; ``state`` keeps only the state path (for a
-        model with a state), whose scale is then irrelevant to the choice but
-        kept so summed log-probabilities over an utterance's clips stay calibrated.
+        ``both`` is :meth:`scores`; ``state`` keeps only the memory path: the
+        state path of a model with a state, the attention path of the attention
+        peer (what its context retrieved), the only paths that can know a name
+        first heard in the recording tested. Their scale is then irrelevant to the
+        choice but kept so summed log-probabilities over an utterance's clips stay
+        calibrated. The dual encoder has no memory path and answers with ``both``.
         """
-        if (self.stream_cfg.answer == "state" and probe.recall is not None
-                and cands.ids is not None and cands.alpha is not None):
-            return self.state_scale.exp().clamp(max=100.0) * self._state_scores(
-                probe.recall, cands.ids, cands.alpha)
+        if self.stream_cfg.answer == "state":
+            if probe.recall is not None and cands.ids is not None and cands.alpha is not None:
+                return self.state_scale.exp().clamp(max=100.0) * self._state_scores(
+                    probe.recall, cands.ids, cands.alpha)
+            if probe.retrieved is not None and self.recent is not None:
+                return self.recent.scores(probe.retrieved, cands.embed)
         return self.scores(probe, cands)
 
     # ------------------------------------------------------------ objective

@@ -74,9 +74,10 @@ class StreamConfig:
             links to do not outvote the specific ones.
         answer: how a word–referent trial is answered: ``both`` (the training
             objective's logits: direct path plus state path) or ``state`` (the
-            state path alone: what the state bound, the only path that can know
-            a name first heard in the recording being tested; the direct path
-            then only trains the encoders, as an auxiliary head).
+            memory path alone: what the state bound, or what the attention
+            peer's context retrieved, the only paths that can know a name first
+            heard in the recording being tested; the direct path then only
+            trains the encoders, as an auxiliary head).
         video_ssl: weight of the pictures' own contrastive term
             (``obs_dist/model/video_ssl.py``: two views of each sampled picture
             must find each other, SimCLR); 0 turns it off.
