@@ -51,7 +51,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from obs_dist.storage import open_store
-from pipelines.pack_journal import JOURNAL_FILE, PackJournal, folder_fingerprint
+from pipelines.pack_journal import JOURNAL_FILE, PackJournal, folder_fingerprint, visible_files
 from pipelines.recordings import (
     RECORDING_VIDEO_EXTS,
     CutResult,
@@ -124,18 +124,13 @@ def _collect(src: Path) -> tuple[dict[tuple[str, str], dict[str, Path]], list[Pa
     """
     groups: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
     unused: list[Path] = []
-    for dirpath, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(dirpath).relative_to(src).as_posix()
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            stem, dot_ext = os.path.splitext(name)
-            ext = dot_ext[1:].lower()
-            if ext in _MEDIA or ext in ("json", "srt", "vtt"):
-                groups[(rel, stem)][ext] = Path(dirpath) / name
-            else:
-                unused.append(Path(dirpath) / name)
+    for rel, name, path in visible_files(src):
+        stem, dot_ext = os.path.splitext(name)
+        ext = dot_ext[1:].lower()
+        if ext in _MEDIA or ext in ("json", "srt", "vtt"):
+            groups[(rel, stem)][ext] = path
+        else:
+            unused.append(path)
     for (rel, stem), files in list(groups.items()):
         base, dot_kind = os.path.splitext(stem)
         if dot_kind.lower() in LABEL_JSON_STEMS and set(files) == {"json"} and base:

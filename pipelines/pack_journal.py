@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,22 +34,30 @@ JOURNAL_FILE = "pack_journal.json"
 _VERSION = 1
 
 
-def folder_fingerprint(root: Path) -> str:
-    """A digest of every file the packer may look at under ``root``: path and size.
+def visible_files(root: Path) -> Iterator[tuple[str, str, Path]]:
+    """``(folder relative to root, file name, path)`` of every file the packer looks at.
 
-    Hidden files and folders are left out, as the packer leaves them out. Sizes,
-    not modification times: a folder copied to scratch space keeps its
-    fingerprint.
+    In a stable order; hidden files and folders (a leading dot) are left out. The
+    packer's scan and :func:`folder_fingerprint` walk the folder through this one
+    function, so the fingerprint covers exactly what is packed.
     """
-    digest = hashlib.sha256()
     for dirpath, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(dirpath).relative_to(root).as_posix()
         for name in sorted(files):
-            if name.startswith("."):
-                continue
-            size = (Path(dirpath) / name).stat().st_size
-            digest.update(f"{rel}/{name}\0{size}\n".encode())
+            if not name.startswith("."):
+                yield rel, name, Path(dirpath) / name
+
+
+def folder_fingerprint(root: Path) -> str:
+    """A digest of every file the packer may look at under ``root``: path and size.
+
+    Sizes, not modification times: a folder copied to scratch space keeps its
+    fingerprint.
+    """
+    digest = hashlib.sha256()
+    for rel, name, path in visible_files(root):
+        digest.update(f"{rel}/{name}\0{path.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 

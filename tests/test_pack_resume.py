@@ -60,6 +60,15 @@ def _crash_in(monkeypatch: pytest.MonkeyPatch, stream: str, after: int) -> None:
     monkeypatch.setattr(pack, "_recording_samples", dying)
 
 
+def _stopped(folder: Path, out: Path | str, monkeypatch: pytest.MonkeyPatch, stream: str,
+             after: int, **kwargs: Any) -> None:
+    """Pack ``folder`` to ``out`` and die after ``after`` clips of ``stream``."""
+    with monkeypatch.context() as patch:
+        _crash_in(patch, stream, after)
+        with pytest.raises(RuntimeError, match="killed"):
+            _pack(folder, out, **kwargs)
+
+
 def test_a_resumed_pack_writes_the_bytes_of_one_that_never_stopped(
         folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = _pack(folder, tmp_path / "whole")
@@ -67,10 +76,7 @@ def test_a_resumed_pack_writes_the_bytes_of_one_that_never_stopped(
     assert not (tmp_path / "whole" / JOURNAL_FILE).exists()
 
     out = tmp_path / "stopped"
-    with monkeypatch.context() as patch:
-        _crash_in(patch, "r3", after=4)
-        with pytest.raises(RuntimeError, match="killed"):
-            _pack(folder, out)
+    _stopped(folder, out, monkeypatch, "r3", after=4)
     journal = json.loads((out / JOURNAL_FILE).read_text())
     # In the packer's order: broken.mkv (nothing decodable, counted), r1, r2.
     assert journal["clips_done"] and journal["recordings_done"] == 3
@@ -97,10 +103,7 @@ def test_a_resumed_pack_writes_the_bytes_of_one_that_never_stopped(
 def test_a_pack_stopped_in_its_first_recording_resumes_with_workers(
         folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "early"
-    with monkeypatch.context() as patch:
-        _crash_in(patch, "r1", after=1)
-        with pytest.raises(RuntimeError, match="killed"):
-            _pack(folder, out)
+    _stopped(folder, out, monkeypatch, "r1", after=1)
     assert json.loads((out / JOURNAL_FILE).read_text())["recordings_done"] == 1  # broken.mkv
     _pack(folder, out, resume=True, workers=2)
     _pack(folder, tmp_path / "whole")
@@ -110,10 +113,7 @@ def test_a_pack_stopped_in_its_first_recording_resumes_with_workers(
 def test_resume_refuses_other_settings_a_changed_folder_and_a_finished_pack(
         folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "stopped"
-    with monkeypatch.context() as patch:
-        _crash_in(patch, "r2", after=0)
-        with pytest.raises(RuntimeError, match="killed"):
-            _pack(folder, out)
+    _stopped(folder, out, monkeypatch, "r2", after=0)
     before = _files(out)
     with pytest.raises(ValueError, match="clip_seconds: 1.0 then, 2.0 now"):
         _pack(folder, out, resume=True, clip_seconds=2.0)
@@ -156,10 +156,7 @@ def test_the_command_line_resumes_and_refuses_resume_for_synthetic_shards(
 def test_a_pack_to_s3_resumes_there(folder: Path, tmp_path: Path, s3_bucket: str,
                                     s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"s3://{s3_bucket}/recs"
-    with monkeypatch.context() as patch:
-        _crash_in(patch, "r2", after=3)
-        with pytest.raises(RuntimeError, match="killed"):
-            _pack(folder, url, endpoint_url=s3_endpoint)
+    _stopped(folder, url, monkeypatch, "r2", after=3, endpoint_url=s3_endpoint)
     store = open_store(url, endpoint_url=s3_endpoint)
     assert store.exists(JOURNAL_FILE)
     _pack(folder, url, endpoint_url=s3_endpoint, resume=True)
