@@ -153,10 +153,13 @@ def test_bench_sync_reports_bytes_seconds_and_crossover() -> None:
 def test_bench_shard_reports_slices_bytes_against_the_bound_and_gather_latency() -> None:
     proc = _obs("bench", "shard", "--nodes", "512", "--worlds", "2", "--windows", "2",
                 "--window", "8", "--k-max", "8", "--active", "8", "--d-model", "32",
-                "--phases", "parallel", "--json")
+                "--phases", "parallel", "--profile", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     rows = {r["layout"]: r for r in result["results"]}
+    # --profile: rank 0's time waiting on collectives; the sharded reads meet every step.
+    assert rows["sharded"]["collective_wait_s_per_window"] > 0
+    assert "_distributed_c10d" in rows["sharded"]["profile"]
     assert rows["sharded"]["state_bytes_per_rank"] * 2 == rows["replicated"]["state_bytes_per_rank"]
     assert rows["replicated"]["read_bytes_per_step"] == 0  # a replica reads locally
     assert rows["sharded"]["read_bytes_per_step"] > 0

@@ -22,6 +22,9 @@ In each layout and phase, every rank trains the same committing MQAR model
 * ``write_bytes_per_step`` and, sharded, ``write_bound_per_step`` =
   ``12·E + 8·(W−1) + 16·(W−1)`` with ``E`` the committed entries sent to other owners.
 
+``--profile`` runs rank 0 under cProfile and adds ``collective_wait_s_per_window``
+and its top functions to each row.
+
 The summary gives, per W and phase, ``sharded_over_replicated`` seconds per window,
 and per W ``gather_latency``: milliseconds a small ``all_gather`` costs back to
 back and with compute between the calls (the sharded reads meet once per step).
@@ -175,6 +178,35 @@ def _gather_latency(device: Any, calls: int = 200) -> dict[str, float]:
     return out
 
 
+def _profiled(params: dict[str, Any], layout: str, phase: str, device: Any) -> dict[str, Any]:
+    """:func:`_measure`, under cProfile on rank 0 with ``--profile``.
+
+    Adds ``collective_wait_s_per_window`` (rank 0's seconds in the process group's
+    ``wait``, warm-up window included, over the timed windows: where a layout's
+    window goes when the ranks meet) and ``profile``, the top functions by own
+    time. Rank 0's seconds are then the profiled ones; compare them only with
+    each other.
+    """
+    from obs_dist.engine.dist import get_rank
+
+    if not params.get("profile") or get_rank() != 0:
+        return _measure(params, layout, phase, device)
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    row: dict[str, Any] = prof.runcall(_measure, params, layout, phase, device)
+    stats = pstats.Stats(prof)
+    wait = sum(entry[2] for func, entry in stats.stats.items()  # type: ignore[attr-defined]
+               if "_distributed_c10d.wait" in func[2])
+    row["collective_wait_s_per_window"] = wait / params["windows"]
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
+    row["profile"] = text.getvalue()
+    return row
+
+
 def _child() -> None:
     """One rank: both layouts and phases; rank 0 writes the rows."""
     params = json.loads(sys.argv[1])
@@ -189,7 +221,7 @@ def _child() -> None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     init_distributed(DistConfig(engine="torch", backend=params["backend"], timeout_s=1800),
                      device)
-    rows = [_measure(params, layout, phase, device)
+    rows = [_profiled(params, layout, phase, device)
             for phase in params["phases"] for layout in ("replicated", "sharded")]
     latency = _gather_latency(device) if get_world_size() > 1 else None
     if get_rank() == 0:
@@ -209,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             params = {"nodes": args.nodes, "batch": args.batch, "window": args.window,
                       "windows": args.windows, "k_max": args.k_max, "active": args.active,
                       "d_model": args.d_model, "phases": args.phases, "device": args.device,
-                      "backend": args.backend, "threads": args.threads, "out": str(out)}
+                      "backend": args.backend, "threads": args.threads, "out": str(out),
+                      "profile": args.profile}
             code = spawn_local([sys.executable, "-c",
                                 "from launch.bench.shard import _child; _child()",
                                 json.dumps(params)], world, timeout_s=args.timeout,
@@ -250,5 +283,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank)")
     p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     p.add_argument("--timeout", type=float, default=3600, help="seconds per world size")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile rank 0: seconds waiting on collectives per window and the "
+                   "top functions (its timings are then the profiled ones)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
