@@ -256,10 +256,10 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
             writer.new_shard()
             journal.objects, journal.packed = sorted(objects), packed
             journal.skipped, journal.writer = dict(skip.counts), writer.snapshot()
-            journal.save(writer.store)
+            journal.save(store)
 
         if not journal.clips_done:
-            journal.save(writer.store)
+            journal.save(store)
             for stream in tqdm(sorted(streams), desc="packing", unit="stream",
                                disable=not progress or not streams):
                 samples = _clip_samples(stream, streams[stream], kind or "discrete", skip)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from launch.evals.word_referent_trials import UNITS
+from obs_dist.model.recent_attention import MATCHES
 
 SETTINGS = ("class", "recording")
 LEARNERS = ("obs", "dual", "dual-offline", "attention")
@@ -138,8 +139,8 @@ class WordReferentConfig:
                      "threads", "recent_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_match not in ("learnt", "features"):
-            raise ValueError(f"attention_match must be 'learnt' or 'features', "
+        if self.attention_match not in MATCHES:
+            raise ValueError(f"attention_match must be one of {list(MATCHES)}, "
                              f"got {self.attention_match!r}")
         for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap",
                      "attention_context"):

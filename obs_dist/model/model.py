@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from obs_dist.model.encoders import build_encoder
+from obs_dist.model.recent_attention import MATCHES
 from obs_dist.model.table_bag import TableBags
 from obs_dist.model.writer import Writer, WriterConfig
 
@@ -122,8 +123,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.recent < 0:
             raise ValueError(f"model.stream.recent must be >= 0, got {self.recent}")
-        if self.recent_match not in ("learnt", "features"):
-            raise ValueError(f"model.stream.recent_match must be 'learnt' or 'features', "
+        if self.recent_match not in MATCHES:
+            raise ValueError(f"model.stream.recent_match must be one of {list(MATCHES)}, "
                              f"got {self.recent_match!r}")
         if self.recent and self.state_path:
             raise ValueError("model.stream.recent (attention over the recent clips) is the "

@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# How a heard clip is matched to the context's clips (``model.stream.recent_match``).
+MATCHES = ("learnt", "features")
+
 
 class RecentAttention(nn.Module):
     """How a heard clip matches the context's clips, and the path's scale.
@@ -53,9 +56,8 @@ class RecentAttention(nn.Module):
 
     def __init__(self, d: int, e: int, match: str = "learnt") -> None:
         super().__init__()
-        if match not in ("learnt", "features"):
-            raise ValueError(f"match must be 'learnt' or 'features', got {match!r}")
-        self.match = match
+        if match not in MATCHES:
+            raise ValueError(f"match must be one of {list(MATCHES)}, got {match!r}")
         self.query: nn.Linear | None = None
         self.key: nn.Linear | None = None
         if match == "learnt":
