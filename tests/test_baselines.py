@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from launch.evals.learners import BaselineLearner, matched_baseline
 from obs_dist.baselines import KINDS, BaselineConfig, build_baseline, count_parameters
 from obs_dist.baselines.delta_rule import delta_rule_recurrent as delta_rule
-from obs_dist.baselines.deltanet import unit_rows
+from obs_dist.baselines.deltanet import CausalConv1d, unit_rows
 from obs_dist.baselines.longhorn import longhorn_scan
 from obs_dist.tasks import IGNORE
 from obs_dist.tasks.memory_function import MemoryFunctionConfig, memory_function_batches
@@ -71,6 +71,37 @@ def test_unit_rows_is_f_normalize_in_value_and_gradient() -> None:
         grads.append((out.detach(), leaf.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("batch", "kernel", "strided"), [(3, 4, False), (1, 3, True)])
+def test_causal_conv_is_the_left_padded_conv1d_in_value_and_gradient(
+        batch: int, kernel: int, strided: bool) -> None:
+    # The reference: Conv1d over [B, C, T], left-padded by kernel − 1 (the form
+    # before the channels-last rewrite). A strided input is a chunk of a wider
+    # projection, as ShortConvMixer passes it.
+    torch.manual_seed(5)
+    conv = CausalConv1d(6, kernel=kernel).double()
+    wide = torch.randn(batch, 9, 12 if strided else 6, dtype=torch.float64)
+    weight = torch.randn(batch, 9, 6, dtype=torch.float64)
+    results = []
+    for fn in (conv, lambda t: conv.conv(F.pad(t.transpose(1, 2), (kernel - 1, 0))
+                                         ).transpose(1, 2)):
+        conv.zero_grad()
+        leaf = wide.clone().requires_grad_()
+        out = fn(leaf[..., :6])
+        (out * weight).sum().backward()
+        assert conv.conv.weight.grad is not None and conv.conv.bias is not None
+        results.append((out.detach(), leaf.grad, conv.conv.weight.grad.clone(),
+                        conv.conv.bias.grad))
+    assert results[0][0].shape == (batch, 9, 6) and results[0][0].is_contiguous()
+    for mine, reference in zip(results[0], results[1]):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
+    # causal: changing step 5 leaves steps 0..4 alone
+    changed = wide[..., :6].clone()
+    changed[:, 5] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(conv(changed)[:, :5], conv(wide[..., :6])[:, :5])
+        assert not torch.allclose(conv(changed)[:, 5], conv(wide[..., :6])[:, 5])
 
 
 def test_longhorn_step_is_the_implicit_online_regression_update() -> None:

@@ -38,11 +38,20 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Left-padded so step t never sees t + 1."""
-        y = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
-        # Back to [B, T, C] in memory too: the ops after it (SiLU, the split into
-        # heads, the normalisation) and their backward run slower on the transposed
-        # view.
-        return self.conv(y).transpose(1, 2).contiguous()
+        padded = F.pad(x, (0, 0, self.kernel - 1, 0))  # [B, T + k − 1, C], time first
+        # [B, T', C] in memory is a channels-last [B, C, 1, T'] image: oneDNN convolves
+        # it in that layout and returns [B, T, C] in memory, so no transposed copy is
+        # made forward or backward (Conv1d wants [B, C, T]: a transposed copy of the
+        # whole activation on the way in and out, both ways; docs/benchmarks.md).
+        image = padded.transpose(1, 2).unsqueeze(2)
+        y = F.conv2d(image, self.conv.weight.unsqueeze(2), groups=self.conv.groups)
+        # contiguous() is a no-op in that layout; it guards a backend that returns
+        # [B, C, 1, T] (the ops after it run slower on the transposed view). The bias
+        # is added here, not by the convolution, whose bias gradient sums over
+        # channels-last memory with strides it handles slowly (3.6 of its 4 ms
+        # backward at [8, 256, 384]).
+        assert self.conv.bias is not None  # built with one
+        return y.squeeze(2).transpose(1, 2).contiguous() + self.conv.bias
 
 
 def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
