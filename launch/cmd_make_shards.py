@@ -7,9 +7,10 @@ Examples::
     obs make-shards --synthetic --out data/episodes --names stream --layout episodes \
         --episode-objects 16 --episode-delays 32 --classes 48
     obs make-shards --from ~/videos --out data/mine --shard-size 256MB --kind continuous
-    obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256
     obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256 \
-        --resume    # after the pack above stopped: its finished recordings are kept
+        --max-fps 5
+    obs make-shards --from ~/saycam --out s3://bucket/saycam --clip-seconds 1 --max-side 256 \
+        --max-fps 5 --resume    # after the pack above stopped: its finished recordings are kept
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def register(subparsers: Any) -> None:
                    help="length of the clips a recording is cut into")
     f.add_argument("--max-side", type=int, default=256,
                    help="scale recordings' frames so the long side is at most this (pixels)")
+    f.add_argument("--max-fps", type=int, default=None,
+                   help="frames a second kept in recordings' clips, at most (default: the "
+                   "recording's rate); a model uses a few frames a clip, and training "
+                   "decodes every frame up to the last one it uses")
     f.add_argument("--workers", type=int, default=1,
                    help="processes cutting recordings at once (the same shards whatever the "
                    "number; each cuts one recording into a spool file under TMPDIR)")
@@ -136,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         size = parse_size(args.shard_size) if args.shard_size else 256 * 1000**2
         summary = pack_folder(args.from_dir, args.out, target_bytes=size, kind=args.kind,
                               clip_seconds=args.clip_seconds, max_side=args.max_side,
+                              max_fps=args.max_fps,
                               cut=args.cut, endpoint_url=args.endpoint_url,
                               overwrite=args.overwrite, workers=args.workers,
                               resume=args.resume)

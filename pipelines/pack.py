@@ -72,6 +72,9 @@ from pipelines.transcripts import (
 
 log = logging.getLogger(__name__)
 
+# How recordings are cut: (clip_seconds, max_side, max_fps), as pack_folder takes them.
+_Cutting = tuple[float, int, int | None]
+
 _MEDIA = RECORDING_VIDEO_EXTS + AUDIO_EXTS
 # Keys of the timed-label files in a group: the suffix after the stem, no leading dot.
 _TRANSCRIPTS = tuple(s[1:] for s in TRANSCRIPT_SUFFIXES)
@@ -167,7 +170,8 @@ class _Skips:
 
 def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
                 kind: str | None = None, clip_seconds: float = 1.0, max_side: int = 256,
-                cut: str = "auto", endpoint_url: str | None = None, overwrite: bool = False,
+                max_fps: int | None = None, cut: str = "auto", endpoint_url: str | None = None,
+                overwrite: bool = False,
                 progress: bool = True, workers: int = 1, resume: bool = False
                 ) -> dict[str, Any]:
     """Pack the clips and recordings under ``src`` into shards at ``out``.
@@ -180,6 +184,10 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
             clips (default ``discrete`` for clips, ``continuous`` for recordings).
         clip_seconds: length of the clips a recording is cut into.
         max_side: recordings' frames are scaled so the long side is at most this.
+        max_fps: frames a recording's clips keep per second at most (None: the
+            recording's own rate). Training decodes a clip's frames up to the last
+            one it uses, so 30 fps clips cost 30 frames' decoding for the 2 a model
+            sees; fewer also pack faster and store less.
         cut: ``auto``, ``always`` or ``never`` (see the module docstring).
         endpoint_url: S3 endpoint.
         overwrite: replace shards already at ``out``.
@@ -210,21 +218,26 @@ def pack_folder(src: str | Path, out: str, *, target_bytes: int = 64 << 20,
     if not clip_seconds > 0 or max_side < 2:
         raise ValueError(f"need clip_seconds > 0 and max_side >= 2, got {clip_seconds}, "
                          f"{max_side}")
+    if max_fps is not None and max_fps < 1:
+        raise ValueError(f"max_fps must be >= 1 (frames a second), got {max_fps}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if resume and overwrite:
         raise ValueError("resume continues the pack at the destination, overwrite replaces "
                          "it: choose one")
     with logging_redirect_tqdm():  # warnings print above the bars, not through them
-        return _pack(root, out, target_bytes, kind, clip_seconds, max_side, cut, endpoint_url,
-                     overwrite, progress, workers, resume)
+        return _pack(root, out, target_bytes, kind, (clip_seconds, max_side, max_fps), cut,
+                     endpoint_url, overwrite, progress, workers, resume)
 
 
-def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_seconds: float,
-          max_side: int, cut: str, endpoint_url: str | None, overwrite: bool,
+def _pack(root: Path, out: str, target_bytes: int, kind: str | None, cutting: _Cutting,
+          cut: str, endpoint_url: str | None, overwrite: bool,
           progress: bool, workers: int, resume: bool) -> dict[str, Any]:
-    settings = {"clip_seconds": clip_seconds, "max_side": max_side, "kind": kind, "cut": cut,
-                "target_bytes": target_bytes}
+    clip_seconds, max_side, max_fps = cutting
+    settings: dict[str, Any] = {"clip_seconds": clip_seconds, "max_side": max_side,
+                                "kind": kind, "cut": cut, "target_bytes": target_bytes}
+    if max_fps is not None:  # only when set: journals written before it still resume
+        settings["max_fps"] = max_fps
     store = open_store(out, endpoint_url=endpoint_url)
     folder = folder_fingerprint(root)
     journal: PackJournal | None = None
@@ -280,7 +293,7 @@ def _pack(root: Path, out: str, target_bytes: int, kind: str | None, clip_second
                     bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.1f}")
                 yield sample
 
-        cuts = _cut_recordings(recordings[journal.recordings_done:], clip_seconds, max_side,
+        cuts = _cut_recordings(recordings[journal.recordings_done:], cutting,
                                kind or "continuous", skip, workers)
         for samples in cuts:
             before = writer.samples
@@ -472,14 +485,16 @@ def _timed_labels(rec: _Recording, clip_seconds: float, skip: _Skips,
     return words, objects
 
 
-def _recording_samples(rec: _Recording, clip_seconds: float, max_side: int, kind: str,
+def _recording_samples(rec: _Recording, cutting: _Cutting, kind: str,
                        skip: _Skips) -> Iterator[Sample]:
     """The clips of one recording as samples; its problems counted in ``skip``."""
+    clip_seconds, max_side, max_fps = cutting
     words, objects = _timed_labels(rec, clip_seconds, skip)
     result = CutResult()
     try:
         for index, members in cut_recording(rec.video, rec.audio, clip_seconds=clip_seconds,
-                                            max_side=max_side, result=result):
+                                            max_side=max_side, max_fps=max_fps,
+                                            result=result):
             labels = {"object": objects.get(index), "word": words.get(index) or None}
             meta = SampleMeta(rec.stream, index, index * clip_seconds, clip_seconds, kind,
                               labels)
@@ -495,7 +510,7 @@ def _recording_samples(rec: _Recording, clip_seconds: float, max_side: int, kind
              f"{result.damage}; {result.clips} clips packed, {result.lost} lost", result.lost)
 
 
-def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side: int,
+def _cut_recordings(recordings: list[_Recording], cutting: _Cutting,
                     kind: str, skip: _Skips, workers: int) -> Iterator[Iterator[Sample]]:
     """Each recording's samples, in order; cut here, or by ``workers`` processes at once.
 
@@ -509,13 +524,13 @@ def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side:
     """
     if workers == 1:
         for rec in recordings:
-            yield _recording_samples(rec, clip_seconds, max_side, kind, skip)
+            yield _recording_samples(rec, cutting, kind, skip)
         return
     # spawn: a fresh interpreter per worker, no forked FFmpeg or tqdm thread state.
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="obs-pack-") as spool, \
             context.Pool(workers) as pool:
-        jobs = iter([(rec, clip_seconds, max_side, kind, str(Path(spool) / f"{i}.pickle"))
+        jobs = iter([(rec, cutting, kind, str(Path(spool) / f"{i}.pickle"))
                      for i, rec in enumerate(recordings)])
         ahead: deque[Any] = deque()
         while True:
@@ -533,13 +548,13 @@ def _cut_recordings(recordings: list[_Recording], clip_seconds: float, max_side:
                 skip(what, where, why, count)
 
 
-def _cut_to_spool(job: tuple[_Recording, float, int, str, str]
+def _cut_to_spool(job: tuple[_Recording, _Cutting, str, str]
                   ) -> tuple[str, list[tuple[str, Path | None, str, int]]]:
     """In a worker: one recording's samples pickled one after another into ``path``."""
-    rec, clip_seconds, max_side, kind, path = job
+    rec, cutting, kind, path = job
     skip = _Skips(record=True)
     with open(path, "wb") as fh:
-        for sample in _recording_samples(rec, clip_seconds, max_side, kind, skip):
+        for sample in _recording_samples(rec, cutting, kind, skip):
             pickle.dump(sample, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return path, skip.events
 

@@ -11,7 +11,7 @@ streams used), so an audio track that starts later than the video lands where
 it belongs, with silence before it.
 
 Each clip becomes an ``mp4`` (its frames, scaled so the long side is at most
-``max_side``, kept in yuv420p and re-encoded by
+``max_side``, at most ``max_fps`` of them a second, kept in yuv420p and re-encoded by
 :func:`pipelines.render.add_video_stream`'s encoder) and a ``flac``
 (mono at the track's own rate, the samples ``[round(i·c·rate), round((i+1)·c·rate))``).
 A last partial clip is kept when it holds at least half a clip.
@@ -206,11 +206,43 @@ def embedded_audio(path: Path) -> bytes | None:
     return encode_audio(np.clip(np.concatenate(chunks), -1.0, 1.0), "flac", rate)
 
 
-def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
+class FramePicker:
+    """Which video frames a clip keeps when it holds at most ``fps`` frames a second.
+
+    A clip ``[i·c, (i+1)·c)`` is split into slots of ``1 / fps`` seconds from its
+    start; the first frame in each slot is kept (so a clip's first frame is its
+    first frame at any rate, and a source slower than ``fps`` keeps every frame).
+    Decisions go by each frame's timestamp alone, in decoding order.
+
+    Args:
+        clip_seconds: ``c``.
+        fps: frames kept per second at most (> 0).
+    """
+
+    def __init__(self, clip_seconds: float, fps: float) -> None:
+        if not clip_seconds > 0 or not fps > 0:
+            raise ValueError(f"need clip_seconds > 0 and fps > 0, got {clip_seconds}, {fps}")
+        self.c, self.fps = clip_seconds, fps
+        self.taken: tuple[int, int] = (-1, -1)  # (clip, slot) of the last frame kept
+
+    def keeps(self, t: float) -> bool:
+        """Whether the frame at ``t`` seconds is kept (and count it as kept if so)."""
+        clip = int(math.floor((t + _EPS) / self.c))
+        slot = int(math.floor((t - clip * self.c + _EPS) * self.fps))
+        if (clip, slot) <= self.taken:
+            return False
+        self.taken = (clip, slot)
+        return True
+
+
+def _events(inp: _Input, max_side: int, picker: FramePicker | None = None
+            ) -> Iterator[tuple[float, str, Any]]:
     """``(seconds, "video" | "audio", payload)`` of every decoded frame, in file order.
 
-    Video payloads are yuv420p frames scaled to ``max_side``; audio payloads are mono
-    float32 arrays. Frames without a timestamp follow on from the previous one.
+    Video payloads are yuv420p frames scaled to ``max_side``, or None for a frame
+    the ``picker`` drops (it still moves the video's clock: a clip is cut when every
+    modality has passed its end); audio payloads are mono float32 arrays. Frames
+    without a timestamp follow on from the previous one.
     """
     reformatter = VideoReformatter()
     size: tuple[int, int] | None = None
@@ -220,7 +252,10 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
         for frame in packet.decode():
             kind = packet.stream.type
             t = frame.time - inp.origin if frame.time is not None else last[kind]
-            if kind == "video":
+            if kind == "video" and picker is not None and not picker.keeps(t):
+                payload: Any = None  # dropped before scaling: the scaler is a cost
+                step = frame_seconds[packet.stream.index]
+            elif kind == "video":
                 size = size or scaled_size(frame.width, frame.height, max_side)
                 # Scaling in yuv420p, the encoder's format, costs a tenth of RGB.
                 # The clips are untagged yuv420p, which every decoder reads as
@@ -232,7 +267,7 @@ def _events(inp: _Input, max_side: int) -> Iterator[tuple[float, str, Any]]:
                 # Accurate rounding keeps greys grey through a matrix conversion
                 # (off by up to 3 levels without it); it is not needed otherwise.
                 flags = Interpolation.AREA | (Interpolation.ACCURATE_RND if converts else 0)
-                payload: Any = reformatter.reformat(
+                payload = reformatter.reformat(
                     frame, width=size[0], height=size[1], format="yuv420p",
                     src_colorspace=space, dst_colorspace=Colorspace.ITU601,
                     src_color_range=scale, dst_color_range=ColorRange.MPEG,
@@ -318,7 +353,7 @@ class _Cutter:
         """Add one decoded video frame or audio frame starting at ``t`` seconds."""
         if kind == "video":
             index = int(math.floor((t + _EPS) / self.c))
-            if t >= -_EPS and index >= self.next:
+            if t >= -_EPS and index >= self.next and payload is not None:
                 self.frames[index].append(payload)
             end = t + 1.0 / self.fps
         else:
@@ -388,7 +423,8 @@ def _encode(clip: dict[str, Any], fps: float, rate: int | None) -> dict[str, byt
 
 
 def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float = 1.0,
-                  max_side: int = 256, result: CutResult | None = None,
+                  max_side: int = 256, max_fps: int | None = None,
+                  result: CutResult | None = None,
                   ) -> Iterator[tuple[int, dict[str, bytes]]]:
     """Decode a recording once and yield its clips as ``(index, {"mp4"?, "flac"?: bytes})``.
 
@@ -397,6 +433,8 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
         audio: a separate wav/flac (or the recording itself when ``video`` is None).
         clip_seconds: length of a clip.
         max_side: frames are scaled so that their long side is at most this.
+        max_fps: frames kept per second of a clip at most (:class:`FramePicker`),
+            and the clip's frame rate; None keeps the recording's rate.
         result: filled with the clip count, damage and clips lost.
 
     Raises:
@@ -406,6 +444,8 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
     """
     if clip_seconds <= 0 or max_side < 2 or (video is None and audio is None):
         raise ValueError("need a video or audio file, clip_seconds > 0 and max_side >= 2")
+    if max_fps is not None and max_fps < 1:
+        raise ValueError(f"max_fps must be >= 1 (frames a second), got {max_fps}")
     result = result if result is not None else CutResult()
     inputs: list[_Input] = []
     wanted = [(video, True, audio is None, "video_decode")] if video else []
@@ -433,7 +473,13 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
         fps = _fps(vstream) if vstream is not None else 30.0
         rate = int(astream.sample_rate) if astream is not None else None
         cutter = _Cutter(clip_seconds, fps, rate, {s.type for s in streams})
-        events = heapq.merge(*(_events(inp, max_side) for inp in inputs), key=lambda e: e[0])
+        # Fewer frames than the recording has: picked by time, and the clip plays at
+        # the lower rate. At or above the recording's rate every frame is kept, as
+        # without a limit (the same bytes).
+        picker = FramePicker(clip_seconds, max_fps) if max_fps and max_fps < fps else None
+        clip_fps = float(max_fps) if picker is not None and max_fps else fps
+        events = heapq.merge(*(_events(inp, max_side, picker) for inp in inputs),
+                             key=lambda e: e[0])
         while True:
             try:
                 t, kind, payload = next(events)
@@ -448,7 +494,7 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
                 index, clip = cutter.cut()
                 if clip:
                     result.clips += 1
-                    yield index, _encode(clip, fps, rate)
+                    yield index, _encode(clip, clip_fps, rate)
         if not cutter.seen:
             what = "video_decode" if vstream is not None else "audio_decode"
             raise RecordingError(what, inputs[0].path, result.damage or "no decodable frame")
@@ -466,7 +512,7 @@ def cut_recording(video: Path | None, audio: Path | None, *, clip_seconds: float
             index, clip = cutter.cut()
             if clip:
                 result.clips += 1
-                yield index, _encode(clip, fps, rate)
+                yield index, _encode(clip, clip_fps, rate)
         if result.damage is not None:
             durations = [inp.duration for inp in inputs if inp.duration]
             expected = clip_count(max(durations), clip_seconds) if durations else None

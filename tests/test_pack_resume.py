@@ -117,6 +117,8 @@ def test_resume_refuses_other_settings_a_changed_folder_and_a_finished_pack(
     before = _files(out)
     with pytest.raises(ValueError, match="clip_seconds: 1.0 then, 2.0 now"):
         _pack(folder, out, resume=True, clip_seconds=2.0)
+    with pytest.raises(ValueError, match="max_fps: None then, 4 now"):
+        _pack(folder, out, resume=True, max_fps=4)
     extra = folder / "r4.wav"
     extra.write_bytes(b"RIFF")
     try:

@@ -23,7 +23,7 @@ import pytest
 from launch.cli import main as obs_main
 from pipelines.decode import audio_frames, decode_sample, decode_video, read_audio
 from pipelines.pack import pack_folder
-from pipelines.recordings import clip_count, scaled_size, write_test_recording
+from pipelines.recordings import FramePicker, clip_count, scaled_size, write_test_recording
 from pipelines.render import encode_audio, encode_mp4
 from pipelines.schema import SampleMeta
 from pipelines.sources import resolve_shards
@@ -508,6 +508,82 @@ def test_max_side_downscales_keeping_the_aspect(tmp_path: Path) -> None:
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (64, 36)
     assert scaled_size(160, 90, 64) == (64, 36) and scaled_size(64, 48, 256) == (64, 48)
+
+
+def _clip_frames(mp4: bytes) -> tuple[float, list[float], np.ndarray]:
+    """A packed clip's frame rate, its frames' times and their mean brightness."""
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        return (float(stream.average_rate), [float(f.time) for f in frames],
+                np.array([f.to_ndarray(format="gray").mean() for f in frames]))
+
+
+def test_max_fps_keeps_the_first_frame_of_each_slot_on_the_clock(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    # 30 fps with the white frame at 12.0 s; clips of 1 s keep at most 4 frames a second.
+    write_test_recording(src / "cam.mp4", 14.0, width=64, height=48, fps=30, white_at=12.0)
+    summary = _pack(src, tmp_path / "out", max_fps=4)
+    assert summary["samples"] == 14 and summary["skipped"] == {}
+    samples = _samples(tmp_path / "out")
+    for i in range(14):
+        rate, times, brightness = _clip_frames(samples[f"cam/{i:06d}"]["mp4"])
+        assert rate == 4 and times == [0.0, 0.25, 0.5, 0.75]
+        if i == 12:  # the white frame is clip 12's first, and only it is white
+            assert brightness[0] > 200 and brightness[1:].max() < 60
+        else:
+            assert brightness.max() < 60
+        wave, sr = read_audio(samples[f"cam/{i:06d}"]["flac"])
+        assert sr == 16000 and len(wave) == 16000  # the audio is cut as before
+    # The kept frames are the source's frames at 0, 0.25, 0.5 and 0.75 s of each clip:
+    # the same pictures as the full-rate pack's frames 0, 8, 15 and 23 (slots start at
+    # 0, 7.5, 15 and 22.5 frames; the first frame at or after each start).
+    _pack(src, tmp_path / "full")
+    full = _samples(tmp_path / "full")
+    for i in (3, 12):
+        _, _, sub = _clip_frames(samples[f"cam/{i:06d}"]["mp4"])
+        _, _, all_frames = _clip_frames(full[f"cam/{i:06d}"]["mp4"])
+        assert len(all_frames) == 30
+        np.testing.assert_allclose(sub, all_frames[[0, 8, 15, 23]], atol=3.0)
+
+
+def test_max_fps_at_or_above_the_recording_rate_changes_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_test_recording(src / "cam.mp4", 3.0, **SMALL)  # 10 fps
+    _pack(src, tmp_path / "plain")
+    _pack(src, tmp_path / "capped", max_fps=10)
+    _pack(src, tmp_path / "above", max_fps=25)
+    plain = sorted(p.read_bytes() for p in (tmp_path / "plain").glob("*.tar"))
+    assert plain == sorted(p.read_bytes() for p in (tmp_path / "capped").glob("*.tar"))
+    assert plain == sorted(p.read_bytes() for p in (tmp_path / "above").glob("*.tar"))
+    with pytest.raises(ValueError, match="max_fps"):
+        _pack(src, tmp_path / "bad", max_fps=0)
+    # the command line passes it on: 10 fps → 5
+    assert obs_main(["make-shards", "--from", str(src), "--out", str(tmp_path / "cli"),
+                     "--max-fps", "5"]) == 0
+    rate, times, _ = _clip_frames(_samples(tmp_path / "cli")["cam/000001"]["mp4"])
+    assert rate == 5 and times == [0.0, 0.2, 0.4, 0.6, 0.8]
+
+
+def test_frame_picker_takes_one_frame_per_slot_from_uneven_clocks() -> None:
+    # 29.97 fps with timestamps jittered by a millisecond; 1.5 s clips, 2 frames a second.
+    picker = FramePicker(1.5, 2)
+    rng = np.random.default_rng(0)
+    times = [i / 29.97 + float(rng.uniform(-1e-3, 1e-3)) for i in range(180)]
+    kept = [t for t in times if picker.keeps(max(t, 0.0))]
+    clip_and_slot = [(int(t // 1.5), int((t % 1.5) // 0.5)) for t in kept]
+    # every slot of every clip in the 6 s, once, by its first frame
+    assert clip_and_slot == [(c, s) for c in range(4) for s in range(3)]
+    for t in kept:
+        slot_start = (t // 1.5) * 1.5 + ((t % 1.5) // 0.5) * 0.5
+        assert t - slot_start < 1 / 29.97 + 2e-3
+    # a source slower than the limit keeps every frame
+    slow = FramePicker(1.0, 8)
+    assert all(slow.keeps(i / 5) for i in range(20))
+    with pytest.raises(ValueError):
+        FramePicker(1.0, 0)
 
 
 def test_subtitle_and_json_cue_parsing() -> None:
