@@ -110,33 +110,43 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         beta = F.pad(beta, (0, pad))
         g = None if g is None else F.pad(g, (0, pad))
     n = (steps + pad) // c
+    # q and k enter several batched products, forward and backward: one copy in
+    # [B, H, T, d] order here saves each product its own (the mixer's permuted views
+    # do not fold their batch dims into one).
+    q, k = q.contiguous(), k.contiguous()
     q, k, v = (x.reshape(bsz, heads, n, c, x.shape[-1]) for x in (q, k, v))
     beta = beta.reshape(bsz, heads, n, c, 1)
     k_t = k.transpose(-1, -2)
     k_beta = beta * k
     eye = torch.eye(c, dtype=q.dtype, device=q.device)
+    # Triangles as products with 0/1 masks, not tril(): the same values, and on CPU
+    # a product is one vectorised pass (tril is 3× slower, forward and backward).
+    lower = torch.ones(c, c, dtype=q.dtype, device=q.device).tril()
     end_decay: torch.Tensor | None = None
     if g is None:
         # Ungated (DeltaNet): every decay is 1, so the gated path's masks and
         # exponentials would multiply by exactly 1 or 0; skipping them gives the same
         # outputs in less time (docs/benchmarks.md, chunked vs recurrent DeltaNet).
-        strict = eye + (k_beta @ k_t).tril(-1)
+        strict = eye + (k_beta @ k_t) * (lower - eye)
         rhs = torch.cat([beta * v, k_beta], dim=-1)
-        intra = (q @ k_t).tril()  # [B, H, n, C, C], lower with diagonal
+        intra = (q @ k_t) * lower  # [B, H, n, C, C], lower with diagonal
         q_decayed, k_to_end = q, k
     else:
         gamma = g.reshape(bsz, heads, n, c).cumsum(-1)  # within-chunk cumulative log decay
         # Γ_ij = exp(γ_i − γ_j) for j ≤ i; the upper part is masked before exp (it would overflow).
-        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        diff = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~lower, 0.0)
-        decay = diff.exp().masked_fill(~lower, 0.0)
-        strict = eye + (k_beta @ k_t * decay).tril(-1)
+        diff = (gamma[..., :, None] - gamma[..., None, :]) * lower
+        decay = diff.exp() * lower
+        strict = eye + k_beta @ k_t * decay * (lower - eye)
         rhs = torch.cat([beta * v, k_beta * gamma[..., None].exp()], dim=-1)
         intra = q @ k_t * decay
         q_decayed = q * gamma[..., None].exp()
         k_to_end = k * (gamma[..., -1:] - gamma)[..., None].exp()
         end_decay = gamma[..., -1].exp()
-    uw = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
+    # Solved as the transposed system Xᵀ strictᵀ = rhsᵀ: LAPACK works on column-major
+    # matrices, and the transposes of these row-major ones are exactly that, so the
+    # solve and its backward copy no operands, matrix by matrix.
+    uw = torch.linalg.solve_triangular(strict.mT, rhs.mT, upper=True, left=False,
+                                       unitriangular=True).mT
     u, w = uw.split([dv, dk], dim=-1)  # split's backward is one cat; slices' fill zeros
     state = q.new_zeros(bsz, heads, dk, dv)
     starts, news = [], []
