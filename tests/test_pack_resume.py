@@ -17,9 +17,9 @@ import pytest
 import pipelines.pack as pack
 from launch.cli import main as obs_main
 from obs_dist.storage import open_store
+from pipelines.cutter_probe import write_test_recording
 from pipelines.pack import pack_folder
 from pipelines.pack_journal import JOURNAL_FILE
-from pipelines.recordings import write_test_recording
 
 SMALL = {"width": 64, "height": 48, "fps": 10}
 TARGET = 8 << 10  # a few clips a shard: every recording spans several

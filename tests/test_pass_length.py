@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cutter_probe import write_test_recording
 from pipelines.loader import DataConfig, StreamLoader
 from pipelines.pack import pack_folder
-from pipelines.recordings import write_test_recording
 from pipelines.synthetic import SyntheticConfig, write_synthetic
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from support.tiny_run import obs
 
+from pipelines.cutter_probe import write_test_recording
 from pipelines.loader import DataConfig, StreamLoader
 from pipelines.pack import pack_folder
-from pipelines.recordings import write_test_recording
 from pipelines.rehearsal import RehearsalConfig, batch_bytes, reservoir_bytes
 
 

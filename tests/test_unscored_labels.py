@@ -18,9 +18,9 @@ import torch
 from support.tiny_run import TINY_AV, obs
 
 from obs_dist.guards import NothingScored, require_scored, task_scores_targets
+from pipelines.cutter_probe import write_test_recording
 from pipelines.loader import DataConfig, StreamLoader
 from pipelines.pack import pack_folder
-from pipelines.recordings import write_test_recording
 from pipelines.schema import CLASSES, classes_json, object_id
 from pipelines.synthetic import SyntheticConfig, write_synthetic
 

@@ -25,8 +25,8 @@ from launch.evals.word_referent_trials import (
     tally,
     wilson,
 )
+from pipelines.cutter_probe import write_test_recording
 from pipelines.pack import pack_folder
-from pipelines.recordings import write_test_recording
 
 
 def _recording(name: str = "rec_000", words: int = 3) -> list[ClipLabel]:
