@@ -69,6 +69,50 @@ def pick(dense: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _Pick.apply(dense, index)
 
 
+# Block length of the top-m pre-filter, and how many blocks per chosen value it
+# needs before it pays (below that a plain topk over N is as fast).
+_TOP_BLOCK = 64
+_TOP_MIN_BLOCKS_PER_PICK = 4
+
+
+def top_m(h: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h.topk(m, dim=1)`` over ``[B, N]``, through the blocks that can hold it.
+
+    The m largest values of a row lie in the m blocks of 64 columns whose
+    maxima are largest: a block whose maximum is below the m-th largest block
+    maximum holds nothing above m other blocks' maxima. So a topk over the
+    block maxima, then over those m blocks' 64·m values, gives the same values
+    as the topk over all N (bit for bit, in the same order) at ~2× less cost.
+    Where values tie at the m-th place, another of the tied columns may be
+    chosen than the full topk would choose (neither order is specified). Small
+    N, or N not a multiple of the block, takes the plain topk.
+
+    Returns:
+        ``(values [B, m], columns [B, m])``, values in decreasing order.
+    """
+    n = h.shape[1]
+    blocks = n // _TOP_BLOCK
+    if h.dim() != 2 or n % _TOP_BLOCK or blocks < _TOP_MIN_BLOCKS_PER_PICK * m:
+        return h.topk(m, dim=1)
+    best = h.view(h.shape[0], blocks, _TOP_BLOCK).amax(2).topk(m, dim=1).indices
+    offsets = torch.arange(_TOP_BLOCK, device=h.device)
+    cols = (best[:, :, None] * _TOP_BLOCK + offsets).flatten(1)  # [B, m·64]
+    vals, where = h.gather(1, cols).topk(m, dim=1)
+    return vals, cols.gather(1, where)
+
+
+def entries_at(base: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``base[rows[b, i], cols[b, q]]`` as ``[B, k, Q]`` (no gradient to ``base``).
+
+    One ``index_select`` over flat offsets: about half the time of the same
+    advanced indexing, whose random reads miss the cache either way.
+    """
+    if not base.is_contiguous() or base.requires_grad:
+        return base[rows.long()[:, :, None], cols.long()[:, None, :]]
+    flat = rows.long()[:, :, None] * base.shape[1] + cols.long()[:, None, :]
+    return base.view(-1).index_select(0, flat.flatten()).view(flat.shape)
+
+
 @dataclass
 class BlockSeq:
     """Blocks of one shape, stacked over time: ``rows/a: [B, L, r]``, ``cols/b: [B, L, c]``."""
@@ -274,10 +318,10 @@ class WindowMemory:
         window = self._window_part(rows, weights)
         if window is not None:
             h.add_(window.detach())
-        vals, ids = h.topk(m, dim=1)
+        vals, ids = top_m(h, m)
         if not (torch.is_grad_enabled() and (weights.requires_grad or window is not None)):
             return vals, ids
-        base = self.base[rows.long()[:, :, None], ids[:, None, :]]  # [B, k, m]
+        base = entries_at(self.base, rows, ids)  # [B, k, m]
         grad_path = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
         if window is not None:
             grad_path = grad_path + pick(window, ids)
@@ -287,7 +331,7 @@ class WindowMemory:
     def read_entries(self, rows: torch.Tensor, weights: torch.Tensor,
                      cols: torch.Tensor) -> torch.Tensor:
         """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""
-        base = self.base[rows.long()[:, :, None], cols.long()[:, None, :]]  # [B, k, Q]
+        base = entries_at(self.base, rows, cols)  # [B, k, Q]
         p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
         window = self._window_part(rows, weights)
         return p if window is None else p + pick(window, cols)
