@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obs_dist.model.window import WindowMemory
+from obs_dist.model.window import WindowMemory, entries_at, top_m
 
 
-def _memory(shared: bool, gen: torch.Generator) -> tuple[WindowMemory, list[torch.Tensor]]:
-    n, bsz = 200, 3
+def _memory(shared: bool, gen: torch.Generator, n: int = 200
+            ) -> tuple[WindowMemory, list[torch.Tensor]]:
+    bsz = 3
     memory = WindowMemory(torch.randn(n, n, generator=gen, dtype=torch.float64) * 0.02, bsz,
                           shared=shared)
     leaves = []
@@ -24,18 +25,20 @@ def _memory(shared: bool, gen: torch.Generator) -> tuple[WindowMemory, list[torc
             a = torch.randn(bsz, r, generator=gen, dtype=torch.float64, requires_grad=True)
             b = torch.randn(bsz, c, generator=gen, dtype=torch.float64, requires_grad=True)
             leaves += [a, b]
-            memory.write(kind, torch.randint(0, n, (bsz, r), generator=gen), a,
+            # Rows among the first 200 (those read below), columns anywhere.
+            memory.write(kind, torch.randint(0, 200, (bsz, r), generator=gen), a,
                          torch.randint(0, n, (bsz, c), generator=gen), b)
         memory.next_step()
     return memory, leaves
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_read_top_equals_the_top_of_a_read(shared: bool) -> None:
+@pytest.mark.parametrize("n", [200, 2560])  # 2,560: the top-m through blocks (40 of 64 columns)
+def test_read_top_equals_the_top_of_a_read(shared: bool, n: int) -> None:
     results = []
     for mode in ("read", "read_top"):
         gen = torch.Generator().manual_seed(7)
-        memory, leaves = _memory(shared, gen)
+        memory, leaves = _memory(shared, gen, n)
         rows = torch.randint(0, 200, (3, 5), generator=gen)
         weights = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
         if mode == "read":
@@ -66,3 +69,30 @@ def test_read_top_without_gradients_and_without_blocks() -> None:
     want_vals, want_ids = memory.read(rows, weights).topk(4, dim=1)
     assert torch.equal(vals, want_vals) and torch.equal(ids, want_ids)
     assert not vals.requires_grad
+
+
+@pytest.mark.parametrize("n", [640, 4096, 4100])  # blocks, blocks, and N not a multiple of 64
+def test_top_m_gives_the_values_of_a_full_topk(n: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(4, n, generator=gen)
+    h[0, :64] = 5.0 + torch.arange(64.0)  # the whole top in one block
+    vals, ids = top_m(h, 10)
+    want_vals, want_ids = h.topk(10, dim=1)
+    assert torch.equal(vals, want_vals) and torch.equal(ids, want_ids)
+    # Ties at and around the m-th place (small integers, many equal): the same
+    # values in the same order, m distinct columns that hold them.
+    h = torch.randint(0, 6, (4, n), generator=gen).float()
+    vals, ids = top_m(h, 10)
+    assert torch.equal(vals, h.topk(10, dim=1).values)
+    assert torch.equal(h.gather(1, ids), vals)
+    assert all(len(set(row.tolist())) == 10 for row in ids)
+
+
+def test_entries_at_is_the_advanced_index() -> None:
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(300, 300, generator=gen)
+    rows, cols = torch.randint(0, 300, (3, 5), generator=gen), torch.randint(0, 300, (3, 7))
+    want = base[rows[:, :, None], cols[:, None, :]]
+    assert torch.equal(entries_at(base, rows, cols), want)
+    assert torch.equal(entries_at(base.t().contiguous().t(), rows, cols), want)  # strided
+    assert torch.equal(entries_at(base.int(), rows, cols), want.int())
