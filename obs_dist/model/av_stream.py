@@ -425,12 +425,13 @@ class AVStreamModel(nn.Module):
         if self.writer is not None:
             xa = self._addressing(fa, 1, batch["audio_mask"])
             xv = self._addressing(fv, 0, batch["video_mask"])
-            for s in range(t):
-                h0, carry, _, _ = self._state_step(xa[:, s], memory, carry, recall=True,
-                                                   gate=gate[:, s])
+            # unbind, not [:, s]: a slice's backward fills a whole [B, T, ·] per step.
+            for xa_s, xv_s, gate_s in zip(xa.unbind(1), xv.unbind(1), gate.unbind(1)):
+                h0, carry, _, _ = self._state_step(xa_s, memory, carry, recall=True,
+                                                   gate=gate_s)
                 assert h0 is not None
                 recalls.append(h0)
-                _, carry, v_ids, v_alpha = self._state_step(xv[:, s], memory, carry, False)
+                _, carry, v_ids, v_alpha = self._state_step(xv_s, memory, carry, False)
                 ids.append(v_ids)
                 alphas.append(v_alpha)
         probe = Probe(self._embed_audio(fa).flatten(0, 1),

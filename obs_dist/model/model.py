@@ -329,8 +329,10 @@ class OBSModel(nn.Module):
         outs = []
         totals: dict[str, torch.Tensor] = {}
         table = TableBags(self.node_embed.weight)
-        for t in range(steps):
-            y, carry, stats = self.step(feats[:, t], memory, carry, table)
+        # unbind: one backward that stacks the steps' gradients; feats[:, t]
+        # would fill a zero [B, T, d] per step in the backward pass (O(T²)).
+        for feat in feats.unbind(1):
+            y, carry, stats = self.step(feat, memory, carry, table)
             outs.append(y)
             for k, v in stats.items():
                 totals[k] = totals[k] + v if k in totals else v
