@@ -60,3 +60,16 @@ def test_bf16_state_adds_in_fp32_and_clip_bounds_entries() -> None:
 def test_bad_state_config_is_refused(bad, match) -> None:
     with pytest.raises(ValueError, match=match):
         StateConfig(**bad)
+
+
+def test_apply_and_entries_address_the_flat_offsets_of_rows_and_columns() -> None:
+    """Entries are read and written at ``row · N + col`` (not transposed, no wrap)."""
+    state = BigState(StateConfig(nodes=40, partitions=4, init_std=0.0))
+    rows, cols = torch.tensor([0, 3, 39, 39], dtype=torch.int32), torch.tensor([39, 2, 0, 39],
+                                                                               dtype=torch.int32)
+    state.apply(SparseDelta(rows, cols, torch.tensor([1.0, 2.0, 3.0, 4.0]), 40))
+    want = torch.zeros(40, 40)
+    want[0, 39], want[3, 2], want[39, 0], want[39, 39] = 1.0, 2.0, 3.0, 4.0
+    assert torch.equal(state.matrix(), want)
+    got = state.entries(torch.tensor([[3, 39], [0, 0]]), torch.tensor([[2, 0], [39, 1]]))
+    assert torch.equal(got, torch.tensor([[2.0, 3.0], [1.0, 0.0]]))
