@@ -29,6 +29,7 @@ from obs_dist.engine.collectives import ByteMeter, gather_equal
 from obs_dist.engine.dist import get_rank, get_world_size, is_initialized
 from obs_dist.engine.shard_sync import route, route_known, split_counts
 from obs_dist.model.sharded_state import ShardedState
+from obs_dist.model.window import entries_at
 
 
 class ShardReader:
@@ -134,7 +135,7 @@ class ShardReader:
             h.index_put_((streams, cols), vals.to(h.dtype), accumulate=True)
         width = min(m, state.hi - state.lo)
         top_vals, top_idx = h.topk(width, dim=1)  # [W·B, m']
-        base = state.local[all_rows[:, :, None], top_idx[:, None, :]]  # [W·B, k, m']
+        base = entries_at(state.local, all_rows, top_idx)  # [W·B, k, m']
         ids = (top_idx + state.lo).to(torch.int32).view(torch.float32)
         answer = torch.cat([ids[:, None, :], top_vals.float()[:, None, :],
                             base.float()], 1).contiguous()  # [W·B, 2+k, m']

@@ -108,7 +108,8 @@ class ShardedState:
 
     def local_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values ``X[rows[e], cols[e]]`` for global columns owned here."""
-        return self.local[rows.long(), cols.long() - self.lo]
+        flat = rows.long() * self.local.shape[1] + (cols.long() - self.lo)
+        return self.local.view(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
 
     # ------------------------------------------------------------------ writing
     def apply(self, delta: SparseDelta) -> None:
@@ -125,14 +126,15 @@ class ShardedState:
         if int(c.min()) < self.lo or int(c.max()) >= self.hi:
             raise ValueError(f"rank {self.rank} owns columns [{self.lo}, {self.hi}); the delta "
                              f"touches [{int(c.min())}, {int(c.max())}]: route it first")
-        r = d.rows.long()
-        c = c - self.lo
-        new = self.local[r, c].float() + d.values.float()
+        # Flat offsets, as BigState.apply: index_select reads ~4x faster than local[r, c].
+        flat = d.rows.long() * self.local.shape[1] + (c - self.lo)
+        whole = self.local.view(-1)
+        new = whole.index_select(0, flat).float() + d.values.float()
         clip = self.config.clip_sigma
         if clip is not None:
             bound = clip * self.config.init_std if self.config.init_std > 0 else clip
             new = new.clamp_(-bound, bound)
-        self.local[r, c] = new.to(self.dtype)
+        whole.index_copy_(0, flat, new.to(self.dtype))
 
     def load_partition(self, p: int, tensor: torch.Tensor) -> None:
         """Replace the slice (``p`` must be 0; shape must match)."""
