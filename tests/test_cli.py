@@ -68,3 +68,24 @@ def test_bench_step_refuses_an_unknown_reference() -> None:
     proc = _obs("bench", "step", "--nodes", "256", "--reference", "no-such-revision-xyz")
     assert proc.returncode != 0
     assert "no-such-revision-xyz" in proc.stderr and "not a revision" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_mqar_runs_the_command_side_by_side_with_a_revision() -> None:
+    proc = _obs("bench", "mqar", "--quick", "--reference", "HEAD", "--rounds", "1",
+                "--set", "points=[[4, 24]]", "--set", "train.steps=20", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for tree in ("this_tree", "reference_tree"):
+        (run,) = result[tree]["runs"]
+        assert (run["pairs"], run["length"], run["steps"]) == (4, 24, 20)  # the --set wins
+        assert run["seconds"] > 0 and 0 <= run["accuracy"] <= 1
+        assert result[tree]["reached_target"] == (run["stopped"] == "target")
+    assert result["same_steps"]
+    assert result["speedup_over_reference"] == pytest.approx(
+        result["reference_tree"]["median_seconds"] / result["this_tree"]["median_seconds"])
+
+
+def test_bench_mqar_refuses_an_unknown_reference() -> None:
+    proc = _obs("bench", "mqar", "--quick", "--reference", "no-such-revision-xyz")
+    assert proc.returncode != 0 and "not a revision" in proc.stderr

@@ -128,6 +128,7 @@ NOT_RUN: dict[str, str] = {
     "bench scaling": "tests/test_dist_cli.py",
     "bench checkpoint": "tests/test_checkpoint_store.py",
     "bench shard": "several ranks: tests/test_dist_cli.py",
+    "bench mqar": "whole training runs of two trees: tests/test_cli.py (--quick)",
 }
 
 # The README's stand-in endpoint (MinIO/Ceph on loopback); the test's moto server replaces it.
