@@ -22,7 +22,13 @@ from collections.abc import Callable
 import torch
 
 from obs_dist.model.delta import SparseDelta
-from obs_dist.model.state import StateConfig, checked_delta, partition_bounds
+from obs_dist.model.state import (
+    StateConfig,
+    add_entries,
+    checked_delta,
+    partition_bounds,
+    read_entries,
+)
 
 INIT_CHUNK_ROWS = 1024  # BigState's chunk of the seeded initialisation (same RNG stream)
 DRAW_ROWS = 64  # rows per draw inside a chunk (64·N values: a multiple of 16)
@@ -108,8 +114,7 @@ class ShardedState:
 
     def local_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values ``X[rows[e], cols[e]]`` for global columns owned here."""
-        flat = rows.long() * self.local.shape[1] + (cols.long() - self.lo)
-        return self.local.view(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
+        return read_entries(self.local, rows, cols.long() - self.lo)
 
     # ------------------------------------------------------------------ writing
     def apply(self, delta: SparseDelta) -> None:
@@ -126,15 +131,7 @@ class ShardedState:
         if int(c.min()) < self.lo or int(c.max()) >= self.hi:
             raise ValueError(f"rank {self.rank} owns columns [{self.lo}, {self.hi}); the delta "
                              f"touches [{int(c.min())}, {int(c.max())}]: route it first")
-        # Flat offsets, as BigState.apply: index_select reads ~4x faster than local[r, c].
-        flat = d.rows.long() * self.local.shape[1] + (c - self.lo)
-        whole = self.local.view(-1)
-        new = whole.index_select(0, flat).float() + d.values.float()
-        clip = self.config.clip_sigma
-        if clip is not None:
-            bound = clip * self.config.init_std if self.config.init_std > 0 else clip
-            new = new.clamp_(-bound, bound)
-        whole.index_copy_(0, flat, new.to(self.dtype))
+        add_entries(self.local, d.rows, c - self.lo, d.values, self.config)
 
     def load_partition(self, p: int, tensor: torch.Tensor) -> None:
         """Replace the slice (``p`` must be 0; shape must match)."""

@@ -97,6 +97,32 @@ def checked_delta(delta: SparseDelta, num_nodes: int, device: torch.device) -> S
     return delta.coalesce().to(device)
 
 
+def read_entries(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``matrix[rows[e], cols[e]]`` for index tensors that broadcast (``matrix`` contiguous).
+
+    One ``index_select`` over flat offsets: ~4x faster than ``matrix[rows, cols]``
+    for the commit's few hundred thousand entries at N = 32,768.
+    """
+    flat = rows.long() * matrix.shape[1] + cols.long()  # the broadcast shape
+    return matrix.view(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
+
+
+def add_entries(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                values: torch.Tensor, config: StateConfig) -> None:
+    """``matrix[r, c] += v`` in place for unique ``(r, c)``, summed in fp32, clipped per ``config``.
+
+    The indices are unique (a coalesced delta), so gather-add-scatter is exact
+    and deterministic, and a bf16 matrix adds in fp32 before rounding once.
+    """
+    flat = rows.long() * matrix.shape[1] + cols.long()
+    whole = matrix.view(-1)
+    new = whole.index_select(0, flat).float() + values.float()
+    if config.clip_sigma is not None:
+        bound = config.clip_sigma * (config.init_std if config.init_std > 0 else 1.0)
+        new = new.clamp_(-bound, bound)
+    whole.index_copy_(0, flat, new.to(matrix.dtype))
+
+
 class BigState:
     """The dense N×N state as ``P`` row partitions.
 
@@ -154,8 +180,7 @@ class BigState:
 
     def entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values ``X[rows[e], cols[e]]`` for index tensors of equal shape."""
-        flat = rows.long() * self.num_nodes + cols.long()
-        return self.full.view(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
+        return read_entries(self.full, rows, cols)
 
     # ------------------------------------------------------------------ writing
     def apply(self, delta: SparseDelta) -> None:
@@ -168,17 +193,7 @@ class BigState:
         d = checked_delta(delta, self.num_nodes, self.device)
         if d.nnz == 0:
             return
-        # Coalesced (unique) indices, so gather-add-scatter is exact and
-        # deterministic, and a bf16 state adds in fp32 before rounding once.
-        # Flat offsets: index_select reads them ~4x faster than X[r, c] at N = 32,768.
-        flat = d.rows.long() * self.num_nodes + d.cols.long()
-        whole = self.full.view(-1)
-        new = whole.index_select(0, flat).float() + d.values.float()
-        clip = self.config.clip_sigma
-        if clip is not None:
-            bound = clip * self.config.init_std if self.config.init_std > 0 else clip
-            new = new.clamp_(-bound, bound)
-        whole.index_copy_(0, flat, new.to(self.dtype))
+        add_entries(self.full, d.rows, d.cols, d.values, self.config)
 
     def load_partition(self, p: int, tensor: torch.Tensor) -> None:
         """Replace partition ``p`` (shape and dtype must match)."""

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from obs_dist.model.delta import SparseDelta
+from obs_dist.model.state import read_entries
 
 Blocks = dict[str, tuple[torch.Tensor, ...]]
 Exchange = Callable[[Blocks], Blocks]
@@ -102,15 +103,14 @@ def top_m(h: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def entries_at(base: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``base[rows[b, i], cols[b, q]]`` as ``[B, k, Q]`` (no gradient to ``base``).
+    """``base[rows[b, i], cols[b, q]]`` as ``[B, k, Q]``.
 
-    One ``index_select`` over flat offsets: about half the time of the same
-    advanced indexing, whose random reads miss the cache either way.
+    Through flat offsets (:func:`~obs_dist.model.state.read_entries`): about half
+    the time of the same advanced indexing, whose random reads miss the cache
+    either way. A strided ``base`` takes the advanced index.
     """
-    if not base.is_contiguous() or base.requires_grad:
-        return base[rows.long()[:, :, None], cols.long()[:, None, :]]
-    flat = rows.long()[:, :, None] * base.shape[1] + cols.long()[:, None, :]
-    return base.view(-1).index_select(0, flat.flatten()).view(flat.shape)
+    rows, cols = rows.long()[:, :, None], cols.long()[:, None, :]
+    return read_entries(base, rows, cols) if base.is_contiguous() else base[rows, cols]
 
 
 @dataclass
