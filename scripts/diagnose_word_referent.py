@@ -33,7 +33,8 @@ from launch.evals import word_referent as wr
 from launch.evals.word_referent_data import collect, count_recordings, usable
 from launch.evals.word_referent_trials import build_trials, occurrences, referents, tally
 from launch.runner import build_model, load_weights, resolve_config
-from obs_dist.model.av_stream import Candidates, Probe, above_floor
+from obs_dist.model.audio_floor import above_floor
+from obs_dist.model.av_stream import Candidates, Probe
 
 
 def main() -> None:

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from obs_dist.model.av_stream import (
-    AVStreamModel,
-    above_floor,
-    clip_positions,
-    speech_gate,
-    with_neighbours,
-)
+from obs_dist.model.audio_floor import above_floor, speech_gate
+from obs_dist.model.av_stream import AVStreamModel, clip_positions, with_neighbours
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
@@ -128,7 +123,10 @@ def test_audio_context_hears_each_clip_with_its_neighbours() -> None:
     model = _model(False, audio_context=1, audio_floor=True)
     batch = _batch(2, 5)
     batch["audio_mask"][1, 3] = False  # a clip without audio: heard as silence
-    heard = model._hearable(model._in_context(batch["audio"], batch["audio_mask"]))
+    heard = model._heard_window(batch["audio"], batch["audio_mask"])
+    # Each clip floored once, then in context: the floor of each part of the context.
+    assert torch.equal(heard, model._hearable(model._in_context(batch["audio"],
+                                                                batch["audio_mask"])))
     a = batch["audio"].shape[-1]
     assert heard.shape == (2, 5, 8, 3 * a)
     assert torch.equal(heard[0, 2, :, a:2 * a], above_floor(batch["audio"][0, 2]))

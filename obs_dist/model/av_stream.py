@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
@@ -92,27 +93,6 @@ class Candidates(NamedTuple):
     alpha: torch.Tensor | None
 
 
-def speech_gate(audio: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Which clips carry sound above the noise floor of their stream's window.
-
-    Args:
-        audio: log-mel ``[B, T, n_mels, A]``.
-        mask: ``[B, T]`` clips that have audio.
-        threshold: required rise of the loud frames over the floor (log units).
-
-    Returns:
-        ``[B, T]`` float, 1 for a scored clip.
-    """
-    energy = audio.float().mean(2)  # [B, T, A] per-frame log energy
-    b = energy.shape[0]
-    present = mask.bool()
-    floor = torch.stack([
-        energy[i][present[i]].flatten().quantile(0.2) if bool(present[i].any())
-        else energy.new_zeros(()) for i in range(b)])
-    peak = energy.quantile(0.9, dim=2)
-    return ((peak - floor[:, None]) > threshold).float() * present.float()
-
-
 def clip_positions(batch: dict[str, Any], b: int, t: int, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each clip's recording (an id) and time (clip index), flattened ``[B·T]``.
@@ -135,18 +115,6 @@ def clip_positions(batch: dict[str, Any], b: int, t: int, device: torch.device
         return (torch.tensor(rec, device=device), torch.tensor(when, device=device))
     return (torch.arange(b, device=device).repeat_interleave(t),
             torch.arange(t, device=device).repeat(b))
-
-
-def above_floor(mels: torch.Tensor, q: float = 0.1) -> torch.Tensor:
-    """Log-mel ``[..., n_mels, A]`` minus each band's noise floor over time, clipped at 0.
-
-    The floor is the band's ``q`` quantile over the clip's frames (a word fills
-    less than the whole second, so its lowest frames are the room). What is
-    left is how far each band rises above the room: the sound of what is said,
-    not how loud the room is.
-    """
-    floor = mels.float().quantile(q, dim=-1, keepdim=True)
-    return (mels - floor).clamp_min(0.0)
 
 
 def with_neighbours(clip: Callable[[int], torch.Tensor | None], index: int,
@@ -313,7 +281,7 @@ class AVStreamModel(nn.Module):
         ``[B, T, n_mels, A']`` (the sounds' contrastive term draws its views from it).
         """
         b, t = batch["video_mask"].shape
-        heard = self._hearable(self._in_context(batch["audio"], batch["audio_mask"]))
+        heard = self._heard_window(batch["audio"], batch["audio_mask"])
         audio, video = heard, batch["video"]
         if self.training and self.stream_cfg.augment:
             audio = time_shift(audio.flatten(0, 1)).view_as(audio)
@@ -342,6 +310,17 @@ class AVStreamModel(nn.Module):
         pad = quiet.expand(b, c, *audio.shape[2:])
         padded = torch.cat([pad, padded, pad], dim=1)
         return torch.cat([padded[:, j:j + t] for j in range(2 * c + 1)], dim=-1)
+
+    def _heard_window(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A window's log-mel ``[B, T, M, A]`` as the encoder hears it, with context.
+
+        ``_hearable(_in_context(audio, mask))``, bit for bit, with each clip's floor
+        taken once before its neighbours join it (a third of the quantiles at
+        ``audio_context = 1``): a neighbour that is silence is 0 above the floor
+        either way, and a clip's floor is its own in every place it is heard.
+        """
+        floored = above_floor(audio) if self.stream_cfg.audio_floor else audio
+        return self._in_context(floored, mask)
 
     def _hearable(self, audio: torch.Tensor) -> torch.Tensor:
         """What the audio encoder hears of log-mel clips (above the floor, if so configured).
