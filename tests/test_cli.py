@@ -86,6 +86,29 @@ def test_bench_mqar_runs_the_command_side_by_side_with_a_revision() -> None:
         result["reference_tree"]["median_seconds"] / result["this_tree"]["median_seconds"])
 
 
+def test_bench_train_times_a_config_side_by_side_with_a_revision() -> None:
+    proc = _obs("bench", "train", "--config", "configs/mqar.toml", "--steps", "3",
+                "--reference", "HEAD", "--rounds", "1", "--set", "state.nodes=512",
+                "--set", "task.batch=4", "--set", "task.seq_len=32", "--set", "task.pairs=4",
+                "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    runs = [r for tree in ("this_tree", "reference_tree") for r in result[tree]["runs"]]
+    assert len(runs) == 2 and all(r["steps"] == 3 and r["seconds"] > 0 for r in runs)
+    # The same tree twice: the same mathematics, so the same final loss.
+    assert result["same_steps"] and result["same_result"]
+    assert runs[0]["loss"] == runs[1]["loss"] and runs[0]["loss"] > 0
+    assert result["speedup_over_reference"] == pytest.approx(
+        result["reference_tree"]["median_seconds"] / result["this_tree"]["median_seconds"])
+
+
+def test_bench_train_refuses_a_missing_config_and_no_steps() -> None:
+    proc = _obs("bench", "train", "--config", "configs/no-such.toml")
+    assert proc.returncode != 0 and "no such file" in proc.stderr
+    proc = _obs("bench", "train", "--config", "configs/mqar.toml", "--steps", "0")
+    assert proc.returncode != 0 and "--steps must be >= 1" in proc.stderr
+
+
 def test_bench_mqar_refuses_an_unknown_reference() -> None:
     proc = _obs("bench", "mqar", "--quick", "--reference", "no-such-revision-xyz")
     assert proc.returncode != 0 and "not a revision" in proc.stderr

@@ -129,6 +129,7 @@ NOT_RUN: dict[str, str] = {
     "bench checkpoint": "tests/test_checkpoint_store.py",
     "bench shard": "several ranks: tests/test_dist_cli.py",
     "bench mqar": "whole training runs of two trees: tests/test_cli.py (--quick)",
+    "bench train": "whole training runs of two trees: tests/test_cli.py",
 }
 
 # The README's stand-in endpoint (MinIO/Ceph on loopback); the test's moto server replaces it.

@@ -22,12 +22,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from statistics import median
 from typing import Any
 
-from tqdm import tqdm
-
-from launch.bench.step import reference_tree, thread_env
+from launch.bench._side_by_side import THIS_TREE, add_side_by_side_args, alternate, compare
+from launch.bench.step import thread_env
 from launch.output import emit
 
 # The docs/results.md command of the MQAR figure (mqar_obs_300s).
@@ -37,7 +35,7 @@ HEADLINE = ['models=["obs"]', "points=[[32, 256]]", "state_sizes=[]", "batch=16"
 
 def _run_once(tree: str | None, sets: list[str], quick: bool, threads: int) -> dict[str, Any]:
     """One training run of the MQAR command in a fresh process of ``tree`` (None: this one)."""
-    root = tree or str(Path(__file__).resolve().parents[2])
+    root = tree or THIS_TREE
     env = thread_env(threads)
     env["PYTHONPATH"] = root
     with tempfile.TemporaryDirectory(prefix="obs-bench-mqar-") as tmp:
@@ -62,42 +60,19 @@ def _run_once(tree: str | None, sets: list[str], quick: bool, threads: int) -> d
                                 "length")}
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of one tree's runs."""
-    return {"runs": runs,
-            "median_seconds": median(r["seconds"] for r in runs),
-            "steps": sorted({r["steps"] for r in runs}),
-            "reached_target": all(r["stopped"] == "target" for r in runs)}
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the MQAR command ``--rounds`` times per tree, alternating, and report the ratio."""
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     sets = [*HEADLINE, *args.overrides]
-    ref = reference_tree(args.reference) if args.reference else None
-    mine: list[dict[str, Any]] = []
-    theirs: list[dict[str, Any]] = []
-    try:
-        trees: list[str | None] = [None] if ref is None else [None, ref.name]
-        order = [t for r in range(args.rounds) for t in (trees if r % 2 == 0 else trees[::-1])]
-        for tree in tqdm(order, desc="bench mqar", unit="run", file=sys.stderr):
-            got = _run_once(tree, sets, args.quick, args.threads)
-            (mine if tree is None else theirs).append(got)
-    finally:
-        if ref is not None:
-            ref.cleanup()
-    summary: dict[str, Any] = {"command_sets": sets, "quick": args.quick,
-                               "threads": args.threads, "rounds": args.rounds,
-                               "reference": args.reference, "this_tree": _summary(mine)}
-    if theirs:
-        summary["reference_tree"] = _summary(theirs)
-        summary["speedup_over_reference"] = (summary["reference_tree"]["median_seconds"]
-                                             / summary["this_tree"]["median_seconds"])
-        summary["same_steps"] = (summary["reference_tree"]["steps"]
-                                 == summary["this_tree"]["steps"])
+    mine, theirs = alternate(lambda tree: _run_once(tree, sets, args.quick, args.threads),
+                             args.reference, args.rounds, "bench mqar")
+    summary = compare({"command_sets": sets, "quick": args.quick, "threads": args.threads,
+                       "rounds": args.rounds, "reference": args.reference}, mine, theirs)
+    for tree in ("this_tree", "reference_tree"):
+        if tree in summary:
+            summary[tree]["reached_target"] = all(r["stopped"] == "target"
+                                                  for r in summary[tree]["runs"])
     emit(summary, args.json)
     return 0
 
@@ -106,14 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``obs bench mqar``."""
     p = sub.add_parser("mqar", help="the MQAR command's seconds to 0.99, side by side with a "
                                     "git revision")
-    p.add_argument("--reference", default=None, metavar="REV",
-                   help="also run this git revision (e.g. a commit before a speed-up)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="runs per tree, alternating which goes first (medians reported)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op and OpenMP threads of each run")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the command (after its own settings; repeatable)")
+    add_side_by_side_args(p)
     p.add_argument("--quick", action="store_true",
                    help="the suite's tiny sizes (seconds): checks the bench, not a figure")
     p.add_argument("--json", action="store_true")
