@@ -40,9 +40,9 @@ def quantile(x: torch.Tensor, q: float, dim: int = -1, keepdim: bool = False) ->
         raise ValueError(f"quantile q must be in [0, 1], got {q}")
     if not x.is_floating_point():
         raise ValueError(f"quantile needs floating-point values, got {x.dtype}")
-    n = x.shape[dim] if x.dim() else 1
-    if n == 0 or x.dim() == 0:
+    if x.dim() == 0 or x.shape[dim] == 0:  # torch's own answer (or error) for these
         return x.quantile(q, dim=dim, keepdim=keepdim)
+    n = x.shape[dim]
     rank = torch.tensor(q, dtype=x.dtype, device=x.device) * (n - 1)
     lo, hi = int(rank.floor()), int(rank.ceil())
     if hi < n - 1 - lo:  # the lowest hi + 1 values, ascending
