@@ -426,17 +426,30 @@ class AVStreamModel(nn.Module):
                 max(self.stream_cfg.negative_gap, 1), self.stream_cfg.recent))
         logits = self.scores(probe, cands)
         eye = torch.eye(b * t, dtype=torch.bool, device=fa.device)
-        invalid = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
+        no_picture = ~batch["video_mask"].bool().reshape(-1)[None, :].expand(b * t, -1)
+        invalid = no_picture
         gap = self.stream_cfg.negative_gap or t  # 0: none of the same recording's window
         near = (when[:, None] - when[None, :]).abs() < gap
         same = stream[:, None] == stream[None, :]
         invalid = invalid | (same & near)
         if self.stream_cfg.negatives == "recording":
             invalid = invalid | ~same
-        logits = logits.masked_fill(invalid & ~eye, NEG_INF)
-        target = torch.arange(b * t, device=fa.device)
+        positive = eye
+        window = self.stream_cfg.positive_window
+        if window:
+            # The clips around the heard one are positives too (MIL-NCE): a name is
+            # said near, not always at, the moment its object is in view.
+            close = (when[:, None] - when[None, :]).abs() <= window
+            positive = eye | (same & close & ~no_picture)
+        logits = logits.masked_fill(invalid & ~positive, NEG_INF)
         keep = (gate * batch["video_mask"].float()).reshape(-1) > 0
-        if bool(keep.any()):
+        if bool(keep.any()) and window:
+            kept = logits[keep]
+            loss = (torch.logsumexp(kept, 1)
+                    - torch.logsumexp(kept.masked_fill(~positive[keep], NEG_INF), 1)).sum()
+            correct = int(positive[keep].gather(1, kept.argmax(1, keepdim=True)).sum())
+        elif bool(keep.any()):
+            target = torch.arange(b * t, device=fa.device)
             loss = F.cross_entropy(logits[keep], target[keep], reduction="sum")
             correct = int((logits[keep].argmax(1) == target[keep]).sum())
         else:

@@ -51,6 +51,12 @@ class StreamConfig:
             least this many clips away (nearer ones are mostly the same scene, a
             false negative); 0 excludes the whole recording's window. Negatives of
             the same recording make the task "which object", not "which recording".
+        positive_window: the pictures up to this many clips either side of a heard
+            clip (same recording) all count as its positives, the loss asking that
+            one of them be picked (MIL-NCE, Miech et al. 2020); 0 keeps the
+            picture of the same moment as the only positive. Narration names
+            things near, not exactly at, the moment they are in view. Must be
+            below ``negative_gap`` (when that is not 0), so no clip is both.
         negatives: ``all`` (other recordings' clips too) or ``recording`` (only
             the same recording's clips ``negative_gap`` or more apart). Other
             recordings differ in voice, room and scenery, so telling them apart
@@ -105,6 +111,7 @@ class StreamConfig:
     embed: int = 64
     gate: float = 1.5
     negative_gap: int = 8
+    positive_window: int = 0
     negatives: str = "all"
     augment: bool = False
     audio_floor: bool = False
@@ -151,6 +158,13 @@ class StreamConfig:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
         if self.negative_gap < 0:
             raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
+        if self.positive_window < 0:
+            raise ValueError(f"model.stream.positive_window must be >= 0, "
+                             f"got {self.positive_window}")
+        if self.negative_gap and self.positive_window >= self.negative_gap:
+            raise ValueError(f"model.stream.positive_window ({self.positive_window}) must be "
+                             f"below model.stream.negative_gap ({self.negative_gap}): a clip "
+                             f"cannot be both a positive and a negative")
         if not 0 <= self.audio_context <= 4:
             raise ValueError(f"model.stream.audio_context must be in [0, 4], "
                              f"got {self.audio_context}")
