@@ -89,6 +89,56 @@ def test_negatives_of_the_same_recording_only() -> None:
     assert everyone[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
+def _objective_with_logits(window: int
+                           ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 2-recording window's result, the logits it scored, which clips have a picture
+    and which are scored (a picture and speech)."""
+    model = _model(False, negatives="recording", negative_gap=3, positive_window=window)
+    batch = _batch(2, 6)
+    batch["audio"][:, :] += torch.linspace(0, 6, 6)[None, :, None, None]  # every clip loud
+    batch["keys"] = [[f"rec_{r}/{i:06d}" for i in range(6)] for r in range(2)]
+    batch["video_mask"][0, 1] = False  # no picture: never a positive, never scored
+    seen: list[torch.Tensor] = []
+    scores = model.scores
+
+    def spy(*args: object) -> torch.Tensor:
+        seen.append(scores(*args).detach())  # type: ignore[arg-type]
+        return seen[-1]
+
+    model.scores = spy  # type: ignore[method-assign]
+    result = model.window_objective(batch, None, model.initial_carry(2, "cpu"))  # type: ignore[arg-type]
+    pictured = batch["video_mask"].reshape(-1)
+    heard = speech_gate(batch["audio"], batch["audio_mask"], 1.5).reshape(-1) > 0
+    return result, seen[0], pictured, pictured & heard
+
+
+@pytest.mark.parametrize("window", [0, 1, 2])
+def test_positive_window_scores_any_nearby_picture_as_the_answer(window: int) -> None:
+    """MIL-NCE: -log of the positives' share, over the same recording's far clips and them."""
+    result, logits, pictured, scored = _objective_with_logits(window)
+    assert 6 <= int(scored.sum()) < 12  # most clips scored, the one without a picture not
+    want, correct = torch.tensor(0.0, dtype=torch.float64), 0
+    for q in scored.nonzero().flatten().tolist():
+        rec, when = divmod(q, 6)
+        cands = [c for c in range(rec * 6, rec * 6 + 6) if pictured[c]]
+        pos = [c for c in cands if abs(c - q) <= window]
+        pool = [c for c in cands if abs(c - q) >= 3 or c in pos]
+        assert q in pos and not set(pos) & {c for c in cands if abs(c - q) >= 3}
+        row = logits[q].double()
+        want += torch.logsumexp(row[pool], 0) - torch.logsumexp(row[pos], 0)
+        correct += int(pool[int(row[pool].argmax())] in pos)
+    assert result.scored == int(scored.sum())  # type: ignore[attr-defined]
+    torch.testing.assert_close(result.loss_sum.double(), want)  # type: ignore[attr-defined]
+    assert result.correct == correct  # type: ignore[attr-defined]
+
+
+def test_positive_window_is_refused_where_it_would_meet_the_negatives() -> None:
+    for bad, message in ((-1, "must be >= 0"), (3, "below model.stream.negative_gap")):
+        with pytest.raises(ValueError, match=message):
+            StreamConfig(negative_gap=3, positive_window=bad)
+    StreamConfig(negative_gap=0, positive_window=5)  # the whole window excluded: no clash
+
+
 def test_above_floor_hears_the_word_not_the_room() -> None:
     g = torch.Generator().manual_seed(0)
     word = torch.zeros(8, 50)
