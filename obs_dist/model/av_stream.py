@@ -349,7 +349,8 @@ class AVStreamModel(nn.Module):
 
     def scores(self, probe: Probe, cands: Candidates) -> torch.Tensor:
         """Logits ``[Q, C]`` of every query against every candidate picture."""
-        logits = (probe.embed @ cands.embed.t()) * self.direct_scale.exp().clamp(max=100.0)
+        logits = (probe.embed @ cands.embed.t()) * (
+            self.direct_scale.exp().clamp(max=100.0) * self.stream_cfg.direct_weight)
         if probe.recall is not None and cands.ids is not None and cands.alpha is not None:
             logits = logits + self.state_scale.exp().clamp(max=100.0) * self._state_scores(
                 probe.recall, cands.ids, cands.alpha)

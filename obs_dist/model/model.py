@@ -79,6 +79,12 @@ class StreamConfig:
         recall_norm: divide the recalled activity by each node's column mass
             (how strongly everything links to it), so hub nodes that every input
             links to do not outvote the specific ones.
+        direct_weight: weight of the direct path's logits in the objective (and in
+            ``answer = "both"``); 0 leaves the state path alone to train the
+            encoders (with ``state_path``). Where names are new in every recording,
+            the slow weights can lower the loss only by learning the rehearsed
+            moments by heart, and that pulls the features the addresses are made of
+            toward what tells moments apart.
         answer: how a word–referent trial is answered: ``both`` (the training
             objective's logits: direct path plus state path) or ``state`` (the
             memory path alone: what the state bound, or what the attention
@@ -118,6 +124,7 @@ class StreamConfig:
     audio_context: int = 0
     carry: str = "propagated"
     recall_norm: bool = False
+    direct_weight: float = 1.0
     answer: str = "both"
     video_ssl: float = 0.0
     video_ssl_pictures: int = 128
@@ -158,6 +165,12 @@ class StreamConfig:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
         if self.negative_gap < 0:
             raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
+        if not math.isfinite(self.direct_weight) or self.direct_weight < 0:
+            raise ValueError(f"model.stream.direct_weight must be a finite number >= 0, "
+                             f"got {self.direct_weight}")
+        if self.direct_weight == 0 and not self.state_path:
+            raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
+                             "(state_path = false) nothing to learn with")
         if self.positive_window < 0:
             raise ValueError(f"model.stream.positive_window must be >= 0, "
                              f"got {self.positive_window}")
