@@ -237,6 +237,37 @@ def test_answer_through_the_state_alone() -> None:
         StreamConfig(answer="direct")
 
 
+def test_direct_weight_zero_leaves_the_state_path_to_train_the_encoders() -> None:
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    state.matrix().normal_()
+    model = _model(True, direct_weight=0.0, answer="both").eval()
+    with torch.no_grad():
+        probe = model.probe(torch.randn(3, 8, 20), WindowMemory(state.matrix(), 3))
+        cands = model.candidates(torch.randint(0, 255, (4, 2, 3, 16, 16), dtype=torch.uint8))
+        assert probe.recall is not None and cands.ids is not None and cands.alpha is not None
+        state_only = model.state_scale.exp() * model._state_scores(probe.recall, cands.ids,
+                                                                   cands.alpha)
+        assert torch.equal(model.scores(probe, cands), state_only)
+    # Trained from an empty state, the encoders still learn, through the state alone:
+    # a window's later clips recall what its earlier ones wrote.
+    model.train()
+    batch = _batch(2, 8)
+    batch["audio"][:, :] += 6.0 * (torch.arange(8) % 2 == 0)[None, :, None, None]
+    memory = WindowMemory(BigState(StateConfig(nodes=NODES, partitions=2,
+                                               init_std=0.0)).matrix(), 2)
+    out = model.window_objective(batch, memory, model.initial_carry(2, "cpu"))
+    out.loss_sum.backward()
+    assert model.audio.proj.weight.grad is not None and model.video.proj.weight.grad is not None
+    assert model.audio.proj.weight.grad.abs().sum() > 0
+    assert model.video.proj.weight.grad.abs().sum() > 0
+    assert model.head_a.weight.grad is None or model.head_a.weight.grad.abs().sum() == 0
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="direct_weight must be a finite number"):
+            StreamConfig(direct_weight=bad)
+    with pytest.raises(ValueError, match="leaves the dual encoder"):
+        StreamConfig(state_path=False, direct_weight=0.0)
+
+
 def test_augmentation_only_while_training() -> None:
     model = _model(False, augment=True)
     batch = _batch()
