@@ -79,6 +79,13 @@ class StreamConfig:
         recall_norm: divide the recalled activity by each node's column mass
             (how strongly everything links to it), so hub nodes that every input
             links to do not outvote the specific ones.
+        recall_gap: a heard clip recalls only what clips at least this many
+            before it wrote in the window (and the committed state); 0 or 1:
+            everything before it. Adjacent seconds of one utterance land on
+            the same nodes and show the same scene, so a recall of the last
+            second's links finds the picture without knowing the word; with a
+            gap the state path is scored on what an earlier hearing of the word
+            bound, as a word–referent trial is. Needs the replicated layout.
         direct_weight: weight of the direct path's logits in the objective (and in
             ``answer = "both"``); 0 leaves the state path alone to train the
             encoders (with ``state_path``). Where names are new in every recording,
@@ -124,6 +131,7 @@ class StreamConfig:
     audio_context: int = 0
     carry: str = "propagated"
     recall_norm: bool = False
+    recall_gap: int = 0
     direct_weight: float = 1.0
     answer: str = "both"
     video_ssl: float = 0.0
@@ -165,6 +173,8 @@ class StreamConfig:
             raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
         if self.negative_gap < 0:
             raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
+        if self.recall_gap < 0:
+            raise ValueError(f"model.stream.recall_gap must be >= 0, got {self.recall_gap}")
         if not math.isfinite(self.direct_weight) or self.direct_weight < 0:
             raise ValueError(f"model.stream.direct_weight must be a finite number >= 0, "
                              f"got {self.direct_weight}")
