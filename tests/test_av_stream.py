@@ -89,11 +89,12 @@ def test_negatives_of_the_same_recording_only() -> None:
     assert everyone[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
-def _objective_with_logits(window: int
+def _objective_with_logits(window: int, **stream: object
                            ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 2-recording window's result, the logits it scored, which clips have a picture
     and which are scored (a picture and speech)."""
-    model = _model(False, negatives="recording", negative_gap=3, positive_window=window)
+    model = _model(False, negatives="recording", negative_gap=3, positive_window=window,
+                   **stream)
     batch = _batch(2, 6)
     batch["audio"][:, :] += torch.linspace(0, 6, 6)[None, :, None, None]  # every clip loud
     batch["keys"] = [[f"rec_{r}/{i:06d}" for i in range(6)] for r in range(2)]
@@ -130,6 +131,25 @@ def test_positive_window_scores_any_nearby_picture_as_the_answer(window: int) ->
     assert result.scored == int(scored.sum())  # type: ignore[attr-defined]
     torch.testing.assert_close(result.loss_sum.double(), want)  # type: ignore[attr-defined]
     assert result.correct == correct  # type: ignore[attr-defined]
+
+
+def test_false_negatives_leave_out_the_negatives_whose_pictures_look_most_alike() -> None:
+    result, logits, pictured, scored = _objective_with_logits(0, false_negatives=1)
+    model = _model(False)  # the same initial weights (seed 0) and no augmentation
+    batch = _batch(2, 6)
+    with torch.no_grad():
+        fv = model._features(batch)[1].flatten(0, 1)
+    pictures = torch.nn.functional.normalize(fv, dim=-1)
+    want = torch.tensor(0.0, dtype=torch.float64)
+    for q in scored.nonzero().flatten().tolist():
+        rec = q // 6
+        negatives = [c for c in range(rec * 6, rec * 6 + 6) if pictured[c] and abs(c - q) >= 3]
+        alike = max(negatives, key=lambda c: float(pictures[q] @ pictures[c]))
+        pool = [q] + [c for c in negatives if c != alike]
+        want += torch.logsumexp(logits[q].double()[pool], 0) - logits[q, q].double()
+    torch.testing.assert_close(result.loss_sum.double(), want)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="false_negatives must be >= 0"):
+        StreamConfig(false_negatives=-1)
 
 
 def test_positive_window_is_refused_where_it_would_meet_the_negatives() -> None:

@@ -447,6 +447,8 @@ class AVStreamModel(nn.Module):
         invalid = invalid | (same & near)
         if self.stream_cfg.negatives == "recording":
             invalid = invalid | ~same
+        if self.stream_cfg.false_negatives:
+            invalid = invalid | self._likely_same(fv, invalid | eye)
         positive = eye
         window = self.stream_cfg.positive_window
         if window:
@@ -485,6 +487,21 @@ class AVStreamModel(nn.Module):
             stats["audio_ssl"] = float(contrast.detach())
             loss = loss + self.stream_cfg.audio_ssl * contrast * max(int(keep.sum()), 1)
         return WindowResult(loss, int(keep.sum()), correct, carry, stats)
+
+    def _likely_same(self, fv: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+        """``[Q, C]``: each query's ``stream.false_negatives`` negatives whose pictures
+        look most like its own (cosine of the video features, no gradient).
+
+        A recording shows each object again and again, so some of a heard clip's
+        negatives show the very object its word names: a contrastive loss pushes the
+        word away from them, against what it should learn. They are left out.
+        """
+        pictures = F.normalize(fv.detach().flatten(0, 1), dim=-1)
+        alike = (pictures @ pictures.t()).masked_fill(excluded, NEG_INF)
+        k = min(self.stream_cfg.false_negatives, alike.shape[1])
+        top = alike.topk(k, dim=1).indices
+        drop = torch.zeros_like(excluded).scatter_(1, top, True)
+        return drop & ~excluded
 
     # -------------------------------------------------------------- trials
     def probe(self, audio: torch.Tensor, memory: Memory | None,

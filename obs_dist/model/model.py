@@ -57,6 +57,10 @@ class StreamConfig:
             picture of the same moment as the only positive. Narration names
             things near, not exactly at, the moment they are in view. Must be
             below ``negative_gap`` (when that is not 0), so no clip is both.
+        false_negatives: leave out, for each heard clip, this many of its negatives
+            whose pictures look most like its own (the video features' cosine):
+            a recording shows its objects again and again, and a negative showing
+            the named object teaches the word away from it. 0: none left out.
         negatives: ``all`` (other recordings' clips too) or ``recording`` (only
             the same recording's clips ``negative_gap`` or more apart). Other
             recordings differ in voice, room and scenery, so telling them apart
@@ -125,6 +129,7 @@ class StreamConfig:
     gate: float = 1.5
     negative_gap: int = 8
     positive_window: int = 0
+    false_negatives: int = 0
     negatives: str = "all"
     augment: bool = False
     audio_floor: bool = False
@@ -181,6 +186,9 @@ class StreamConfig:
         if self.direct_weight == 0 and not self.state_path:
             raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
                              "(state_path = false) nothing to learn with")
+        if self.false_negatives < 0:
+            raise ValueError(f"model.stream.false_negatives must be >= 0, "
+                             f"got {self.false_negatives}")
         if self.positive_window < 0:
             raise ValueError(f"model.stream.positive_window must be >= 0, "
                              f"got {self.positive_window}")
