@@ -160,38 +160,20 @@ class StreamConfig:
             raise ValueError(f"model.stream.recent ({self.recent}) must exceed "
                              f"model.stream.negative_gap ({self.negative_gap}): while training "
                              f"a clip attends to the clips negative_gap to recent before it")
-        if not math.isfinite(self.video_ssl) or self.video_ssl < 0:
-            raise ValueError(f"model.stream.video_ssl must be a finite number >= 0, "
-                             f"got {self.video_ssl}")
-        if not math.isfinite(self.audio_ssl) or self.audio_ssl < 0:
-            raise ValueError(f"model.stream.audio_ssl must be a finite number >= 0, "
-                             f"got {self.audio_ssl}")
-        if self.audio_ssl_clips < 2:
-            raise ValueError(f"model.stream.audio_ssl_clips must be >= 2, "
-                             f"got {self.audio_ssl_clips}")
-        if self.video_ssl_pictures < 2:
-            raise ValueError(f"model.stream.video_ssl_pictures must be >= 2, "
-                             f"got {self.video_ssl_pictures}")
-        if self.embed < 2:
-            raise ValueError(f"model.stream.embed must be >= 2, got {self.embed}")
-        if not math.isfinite(self.gate) or self.gate < 0:
-            raise ValueError(f"model.stream.gate must be a finite number >= 0, got {self.gate}")
-        if self.negative_gap < 0:
-            raise ValueError(f"model.stream.negative_gap must be >= 0, got {self.negative_gap}")
-        if self.recall_gap < 0:
-            raise ValueError(f"model.stream.recall_gap must be >= 0, got {self.recall_gap}")
-        if not math.isfinite(self.direct_weight) or self.direct_weight < 0:
-            raise ValueError(f"model.stream.direct_weight must be a finite number >= 0, "
-                             f"got {self.direct_weight}")
+        for name in ("video_ssl", "audio_ssl", "gate", "direct_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"model.stream.{name} must be a finite number >= 0, "
+                                 f"got {value}")
+        for name, low in (("audio_ssl_clips", 2), ("video_ssl_pictures", 2), ("embed", 2),
+                          ("negative_gap", 0), ("recall_gap", 0), ("false_negatives", 0),
+                          ("positive_window", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"model.stream.{name} must be >= {low}, "
+                                 f"got {getattr(self, name)}")
         if self.direct_weight == 0 and not self.state_path:
             raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
                              "(state_path = false) nothing to learn with")
-        if self.false_negatives < 0:
-            raise ValueError(f"model.stream.false_negatives must be >= 0, "
-                             f"got {self.false_negatives}")
-        if self.positive_window < 0:
-            raise ValueError(f"model.stream.positive_window must be >= 0, "
-                             f"got {self.positive_window}")
         if self.negative_gap and self.positive_window >= self.negative_gap:
             raise ValueError(f"model.stream.positive_window ({self.positive_window}) must be "
                              f"below model.stream.negative_gap ({self.negative_gap}): a clip "
