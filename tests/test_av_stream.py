@@ -288,32 +288,6 @@ def test_direct_weight_zero_leaves_the_state_path_to_train_the_encoders() -> Non
         StreamConfig(state_path=False, direct_weight=0.0)
 
 
-def test_recall_gap_recalls_only_what_clips_that_far_back_wrote() -> None:
-    """Clip t's hearing reads the blocks of clips <= t - gap (two steps a clip)."""
-    calls: list[tuple[int, int]] = []
-
-    class Spy(WindowMemory):
-        def read_before(self, rows: torch.Tensor, weights: torch.Tensor, step: int
-                        ) -> torch.Tensor:
-            calls.append((self.step, step))
-            return super().read_before(rows, weights, step)
-
-    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
-    model = _model(True, recall_gap=3)
-    out = model.window_objective(_batch(2, 6), Spy(state.matrix(), 2),
-                                 model.initial_carry(2, "cpu"))
-    assert calls == [(2 * t, 2 * (t - 3) + 2) for t in range(6)]
-    out.loss_sum.backward()  # the state path still trains the encoders
-    assert model.audio.proj.weight.grad is not None
-    for gap in (0, 1):  # everything before the clip: the plain read
-        calls.clear()
-        model = _model(True, recall_gap=gap)
-        model.window_objective(_batch(2, 6), Spy(state.matrix(), 2), model.initial_carry(2, "cpu"))
-        assert calls == []
-    with pytest.raises(ValueError, match="recall_gap must be >= 0"):
-        StreamConfig(recall_gap=-1)
-
-
 def test_augmentation_only_while_training() -> None:
     model = _model(False, augment=True)
     batch = _batch()

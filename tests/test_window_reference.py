@@ -84,30 +84,3 @@ def test_commit_equals_dense_sum_of_writes() -> None:
     # to_delta rounds values to fp32 for the commit.
     torch.testing.assert_close(delta.to_dense().double(), expected, atol=1e-5, rtol=1e-5)
     assert delta.nnz > 0
-
-
-@pytest.mark.parametrize("shared", [False, True])
-def test_read_before_counts_only_the_blocks_written_before_a_step(shared: bool) -> None:
-    """``read_before(step)`` equals a plain read of a window that stopped writing there."""
-    g = torch.Generator().manual_seed(3)
-    n, bsz, steps = 32, 2, 5
-    base = torch.randn(n, n, generator=g)
-    writes = [(torch.randint(0, n, (bsz, 3), generator=g), torch.randn(bsz, 3, generator=g),
-               torch.randint(0, n, (bsz, 4), generator=g), torch.randn(bsz, 4, generator=g))
-              for _ in range(steps)]
-    rows = torch.randint(0, n, (bsz, 3), generator=g)
-    weights = torch.randn(bsz, 3, generator=g)
-
-    def window(upto: int) -> WindowMemory:
-        memory = WindowMemory(base, bsz, shared=shared)
-        for s in range(steps):
-            if s < upto:
-                memory.write("link", *writes[s])
-            memory.next_step()
-        return memory
-
-    full = window(steps)
-    for step in range(steps + 1):
-        torch.testing.assert_close(full.read_before(rows, weights, step),
-                                   window(step).read(rows, weights))
-    assert not torch.allclose(full.read_before(rows, weights, 2), full.read(rows, weights))

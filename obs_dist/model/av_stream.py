@@ -61,7 +61,6 @@ from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encod
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import PictureContrast, sample_pictures
-from obs_dist.model.window import WindowMemory
 from obs_dist.model.writer import Writer
 
 NEG_INF = float("-inf")
@@ -228,7 +227,7 @@ class AVStreamModel(nn.Module):
                      torch.zeros(batch, m, device=device))
 
     def _state_step(self, f: torch.Tensor, memory: Memory, carry: Carry, recall: bool,
-                    gate: torch.Tensor | None = None, gap: int = 0
+                    gate: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
         """One step: address from the input, optionally read first, write, propagate.
 
@@ -244,7 +243,7 @@ class AVStreamModel(nn.Module):
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
-        h0 = self._recall(memory, prop.ids, prop.alpha, gap) if recall else None
+        h0 = memory.read(prop.ids, prop.alpha) if recall else None
         if h0 is not None and self.stream_cfg.recall_norm:
             h0 = h0 / (1.0 + memory.column_mass())
         rows = torch.cat([prop.ids, carry.ids], dim=1)
@@ -266,17 +265,6 @@ class AVStreamModel(nn.Module):
             ids = torch.where(heard, ids, carry.ids)
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
-
-    @staticmethod
-    def _recall(memory: Memory, ids: torch.Tensor, alpha: torch.Tensor, gap: int
-                ) -> torch.Tensor:
-        """The read of a hearing step; with ``gap`` > 1 (``stream.recall_gap``), only
-        what the window's clips at least ``gap`` back wrote (two steps a clip)."""
-        if gap <= 1:
-            return memory.read(ids, alpha)
-        if not isinstance(memory, WindowMemory):
-            raise ValueError("model.stream.recall_gap needs the replicated state layout")
-        return memory.read_before(ids, alpha, memory.step - 2 * gap + 2)
 
     def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -420,7 +408,7 @@ class AVStreamModel(nn.Module):
             # unbind, not [:, s]: a slice's backward fills a whole [B, T, ·] per step.
             for xa_s, xv_s, gate_s in zip(xa.unbind(1), xv.unbind(1), gate.unbind(1)):
                 h0, carry, _, _ = self._state_step(xa_s, memory, carry, recall=True,
-                                                   gate=gate_s, gap=self.stream_cfg.recall_gap)
+                                                   gate=gate_s)
                 assert h0 is not None
                 recalls.append(h0)
                 _, carry, v_ids, v_alpha = self._state_step(xv_s, memory, carry, False)

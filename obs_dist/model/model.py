@@ -83,13 +83,6 @@ class StreamConfig:
         recall_norm: divide the recalled activity by each node's column mass
             (how strongly everything links to it), so hub nodes that every input
             links to do not outvote the specific ones.
-        recall_gap: a heard clip recalls only what clips at least this many
-            before it wrote in the window (and the committed state); 0 or 1:
-            everything before it. Adjacent seconds of one utterance land on
-            the same nodes and show the same scene, so a recall of the last
-            second's links finds the picture without knowing the word; with a
-            gap the state path is scored on what an earlier hearing of the word
-            bound, as a word–referent trial is. Needs the replicated layout.
         direct_weight: weight of the direct path's logits in the objective (and in
             ``answer = "both"``); 0 leaves the state path alone to train the
             encoders (with ``state_path``). Where names are new in every recording,
@@ -136,7 +129,6 @@ class StreamConfig:
     audio_context: int = 0
     carry: str = "propagated"
     recall_norm: bool = False
-    recall_gap: int = 0
     direct_weight: float = 1.0
     answer: str = "both"
     video_ssl: float = 0.0
@@ -166,8 +158,7 @@ class StreamConfig:
                 raise ValueError(f"model.stream.{name} must be a finite number >= 0, "
                                  f"got {value}")
         for name, low in (("audio_ssl_clips", 2), ("video_ssl_pictures", 2), ("embed", 2),
-                          ("negative_gap", 0), ("recall_gap", 0), ("false_negatives", 0),
-                          ("positive_window", 0)):
+                          ("negative_gap", 0), ("false_negatives", 0), ("positive_window", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
                                  f"got {getattr(self, name)}")

@@ -123,12 +123,6 @@ class ShardedWindowMemory(WindowMemory):
             return window
         return held if window is None else window + held
 
-    def read_before(self, rows: torch.Tensor, weights: torch.Tensor, step: int
-                    ) -> torch.Tensor:
-        """Not in the sharded layout: its reads return candidates, not whole rows."""
-        raise ValueError("a read of the window's earlier blocks only (model.stream."
-                         "recall_gap) needs the replicated state layout")
-
     def read(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``h[b] = Σ_i weights[b,i] · X_eff[rows[b,i], :]``, ``-inf`` outside the candidates."""
         local = self._local_part(rows, weights)

@@ -226,15 +226,12 @@ class WindowMemory:
         self._append(self.foreign, kind, seq)
 
     # ------------------------------------------------------------------ reading
-    def _visible(self, kind: str, seq: BlockSeq, before: int | None = None
+    def _visible(self, kind: str, seq: BlockSeq
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             torch.Tensor | None]:
-        """Blocks each stream may see, as ``[B, L', ·]`` tensors plus a mask
-        (``before``: only blocks written before that step, or carried in)."""
+        """Blocks each stream may see, as ``[B, L', ·]`` tensors plus a mask."""
         if not self.shared:
-            early = None if before is None else (seq.step < before)[None, :].expand(
-                seq.rows.shape[0], -1)
-            return seq.rows, seq.a, seq.cols, seq.b, early
+            return seq.rows, seq.a, seq.cols, seq.b, None
         bsz, length = seq.rows.shape[:2]
 
         def everyone(t: torch.Tensor) -> torch.Tensor:
@@ -245,20 +242,16 @@ class WindowMemory:
         me = torch.arange(bsz, device=seq.rows.device)[:, None]
         # Own writes are visible at once; others' from the next step on.
         mask = (owner[None, :] == me) | (step[None, :] < self.step)
-        if before is not None:
-            mask = mask & (step[None, :] < before)
         parts = [everyone(seq.rows), everyone(seq.a), everyone(seq.cols), everyone(seq.b)]
         far = self.foreign.get(kind)
         if far is not None:
             # Other ranks' blocks: visible to every local stream after their step.
             parts = [torch.cat([p, f.expand(bsz, -1, -1)], 1)
                      for p, f in zip(parts, (far.rows, far.a, far.cols, far.b))]
-            seen = far.step < (self.step if before is None else min(self.step, before))
-            mask = torch.cat([mask, seen[None, :].expand(bsz, -1)], 1)
+            mask = torch.cat([mask, (far.step < self.step)[None, :].expand(bsz, -1)], 1)
         return parts[0], parts[1], parts[2], parts[3], mask
 
-    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor,
-                     before: int | None = None) -> torch.Tensor | None:
+    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
 
         The row combination is scattered once into a dense ``[B, N]`` vector, so
@@ -274,7 +267,7 @@ class WindowMemory:
         w_dense.scatter_add_(1, rows.long(), weights)
         out = torch.zeros_like(w_dense)
         for kind, seq in self.seqs.items():
-            r, a, c, b, mask = self._visible(kind, seq, before)
+            r, a, c, b, mask = self._visible(kind, seq)
             length = r.shape[1]
             o = (pick(w_dense, r.flatten(1)).view(bsz, length, -1) * a).sum(-1)
             if mask is not None:
@@ -300,19 +293,6 @@ class WindowMemory:
         # The window's part summed on its own first, then added: the sharded
         # layout's owners add the same local part to their base part, bit for bit.
         window = self._window_part(rows, weights)
-        return h if window is None else h.add_(window)
-
-    def read_before(self, rows: torch.Tensor, weights: torch.Tensor, step: int
-                    ) -> torch.Tensor:
-        """:meth:`read` counting only the window's blocks written before ``step``.
-
-        The committed base counts whole, and so do blocks carried in from an
-        earlier window (step -1): what is left out is the recent past of this
-        window, so a recall cannot lean on what the last few steps wrote.
-        """
-        h = F.embedding_bag(rows, self.base, per_sample_weights=weights.to(self.base.dtype),
-                            mode="sum").to(weights.dtype)
-        window = self._window_part(rows, weights, before=step)
         return h if window is None else h.add_(window)
 
     def read_top(self, rows: torch.Tensor, weights: torch.Tensor, m: int
