@@ -120,7 +120,7 @@ def test_positive_window_scores_any_nearby_picture_as_the_answer(window: int) ->
     assert 6 <= int(scored.sum()) < 12  # most clips scored, the one without a picture not
     want, correct = torch.tensor(0.0, dtype=torch.float64), 0
     for q in scored.nonzero().flatten().tolist():
-        rec, when = divmod(q, 6)
+        rec = q // 6
         cands = [c for c in range(rec * 6, rec * 6 + 6) if pictured[c]]
         pos = [c for c in cands if abs(c - q) <= window]
         pool = [c for c in cands if abs(c - q) >= 3 or c in pos]
