@@ -55,8 +55,9 @@ class StreamConfig:
             clip (same recording) all count as its positives, the loss asking that
             one of them be picked (MIL-NCE, Miech et al. 2020); 0 keeps the
             picture of the same moment as the only positive. Narration names
-            things near, not exactly at, the moment they are in view. Must be
-            below ``negative_gap`` (when that is not 0), so no clip is both.
+            things near, not exactly at, the moment they are in view; the
+            in-batch accuracy then counts any positive picked. Must be below
+            ``negative_gap`` (when that is not 0), so no clip is both.
         false_negatives: leave out, for each heard clip, this many of its negatives
             whose pictures look most like its own (the video features' cosine):
             a recording shows its objects again and again, and a negative showing
