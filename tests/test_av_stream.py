@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from obs_dist.model.audio_floor import above_floor, speech_gate
-from obs_dist.model.av_stream import AVStreamModel, clip_positions, with_neighbours
+from obs_dist.model.av_stream import AVStreamModel, WindowResult, clip_positions, with_neighbours
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
@@ -90,7 +90,7 @@ def test_negatives_of_the_same_recording_only() -> None:
 
 
 def _objective_with_logits(window: int, **stream: object
-                           ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]:
+                           ) -> tuple[WindowResult, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 2-recording window's result, the logits it scored, which clips have a picture
     and which are scored (a picture and speech)."""
     model = _model(False, negatives="recording", negative_gap=3, positive_window=window,
@@ -128,9 +128,9 @@ def test_positive_window_scores_any_nearby_picture_as_the_answer(window: int) ->
         row = logits[q].double()
         want += torch.logsumexp(row[pool], 0) - torch.logsumexp(row[pos], 0)
         correct += int(pool[int(row[pool].argmax())] in pos)
-    assert result.scored == int(scored.sum())  # type: ignore[attr-defined]
-    torch.testing.assert_close(result.loss_sum.double(), want)  # type: ignore[attr-defined]
-    assert result.correct == correct  # type: ignore[attr-defined]
+    assert result.scored == int(scored.sum())
+    torch.testing.assert_close(result.loss_sum.double(), want)
+    assert result.correct == correct
 
 
 def test_false_negatives_leave_out_the_negatives_whose_pictures_look_most_alike() -> None:
@@ -147,7 +147,7 @@ def test_false_negatives_leave_out_the_negatives_whose_pictures_look_most_alike(
         alike = max(negatives, key=lambda c: float(pictures[q] @ pictures[c]))
         pool = [q] + [c for c in negatives if c != alike]
         want += torch.logsumexp(logits[q].double()[pool], 0) - logits[q, q].double()
-    torch.testing.assert_close(result.loss_sum.double(), want)  # type: ignore[attr-defined]
+    torch.testing.assert_close(result.loss_sum.double(), want)
     with pytest.raises(ValueError, match="false_negatives must be >= 0"):
         StreamConfig(false_negatives=-1)
 
