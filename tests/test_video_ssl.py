@@ -104,3 +104,76 @@ def test_address_centring_removes_what_every_picture_shares() -> None:
     assert (out[:5].std(0, unbiased=False) - 1).abs().max() < 1e-3
     centring.eval()  # evaluation uses the running statistics (momentum 1: the last window's)
     assert torch.allclose(centring(f[:5]), out[:5], atol=1e-5)
+
+
+def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
+    from obs_dist.model.video_ssl import sample_neighbour_pictures
+
+    # Each clip's pixels hold its flat index, so a pair names the two clips it took.
+    b, t = 2, 6
+    video = torch.arange(b * t).view(b, t, 1, 1, 1, 1).expand(b, t, 2, 3, 4, 4).clone()
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[0, 2] = False  # no picture: neither a first nor a twin
+    # Row 0 is one recording; row 1 moves on to another recording at clip 3.
+    stream = torch.tensor([0] * 6 + [1] * 3 + [2] * 3)
+    when = torch.tensor([0, 1, 2, 3, 4, 5, 7, 8, 9, 0, 1, 2])
+    seen: set[tuple[int, int]] = set()
+    for seed in range(40):
+        first, second = sample_neighbour_pictures(video, mask, stream, when, reach=2, count=50,
+                                                  gen=torch.Generator().manual_seed(seed))
+        pairs = list(zip(first[:, 0, 0, 0].tolist(), second[:, 0, 0, 0].tolist()))
+        firsts = [a for a, _ in pairs]
+        assert len(firsts) == len(set(firsts))  # each clip at most once as a first
+        seen.update(pairs)
+    allowed = {(i, j) for i in range(12) for j in range(12)
+               if stream[i] == stream[j] and 1 <= int(when[j] - when[i]) <= 2
+               and i != 2 and j != 2}
+    assert seen == allowed  # every allowed pair is drawn, and no other
+    first, _ = sample_neighbour_pictures(video, mask, stream, when, reach=2, count=3)
+    assert first.shape == (3, 3, 4, 4)
+    with pytest.raises(ValueError, match="reach"):
+        sample_neighbour_pictures(video, mask, stream, when, reach=0, count=3)
+
+
+def test_pairs_of_views_are_the_twins_and_forward_is_pairs_with_itself() -> None:
+    torch.manual_seed(0)
+    encoder = VideoClipEncoder(16, image_size=16, frames_used=1, width=16)
+    contrast = PictureContrast(16)
+    frames = _pictures()
+    same = contrast(encoder, frames, torch.Generator().manual_seed(5))
+    assert torch.equal(same, contrast.pairs(encoder, frames, frames,
+                                            torch.Generator().manual_seed(5)))
+    # Twins that are other pictures: the loss is the twin loss of their views.
+    other = frames.flip(0)
+    got = contrast.pairs(encoder, frames, other, torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+    views = torch.cat([picture_views(frames, g), picture_views(other, g)])
+    z = torch.nn.functional.normalize(contrast.proj(encoder(views[:, None])), dim=-1)
+    from obs_dist.model.view_contrast import twin_loss
+
+    assert torch.allclose(got, twin_loss(z, contrast.temperature))
+    with pytest.raises(ValueError, match="same shape"):
+        contrast.pairs(encoder, frames, frames[:3])
+
+
+def test_the_stream_model_trains_on_neighbouring_pictures() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
+                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
+                                          video_ssl_neighbour=2))
+    model = AVStreamModel(cfg, 256)
+    b, t = 2, 4
+    batch = {"audio": torch.full((b, t, 8, 21), -8.0),
+             "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
+             "audio_mask": torch.ones(b, t, dtype=torch.bool),
+             "video_mask": torch.ones(b, t, dtype=torch.bool),
+             "targets": torch.full((b, t), -100)}
+    memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
+    model.train()
+    out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
+    assert out.stats["video_ssl"] > 0
+    out.loss_sum.backward()
+    assert model.video.convs[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="video_ssl_neighbour"):
+        StreamConfig(video_ssl_neighbour=-1)

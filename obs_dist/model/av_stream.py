@@ -60,7 +60,7 @@ from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.recent_attention import RecentAttention
-from obs_dist.model.video_ssl import PictureContrast, sample_pictures
+from obs_dist.model.video_ssl import PictureContrast, sample_neighbour_pictures, sample_pictures
 from obs_dist.model.writer import Writer
 
 NEG_INF = float("-inf")
@@ -463,9 +463,16 @@ class AVStreamModel(nn.Module):
             loss = loss + balance * int(keep.sum())
         stats: dict[str, float] = {}
         if self.training and self.picture_contrast is not None:
-            pictures = sample_pictures(batch["video"], batch["video_mask"],
-                                       self.stream_cfg.video_ssl_pictures)
-            contrast = self.picture_contrast(self.video, pictures)
+            reach = self.stream_cfg.video_ssl_neighbour
+            if reach:
+                first, second = sample_neighbour_pictures(
+                    batch["video"], batch["video_mask"], stream, when, reach,
+                    self.stream_cfg.video_ssl_pictures)
+                contrast = self.picture_contrast.pairs(self.video, first, second)
+            else:
+                pictures = sample_pictures(batch["video"], batch["video_mask"],
+                                           self.stream_cfg.video_ssl_pictures)
+                contrast = self.picture_contrast(self.video, pictures)
             stats["video_ssl"] = float(contrast.detach())
             # Per scored clip too; a window with none still trains the pictures.
             loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)

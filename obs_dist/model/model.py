@@ -100,6 +100,10 @@ class StreamConfig:
             (``obs_dist/model/video_ssl.py``: two views of each sampled picture
             must find each other, SimCLR); 0 turns it off.
         video_ssl_pictures: pictures of a window that term samples.
+        video_ssl_neighbour: 0: a picture's twin in that term is another view of
+            itself; ``r`` > 0: a view of the picture of a clip 1 to ``r`` clips
+            later in the same recording (a camera keeps looking at the same things
+            for seconds: what stays is the object, not its place or size).
         audio_ssl: weight of the sounds' own contrastive term
             (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
             above the noise floor must find each other); 0 turns it off.
@@ -134,6 +138,7 @@ class StreamConfig:
     answer: str = "both"
     video_ssl: float = 0.0
     video_ssl_pictures: int = 128
+    video_ssl_neighbour: int = 0
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
     address_centring: bool = False
@@ -159,7 +164,8 @@ class StreamConfig:
                 raise ValueError(f"model.stream.{name} must be a finite number >= 0, "
                                  f"got {value}")
         for name, low in (("audio_ssl_clips", 2), ("video_ssl_pictures", 2), ("embed", 2),
-                          ("negative_gap", 0), ("false_negatives", 0), ("positive_window", 0)):
+                          ("negative_gap", 0), ("false_negatives", 0), ("positive_window", 0),
+                          ("video_ssl_neighbour", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
                                  f"got {getattr(self, name)}")

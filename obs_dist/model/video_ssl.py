@@ -101,3 +101,44 @@ def sample_pictures(video: Tensor, mask: Tensor, count: int,
         present = present[pick.to(present.device)]
     flat = video.reshape(-1, *video.shape[2:])
     return flat.index_select(0, present)[:, 0]
+
+
+def sample_neighbour_pictures(video: Tensor, mask: Tensor, stream: Tensor, when: Tensor,
+                              reach: int, count: int, gen: torch.Generator | None = None
+                              ) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` pairs of pictures of one recording at most ``reach`` clips apart.
+
+    A head camera keeps looking at the same things for seconds, so what a picture
+    shares with the picture a second later (the object, not its place, size or
+    the light) is what the pictures' contrastive term should keep: time gives the
+    views (Orhan et al. 2020 learnt SAYCam's frames from their time alone).
+
+    Args:
+        video: ``[B, T, F, 3, H, W]`` clips.
+        mask: ``[B, T]`` which clips have video.
+        stream: ``[B·T]`` each clip's recording (an id;
+            :func:`~obs_dist.model.av_stream.clip_positions`).
+        when: ``[B·T]`` each clip's index in its recording.
+        reach: most clips between a picture and its twin (>= 1).
+        count: most pairs returned.
+        gen: random generator of the draws (the global one when None).
+
+    Returns:
+        ``(first, second)``, each ``[n, 3, H, W]`` (each clip's first frame): every
+        present clip with a present clip 1 to ``reach`` later in its recording is
+        a candidate ``first``, its twin drawn among those; n = min(count, candidates).
+    """
+    if reach < 1:
+        raise ValueError(f"reach must be >= 1, got {reach}")
+    present = mask.bool().reshape(-1)
+    gap = when[None, :] - when[:, None]
+    near = (stream[:, None] == stream[None, :]) & (gap >= 1) & (gap <= reach)
+    near = near & present[None, :] & present[:, None]
+    firsts = near.any(1).nonzero().squeeze(1)
+    if firsts.numel() > count:
+        firsts = firsts[torch.randperm(firsts.numel(), generator=gen)[:count].to(firsts.device)]
+    # One twin each, uniform among its candidates: the largest random draw where allowed.
+    draw = torch.rand(firsts.numel(), near.shape[1], generator=gen).to(video.device)
+    seconds = draw.masked_fill(~near[firsts], -1.0).argmax(1)
+    flat = video.reshape(-1, *video.shape[2:])
+    return flat.index_select(0, firsts)[:, 0], flat.index_select(0, seconds)[:, 0]

@@ -64,8 +64,27 @@ class ViewContrast(nn.Module):
             inputs: ``[N, ...]`` pictures or sounds.
             gen: random generator of the views (the global one when None).
         """
-        if inputs.shape[0] < 2:
-            return torch.zeros((), device=inputs.device)
-        views = torch.cat([self.views(inputs, gen), self.views(inputs, gen)])
+        return self.pairs(encoder, inputs, inputs, gen)
+
+    def pairs(self, encoder: nn.Module, first: Tensor, second: Tensor,
+              gen: torch.Generator | None = None) -> Tensor:
+        """Mean contrastive loss where a view of ``first[i]`` and one of ``second[i]`` are twins.
+
+        :meth:`forward` is ``pairs(inputs, inputs)``: two views of one input. Other
+        pairs are what time makes twins: two moments of one recording a second
+        apart (``model.stream.video_ssl_neighbour``).
+
+        Args:
+            encoder: the model's encoder of this modality.
+            first: ``[N, ...]`` inputs.
+            second: ``[N, ...]`` their twins.
+            gen: random generator of the views (the global one when None).
+        """
+        if first.shape != second.shape:
+            raise ValueError(f"first {tuple(first.shape)} and second {tuple(second.shape)} "
+                             f"must have the same shape")
+        if first.shape[0] < 2:
+            return torch.zeros((), device=first.device)
+        views = torch.cat([self.views(first, gen), self.views(second, gen)])
         z = F.normalize(self.proj(self.encode(encoder, views)), dim=-1)
         return twin_loss(z, self.temperature)
