@@ -149,3 +149,53 @@ def test_cheap_enough_for_cpu_training() -> None:
         times.append(time.perf_counter() - start)
     # ~0.1 s measured on one core; the bound leaves room for a busy CI machine.
     assert sorted(times)[1] < 2.0, times
+
+
+def test_speech_pooling_weighs_the_loud_frames_and_ignores_the_silence_around_them() -> None:
+    from obs_dist.model.av_encoders import speech_weights
+
+    # Weights: where the clip rises above its quietest frame, summing to 1 per clip.
+    mels = torch.zeros(2, 4, 40)
+    mels[0, :, 10:20] = 3.0  # a loud stretch in the first quarter
+    w = speech_weights(mels, 10)
+    assert torch.allclose(w.sum(1), torch.ones(2))
+    assert float(w[0, 2:5].sum()) > 0.99  # output positions 2.5–5 cover frames 10–20
+    assert torch.allclose(w[1], torch.full((10,), 0.1))  # silence: even weights
+    # The same word in a short and in a long stretch of silence: with speech pooling
+    # the averaged half of the feature hardly moves; the plain mean does.
+    torch.manual_seed(0)
+    # (The silence before the word is a multiple of the convolutions' stride, 4: a
+    # word moved by a fraction of the stride looks different to strided
+    # convolutions whatever the pooling, which augmentation's time shifts address.)
+    word = torch.randn(1, 8, 32) + 4.0
+    short = torch.cat([torch.zeros(1, 8, 12), word, torch.zeros(1, 8, 12)], dim=2)
+    long = torch.cat([torch.zeros(1, 8, 40), word, torch.zeros(1, 8, 92)], dim=2)
+    gaps = {}
+    for pool in ("mean", "speech"):
+        torch.manual_seed(1)
+        enc = AudioClipEncoder(8, n_mels=8, width=16, pool=pool)
+        # The averaged half of the pooled feature (the max half is the same either way).
+        fa, fb = (enc.proj.weight[:, :16] @ _averaged(enc, x)[0] for x in (short, long))
+        gaps[pool] = float((fa - fb).norm() / fa.norm())
+        assert enc(short).shape == (1, 8)
+    assert gaps["mean"] > 0.1 and gaps["speech"] < 1e-3
+    with pytest.raises(ValueError, match="audio pool"):
+        AudioClipEncoder(8, n_mels=4, pool="median")
+    from obs_dist.model.model import ModelConfig, StreamConfig
+
+    with pytest.raises(ValueError, match="audio_pool"):
+        StreamConfig(audio_pool="median")
+    from obs_dist.model.av_stream import AVStreamModel
+
+    model = AVStreamModel(ModelConfig(encoder="av", d_model=8, n_mels=4, image_size=16,
+                                      stream=StreamConfig(audio_pool="speech")), 64)
+    assert model.audio.pool == "speech"
+
+
+def _averaged(enc: AudioClipEncoder, x: torch.Tensor) -> torch.Tensor:
+    """The first half of the encoder's pooled feature: its average over time."""
+    seen: dict[str, torch.Tensor] = {}
+    handle = enc.proj.register_forward_hook(lambda m, i, o: seen.update(pooled=i[0]))
+    enc(x)
+    handle.remove()
+    return seen["pooled"][:, :16]

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -78,15 +79,26 @@ class AudioClipEncoder(nn.Module):
         layers: strided convolutions over time. Each doubles the span a feature
             sees before pooling: 2 layers see 13 frames (a phoneme at 10 ms
             frames), 4 see 61 (a syllable sequence: a short word).
+        pool: how the mean over time is taken: ``mean`` (every frame alike) or
+            ``speech`` (each frame weighted by how far its loudness rises above
+            the clip's quietest frame, :func:`speech_weights`, both in the
+            clip's normalisation and in the mean over time). A word of half a
+            second in a clip of one to three seconds is otherwise a small part of
+            both, and the same word heard twice gives two features that differ
+            by how much silence surrounds it. The max is taken over every frame
+            either way.
     """
 
     def __init__(self, d_model: int, n_mels: int = 64, width: int = 96,
-                 layers: int = 2) -> None:
+                 layers: int = 2, pool: str = "mean") -> None:
         super().__init__()
         if n_mels < 1:
             raise ValueError(f"n_mels must be >= 1, got {n_mels}")
         if not 1 <= layers <= 6:
             raise ValueError(f"audio layers must be in [1, 6], got {layers}")
+        if pool not in AUDIO_POOLS:
+            raise ValueError(f"audio pool must be one of {list(AUDIO_POOLS)}, got {pool!r}")
+        self.pool = pool
         convs: list[nn.Module] = []
         for i in range(layers):
             convs += [nn.Conv1d(n_mels if i == 0 else width, width, kernel_size=5, stride=2,
@@ -98,11 +110,43 @@ class AudioClipEncoder(nn.Module):
         """Encode ``[N, n_mels, A]`` log-mel spectrograms."""
         x = mels.float()
         # Per-clip normalisation: recording level and microphone vary, the words do not.
-        mean = x.mean(dim=(1, 2), keepdim=True)
-        std = x.std(dim=(1, 2), keepdim=True).clamp_min(1e-3)
+        if self.pool == "speech":
+            # Over the loud frames: a word's level should not depend on how much
+            # silence the clip holds around it.
+            w = speech_weights(x, x.shape[-1])[:, None, :] / x.shape[1]
+            mean = (x * w).sum(dim=(1, 2), keepdim=True)
+            std = ((x - mean).square() * w).sum(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-3)
+        else:
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            std = x.std(dim=(1, 2), keepdim=True).clamp_min(1e-3)
         h = self.convs((x - mean) / std)
-        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+        if self.pool == "speech":
+            average = (h * speech_weights(x, h.shape[-1])[:, None, :]).sum(dim=2)
+        else:
+            average = h.mean(dim=2)
+        pooled = torch.cat([average, h.amax(dim=2)], dim=1)
         return self.proj(pooled)
+
+
+AUDIO_POOLS = ("mean", "speech")
+
+
+def speech_weights(mels: Tensor, steps: int) -> Tensor:
+    """``[N, steps]`` weights over time (each row sums to 1): where a clip is loud.
+
+    A frame's loudness is its mean log-mel over bands; its weight is how far that
+    rises above the clip's quietest frame, averaged down to the encoder's
+    ``steps`` output positions. A clip with no frame above its quietest (silence,
+    or a constant tone) is weighted evenly.
+
+    Args:
+        mels: ``[N, n_mels, A]`` log-mel clips, as the encoder hears them.
+        steps: time positions of the convolutions' output.
+    """
+    loud = mels.float().mean(dim=1, keepdim=True)
+    rise = loud - loud.amin(dim=2, keepdim=True)
+    rise = F.adaptive_avg_pool1d(rise, steps)[:, 0] + 1e-6
+    return rise / rise.sum(dim=1, keepdim=True)
 
 
 def encode_present(encoder: nn.Module, inputs: Tensor, mask: Tensor, offset: Tensor) -> Tensor:

@@ -108,6 +108,9 @@ class StreamConfig:
             (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
             above the noise floor must find each other); 0 turns it off.
         audio_ssl_clips: clips of a window that term samples.
+        audio_pool: how the audio encoder averages over time: ``mean`` or
+            ``speech`` (frames weighted by their loudness above the clip's
+            quietest, :func:`~obs_dist.model.av_encoders.speech_weights`).
         address_centring: centre and scale each modality's features (running
             statistics, no learned part) before they address nodes, so what all
             pictures or all sounds share does not send them to the same nodes.
@@ -141,6 +144,7 @@ class StreamConfig:
     video_ssl_neighbour: int = 0
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
+    audio_pool: str = "mean"
     address_centring: bool = False
     recent: int = 0
     recent_match: str = "learnt"
@@ -184,6 +188,9 @@ class StreamConfig:
                              f"got {self.carry!r}")
         if self.answer not in ("both", "state"):
             raise ValueError(f"model.stream.answer must be 'both' or 'state', got {self.answer!r}")
+        if self.audio_pool not in ("mean", "speech"):
+            raise ValueError(f"model.stream.audio_pool must be 'mean' or 'speech', "
+                             f"got {self.audio_pool!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
