@@ -359,3 +359,53 @@ def test_trained_learners_are_reused_only_with_the_same_config(tmp_path: Path) -
     result = run(suite_config("word-referent", None, elsewhere))
     assert copied.stat().st_mtime_ns == stamp
     assert result["results"][0]["accuracy"] == first["results"][0]["accuracy"]
+
+
+def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: Path) -> None:
+    """``study = "apart"``: recording r's state is what studying r alone writes; the
+    shared state of ``together`` holds both recordings (and equals neither)."""
+    from launch.evals.word_referent import (
+        QUICK,
+        choose,
+        choose_apart,
+        prepare_data,
+        study,
+        study_apart,
+        train,
+    )
+    from launch.evals.word_referent_data import collect
+    from launch.evals.word_referent_trials import Trial
+
+    cfg = suite_config("word-referent", None, [
+        *QUICK, f"work_dir={json.dumps(str(tmp_path / 'work'))}", "models=['obs']",
+        "steps=2", "heldout_recordings=2"])
+    train_source, heldout = prepare_data(cfg, "class")
+    learner = train(cfg, "class", "obs", train_source, 2)
+    states = study_apart(learner, heldout, 2)
+    assert len(states) == 2
+    held = tmp_path / "work" / "class" / "heldout_recordings"
+    for name, state in states.items():
+        alone = tmp_path / "alone" / name
+        alone.mkdir(parents=True)
+        for f in held.glob(f"{name}.*"):
+            shutil.copy(f, alone / f.name)
+        pack_folder(alone, str(tmp_path / f"{name}_shards"), progress=False)
+        single = study(learner, str(tmp_path / f"{name}_shards"), 1)
+        assert torch.equal(single.matrix(), state.matrix())
+        assert float(state.matrix().abs().sum()) > 0  # something was bound
+    together = study(learner, heldout, 2)
+    assert not any(torch.equal(together.matrix(), s.matrix()) for s in states.values())
+    # Each trial is answered from its own recording's state.
+    _, media = collect(learner.run_cfg, heldout, 2)
+    first, second = sorted(states)
+    clips = sorted(i for r, i in media if r == first)
+    trial = Trial(first, "x", "o", clips[0], tuple(clips[1:5]), ("a", "b", "c", "d"), 0,
+                  (clips[0],))
+    assert choose_apart(learner, states, [trial], media, 8) == choose(
+        learner, states[first], [trial], media, 8)
+    with pytest.raises(ValueError, match="never reached"):
+        choose_apart(learner, {second: states[second]}, [trial], media, 8)
+    with pytest.raises(ValueError, match="study"):
+        WordReferentConfig(study="shared")
+    with pytest.raises(ValueError, match="study_streams"):
+        WordReferentConfig(study="apart", study_streams=2)

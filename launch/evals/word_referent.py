@@ -21,7 +21,8 @@ a name can only be bound in the state):
    ``recent_clips`` back in training), trained as ``dual``: a memory that is a
    context window, not a state.
 3. **Score.** A *study pass* runs the held-out recordings in time order (one per
-   batch row) through the model's window objective with a fresh big state,
+   batch row) through the model's window objective, each recording into a fresh
+   big state of its own (``study = "apart"``; ``together``: one state for all),
    committing every window: where a name heard near an object is bound (the
    dual encoder has no state and skips it; the attention peer keeps the
    recording's clips, or its last ``attention_context``, as its context). Trials
@@ -76,6 +77,9 @@ from launch.evals.word_referent_trials import Trial, build_trials, tally
 
 log = logging.getLogger("obs.eval.word_referent")
 
+# The most memory the per-recording states of ``study = "apart"`` may hold together.
+STUDY_APART_BYTES = 8 * 2**30
+
 
 
 # ---------------------------------------------------------------------------- data
@@ -129,6 +133,76 @@ def study(learner: Trained, source: str, streams: int) -> Any:
                 carry = model.window_objective(part, memory, carry).carry
                 state.apply(memory.to_delta())
     return state
+
+
+def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
+    """The study pass with one fresh big state per held-out recording.
+
+    The held-out stream runs as in :func:`study` (one recording per batch row,
+    the same windows), but row ``r`` writes only recording ``r``'s state: what a
+    trial's query recalls was bound in its own recording alone, whatever else is
+    held out (the attention peer, likewise, attends over its own recording).
+
+    Returns:
+        Each recording's state after its last clip.
+    """
+    from obs_dist.model.state import BigState
+    from obs_dist.model.window import WindowMemory
+
+    model, run_cfg = learner.model, learner.run_cfg
+    device = torch.device(run_cfg.train.device)
+    need = streams * run_cfg.state.nodes ** 2 * (2 if run_cfg.state.dtype == "bfloat16" else 4)
+    if need > STUDY_APART_BYTES:
+        raise ValueError(f"study = 'apart' holds {streams} states of {run_cfg.state.nodes}² "
+                         f"entries ({need / 2**30:.1f} GiB, over {STUDY_APART_BYTES / 2**30:.0f}"
+                         f" GiB): score fewer held-out recordings or set study = 'together'")
+    states: dict[str, Any] = {}
+    carries: dict[str, Any] = {}
+    with torch.no_grad():
+        for batch in heldout_batches(run_cfg, source, streams):
+            rows = batch["video_mask"].shape[0]
+            for r in range(rows):
+                names = {key.rpartition("/")[0] for key in batch["keys"][r] if key}
+                if not names:  # padding: this row's recording has ended
+                    continue
+                if len(names) > 1:
+                    raise ValueError(f"a study row holds clips of {sorted(names)}: the "
+                                     f"loader gave a row more than one recording")
+                name = names.pop()
+                if name not in states:
+                    states[name] = BigState(run_cfg.state, device=device)
+                    carries[name] = model.initial_carry(1, device)
+                row = {k: v[r:r + 1].to(device) if isinstance(v, torch.Tensor)
+                       else [v[r]] if isinstance(v, list) and len(v) == rows else v
+                       for k, v in batch.items()}
+                length = row["video_mask"].shape[1]
+                width = run_cfg.train.window or length
+                for s in range(0, length, width):
+                    part = {k: v[:, s:s + width] if isinstance(v, torch.Tensor) and v.dim() >= 2
+                            else v for k, v in row.items()}
+                    part["keys"] = [row["keys"][0][s:s + width]]
+                    if s > 0:
+                        part.pop("reset", None)
+                    memory = WindowMemory(states[name].matrix(), 1)
+                    carries[name] = model.window_objective(part, memory, carries[name]).carry
+                    states[name].apply(memory.to_delta())
+    return states
+
+
+def choose_apart(learner: Trained, states: dict[str, Any], trials: list[Trial], media: Media,
+                 query_batch: int) -> list[int]:
+    """:func:`choose` with each trial's query recalling from its own recording's state."""
+    picks: list[int | None] = [None] * len(trials)
+    for name, state in states.items():
+        mine = [i for i, t in enumerate(trials) if t.recording == name]
+        if mine:
+            for i, pick in zip(mine, choose(learner, state, [trials[i] for i in mine], media,
+                                            query_batch)):
+                picks[i] = pick
+    missing = sorted({t.recording for t, p in zip(trials, picks) if p is None})
+    if missing:
+        raise ValueError(f"the study pass never reached recordings {missing[:3]} of the trials")
+    return [p for p in picks if p is not None]
 
 
 def recent_context(learner: Trained, media: Media, span: int
@@ -256,11 +330,16 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
         trained.append(learner)
     rows, details = [], {}
     for learner in trained:
-        state = (study(learner, heldout_source, streams)
-                 if getattr(learner.model, "writer", None) is not None else None)
         recent = (recent_context(learner, media, cfg.attention_context)
                   if getattr(learner.model, "recent", None) is not None else None)
-        picks = choose(learner, state, trials, media, cfg.query_batch, recent)
+        if getattr(learner.model, "writer", None) is None:
+            picks = choose(learner, None, trials, media, cfg.query_batch, recent)
+        elif cfg.study == "apart":
+            picks = choose_apart(learner, study_apart(learner, heldout_source, streams),
+                                 trials, media, cfg.query_batch)
+        else:
+            picks = choose(learner, study(learner, heldout_source, streams), trials, media,
+                           cfg.query_batch)
         scores = tally(trials, picks)
         nodes = (clip_addresses(learner.model, media)
                  if getattr(learner.model, "writer", None) is not None else None)

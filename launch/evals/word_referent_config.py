@@ -72,7 +72,15 @@ class WordReferentConfig:
             up to four words inside the lines, each utterance given to the one
             that most surely names one object: for narration whose lines vary;
             :mod:`launch.evals.word_referent_trials`).
-        study_streams: rows of the study pass (0: one per held-out recording).
+        study: how the held-out recordings are studied: ``apart`` (each in a
+            fresh big state of its own, and its trials answered from that state:
+            as the attention peer attends over its own recording only) or
+            ``together`` (all in one state, one batch row each: the score then
+            also measures how the recordings interfere, and falls as more are
+            held out; the figures in docs/results.md before 2026-12-06's twelfth
+            round).
+        study_streams: rows of the study pass (0: one per held-out recording;
+            ``together`` only).
         heldout_may_be_trained: let ``heldout_source`` share recordings with
             ``train_source`` (a diagnostic of memorisation; refused otherwise,
             since a score on trained recordings is recall, not word learning).
@@ -113,6 +121,7 @@ class WordReferentConfig:
     min_gap: int = 10
     trial_seed: int = 0
     trial_unit: str = "line"
+    study: str = "apart"
     study_streams: int = 0
     heldout_may_be_trained: bool = False
     query_batch: int = 256
@@ -154,6 +163,11 @@ class WordReferentConfig:
             raise ValueError(f"need 2 <= candidates <= objects_per_recording, got "
                              f"candidates={self.candidates}, "
                              f"objects_per_recording={self.objects_per_recording}")
+        if self.study not in ("apart", "together"):
+            raise ValueError(f"study must be 'apart' or 'together', got {self.study!r}")
+        if self.study == "apart" and self.study_streams:
+            raise ValueError("study_streams sets the rows of one shared study state: it needs "
+                             "study = 'together' (apart: one row per recording)")
         if self.trial_unit not in UNITS:
             raise ValueError(f"trial_unit must be one of {list(UNITS)}, got {self.trial_unit!r}")
         if self.min_occurrences < 1 or not 0 <= self.min_purity <= 1:
