@@ -20,6 +20,15 @@ def _pictures(n: int = 8, size: int = 16) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
 
 
+def _silent_window(b: int, t: int) -> dict[str, torch.Tensor]:
+    """A window of random pictures and silence (no clip is scored: only the pictures' term)."""
+    return {"audio": torch.full((b, t, 8, 21), -8.0),
+            "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
+            "audio_mask": torch.ones(b, t, dtype=torch.bool),
+            "video_mask": torch.ones(b, t, dtype=torch.bool),
+            "targets": torch.full((b, t), -100)}
+
+
 def test_views_are_pictures_drawn_from_the_generator() -> None:
     frames = _pictures()
     a = picture_views(frames, torch.Generator().manual_seed(1))
@@ -65,18 +74,16 @@ def test_sample_pictures_takes_present_clips_only() -> None:
     assert sample_pictures(video, mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
 
 
-def test_the_stream_model_trains_its_video_encoder_on_pictures_alone() -> None:
+@pytest.mark.parametrize("neighbour", [0, 2])  # twins: two views of one picture, or of two
+def test_the_stream_model_trains_its_video_encoder_on_pictures_alone(neighbour: int) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
                       writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6))
+                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
+                                          video_ssl_neighbour=neighbour))
     model = AVStreamModel(cfg, 256)
     b, t = 2, 4
-    batch = {"audio": torch.full((b, t, 8, 21), -8.0),  # silence: no clip is scored
-             "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
-             "audio_mask": torch.ones(b, t, dtype=torch.bool),
-             "video_mask": torch.ones(b, t, dtype=torch.bool),
-             "targets": torch.full((b, t), -100)}
+    batch = _silent_window(b, t)
     memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
     model.train()
     out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
@@ -88,6 +95,8 @@ def test_the_stream_model_trains_its_video_encoder_on_pictures_alone() -> None:
     assert "video_ssl" not in out.stats
     with pytest.raises(ValueError, match="video_ssl"):
         StreamConfig(video_ssl=-1.0)
+    with pytest.raises(ValueError, match="video_ssl_neighbour"):
+        StreamConfig(video_ssl_neighbour=-1)
 
 
 def test_address_centring_removes_what_every_picture_shares() -> None:
@@ -154,26 +163,3 @@ def test_pairs_of_views_are_the_twins_and_forward_is_pairs_with_itself() -> None
     assert torch.allclose(got, twin_loss(z, contrast.temperature))
     with pytest.raises(ValueError, match="same shape"):
         contrast.pairs(encoder, frames, frames[:3])
-
-
-def test_the_stream_model_trains_on_neighbouring_pictures() -> None:
-    torch.manual_seed(0)
-    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
-                                          video_ssl_neighbour=2))
-    model = AVStreamModel(cfg, 256)
-    b, t = 2, 4
-    batch = {"audio": torch.full((b, t, 8, 21), -8.0),
-             "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
-             "audio_mask": torch.ones(b, t, dtype=torch.bool),
-             "video_mask": torch.ones(b, t, dtype=torch.bool),
-             "targets": torch.full((b, t), -100)}
-    memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
-    model.train()
-    out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
-    assert out.stats["video_ssl"] > 0
-    out.loss_sum.backward()
-    assert model.video.convs[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="video_ssl_neighbour"):
-        StreamConfig(video_ssl_neighbour=-1)

@@ -112,7 +112,6 @@ def prepare_data(cfg: WordReferentConfig, setting: str) -> tuple[str, str]:
 def study(learner: Trained, source: str, streams: int) -> Any:
     """The study pass: a fresh big state after the held-out stream, window by window."""
     from obs_dist.model.state import BigState
-    from obs_dist.model.window import WindowMemory
 
     model, run_cfg = learner.model, learner.run_cfg
     device = torch.device(run_cfg.train.device)
@@ -122,17 +121,38 @@ def study(learner: Trained, source: str, streams: int) -> Any:
         for batch in heldout_batches(run_cfg, source, streams):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                      for k, v in batch.items()}
-            length = batch["video_mask"].shape[1]
-            width = run_cfg.train.window or length
-            for s in range(0, length, width):
-                part = {k: v[:, s:s + width] if isinstance(v, torch.Tensor) and v.dim() >= 2
-                        else v for k, v in batch.items()}
-                if s > 0:
-                    part.pop("reset", None)
-                memory = WindowMemory(state.matrix(), streams)
-                carry = model.window_objective(part, memory, carry).carry
-                state.apply(memory.to_delta())
+            carry = study_batch(model, batch, state, carry, run_cfg.train.window)
     return state
+
+
+def study_batch(model: Any, batch: dict[str, Any], state: Any, carry: Any, width: int) -> Any:
+    """One held-out batch through the window objective, window by window, each committed.
+
+    Args:
+        model: the learner's model (eval mode).
+        batch: ``[B, T, ...]`` tensors and per-row lists (``keys``).
+        state: the big state its windows read and commit to.
+        carry: the active nodes handed on from the batch before.
+        width: clips per window (0: the whole batch is one window).
+
+    Returns:
+        The carry after the batch's last window.
+    """
+    from obs_dist.model.window import WindowMemory
+
+    rows, length = batch["video_mask"].shape
+    width = width or length
+    for s in range(0, length, width):
+        part = {k: v[:, s:s + width] if isinstance(v, torch.Tensor) and v.dim() >= 2
+                else v for k, v in batch.items()}
+        if isinstance(batch.get("keys"), list):
+            part["keys"] = [row[s:s + width] for row in batch["keys"]]
+        if s > 0:
+            part.pop("reset", None)
+        memory = WindowMemory(state.matrix(), rows)
+        carry = model.window_objective(part, memory, carry).carry
+        state.apply(memory.to_delta())
+    return carry
 
 
 def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
@@ -147,7 +167,6 @@ def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
         Each recording's state after its last clip.
     """
     from obs_dist.model.state import BigState
-    from obs_dist.model.window import WindowMemory
 
     model, run_cfg = learner.model, learner.run_cfg
     device = torch.device(run_cfg.train.device)
@@ -175,17 +194,8 @@ def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
                 row = {k: v[r:r + 1].to(device) if isinstance(v, torch.Tensor)
                        else [v[r]] if isinstance(v, list) and len(v) == rows else v
                        for k, v in batch.items()}
-                length = row["video_mask"].shape[1]
-                width = run_cfg.train.window or length
-                for s in range(0, length, width):
-                    part = {k: v[:, s:s + width] if isinstance(v, torch.Tensor) and v.dim() >= 2
-                            else v for k, v in row.items()}
-                    part["keys"] = [row["keys"][0][s:s + width]]
-                    if s > 0:
-                        part.pop("reset", None)
-                    memory = WindowMemory(states[name].matrix(), 1)
-                    carries[name] = model.window_objective(part, memory, carries[name]).carry
-                    states[name].apply(memory.to_delta())
+                carries[name] = study_batch(model, row, states[name], carries[name],
+                                            run_cfg.train.window)
     return states
 
 
