@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from obs_dist.model.av_encoders import AUDIO_POOLS
 from obs_dist.model.encoders import build_encoder
 from obs_dist.model.recent_attention import MATCHES
 from obs_dist.model.table_bag import TableBags
@@ -188,8 +189,8 @@ class StreamConfig:
                              f"got {self.carry!r}")
         if self.answer not in ("both", "state"):
             raise ValueError(f"model.stream.answer must be 'both' or 'state', got {self.answer!r}")
-        if self.audio_pool not in ("mean", "speech"):
-            raise ValueError(f"model.stream.audio_pool must be 'mean' or 'speech', "
+        if self.audio_pool not in AUDIO_POOLS:
+            raise ValueError(f"model.stream.audio_pool must be one of {list(AUDIO_POOLS)}, "
                              f"got {self.audio_pool!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
