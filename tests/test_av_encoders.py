@@ -174,7 +174,8 @@ def test_speech_pooling_weighs_the_loud_frames_and_ignores_the_silence_around_th
     for pool in ("mean", "speech"):
         torch.manual_seed(1)
         enc = AudioClipEncoder(8, n_mels=8, width=16, pool=pool)
-        # The averaged half of the pooled feature (the max half is the same either way).
+        # The averaged half of the pooled feature, through the projection (the max
+        # half is what `pool` leaves alone).
         fa, fb = (enc.proj.weight[:, :16] @ _averaged(enc, x)[0] for x in (short, long))
         gaps[pool] = float((fa - fb).norm() / fa.norm())
         assert enc(short).shape == (1, 8)
