@@ -413,7 +413,9 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
 
 def test_apart_refuses_states_that_would_not_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(word_referent, "STUDY_APART_BYTES", 64 * 64 * 4)  # one 64² state
+    from obs_dist.model.state import StateConfig
+
     learner = SimpleNamespace(model=None, run_cfg=SimpleNamespace(
-        train=SimpleNamespace(device="cpu"), state=SimpleNamespace(nodes=64, dtype="float32")))
+        train=SimpleNamespace(device="cpu"), state=StateConfig(nodes=64, partitions=1)))
     with pytest.raises(ValueError, match=r"holds 2 states .* study = 'together'"):
         word_referent.study_apart(learner, "nowhere", 2)

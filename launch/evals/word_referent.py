@@ -170,7 +170,7 @@ def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
 
     model, run_cfg = learner.model, learner.run_cfg
     device = torch.device(run_cfg.train.device)
-    need = streams * run_cfg.state.nodes ** 2 * (2 if run_cfg.state.dtype == "bfloat16" else 4)
+    need = streams * run_cfg.state.bytes
     if need > STUDY_APART_BYTES:
         raise ValueError(f"study = 'apart' holds {streams} states of {run_cfg.state.nodes}² "
                          f"entries ({need / 2**30:.1f} GiB, over {STUDY_APART_BYTES / 2**30:.0f}"
