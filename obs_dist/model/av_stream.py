@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from obs_dist.model.address_ssl import address_agreement
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
@@ -469,14 +470,20 @@ class AVStreamModel(nn.Module):
                 first, second = sample_neighbour_pictures(
                     batch["video"], batch["video_mask"], stream, when, reach,
                     self.stream_cfg.video_ssl_pictures)
-                contrast = self.picture_contrast.pairs(self.video, first, second)
             else:
-                pictures = sample_pictures(batch["video"], batch["video_mask"],
-                                           self.stream_cfg.video_ssl_pictures)
-                contrast = self.picture_contrast(self.video, pictures)
-            stats["video_ssl"] = float(contrast.detach())
-            # Per scored clip too; a window with none still trains the pictures.
-            loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
+                first = second = sample_pictures(batch["video"], batch["video_mask"],
+                                                 self.stream_cfg.video_ssl_pictures)
+            views = self.picture_contrast.twin_features(self.video, first, second)
+            stats["video_ssl"] = 0.0  # fewer than two pictures: nothing to tell apart
+            if views is not None:
+                contrast = self.picture_contrast.loss(views)
+                stats["video_ssl"] = float(contrast.detach())
+                # Per scored clip too; a window with none still trains the pictures.
+                loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
+                if self.stream_cfg.address_ssl and self.writer is not None:
+                    agree = address_agreement(self.writer, views + self.modality[0])
+                    stats["address_ssl"] = float(agree.detach())
+                    loss = loss + self.stream_cfg.address_ssl * agree * max(int(keep.sum()), 1)
         if self.training and self.sound_contrast is not None:
             sounds = sample_sounds(heard, gate, self.stream_cfg.audio_ssl_clips)
             contrast = self.sound_contrast(self.audio, sounds)

@@ -105,6 +105,11 @@ class StreamConfig:
             itself; ``r`` > 0: a view of the picture of a clip 1 to ``r`` clips
             later in the same recording (a camera keeps looking at the same things
             for seconds: what stays is the object, not its place or size).
+        address_ssl: weight of the pictures' address agreement
+            (``obs_dist/model/address_ssl.py``: each view's softmax over each
+            codebook's sub-keys must match its twin's sharpened one, so two
+            views of a picture land on the same nodes); needs ``video_ssl`` > 0
+            (its views) and the state path; 0 turns it off.
         audio_ssl: weight of the sounds' own contrastive term
             (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
             above the noise floor must find each other); 0 turns it off.
@@ -143,6 +148,7 @@ class StreamConfig:
     video_ssl: float = 0.0
     video_ssl_pictures: int = 128
     video_ssl_neighbour: int = 0
+    address_ssl: float = 0.0
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
     audio_pool: str = "mean"
@@ -163,7 +169,7 @@ class StreamConfig:
             raise ValueError(f"model.stream.recent ({self.recent}) must exceed "
                              f"model.stream.negative_gap ({self.negative_gap}): while training "
                              f"a clip attends to the clips negative_gap to recent before it")
-        for name in ("video_ssl", "audio_ssl", "gate", "direct_weight"):
+        for name in ("video_ssl", "address_ssl", "audio_ssl", "gate", "direct_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"model.stream.{name} must be a finite number >= 0, "
@@ -174,6 +180,9 @@ class StreamConfig:
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
                                  f"got {getattr(self, name)}")
+        if self.address_ssl and not (self.video_ssl and self.state_path):
+            raise ValueError("model.stream.address_ssl needs model.stream.video_ssl > 0 (its "
+                             "views) and state_path = true (the writer's addresses)")
         if self.direct_weight == 0 and not self.state_path:
             raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
                              "(state_path = false) nothing to learn with")

@@ -80,11 +80,27 @@ class ViewContrast(nn.Module):
             second: ``[N, ...]`` their twins.
             gen: random generator of the views (the global one when None).
         """
+        features = self.twin_features(encoder, first, second, gen)
+        if features is None:
+            return torch.zeros((), device=first.device)
+        return self.loss(features)
+
+    def twin_features(self, encoder: nn.Module, first: Tensor, second: Tensor,
+                      gen: torch.Generator | None = None) -> Tensor | None:
+        """The encoder's features ``[2n, d]`` of a view of each of ``first`` then ``second``.
+
+        Rows ``i`` and ``i + n`` are twins. None with fewer than 2 pairs (nothing
+        to tell apart). Other terms may use the same features
+        (``model.stream.address_ssl``), so the encoder runs once.
+        """
         if first.shape != second.shape:
             raise ValueError(f"first {tuple(first.shape)} and second {tuple(second.shape)} "
                              f"must have the same shape")
         if first.shape[0] < 2:
-            return torch.zeros((), device=first.device)
+            return None
         views = torch.cat([self.views(first, gen), self.views(second, gen)])
-        z = F.normalize(self.proj(self.encode(encoder, views)), dim=-1)
-        return twin_loss(z, self.temperature)
+        return self.encode(encoder, views)
+
+    def loss(self, features: Tensor) -> Tensor:
+        """SimCLR's loss over :meth:`twin_features`' rows (``i`` and ``i + n`` twins)."""
+        return twin_loss(F.normalize(self.proj(features), dim=-1), self.temperature)

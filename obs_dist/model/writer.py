@@ -178,13 +178,17 @@ class Writer(nn.Module):
             self.strength.bias.fill_(1.0)
             self.count.bias.zero_()
 
+    def subkey_scores(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each codebook's sub-key scores ``[B, n1]``, ``[B, n2]`` of queries ``[B, key_dim]``."""
+        h = self.keys1.shape[1]
+        return query[:, :h] @ self.keys1.t(), query[:, h:] @ self.keys2.t()
+
     def address_balance(self, query: torch.Tensor) -> torch.Tensor:
         """``n · Σ p² − 1`` per codebook, summed: how unevenly the batch uses the sub-keys."""
-        h = self.keys1.shape[1]
         total = query.new_zeros(())
-        for q, keys in ((query[:, :h], self.keys1), (query[:, h:], self.keys2)):
-            p = torch.softmax(q @ keys.t(), dim=1).mean(0)
-            total = total + keys.shape[0] * (p * p).sum() - 1.0
+        for scores in self.subkey_scores(query):
+            p = torch.softmax(scores, dim=1).mean(0)
+            total = total + scores.shape[1] * (p * p).sum() - 1.0
         return total
 
     def pop_balance(self) -> torch.Tensor | None:

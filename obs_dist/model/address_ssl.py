@@ -1,0 +1,79 @@
+"""Two views of one picture should land on the same nodes: a label-free term on the addresses.
+
+The pictures' contrastive term (:mod:`obs_dist.model.video_ssl`) makes two views
+of a picture have *features* that find each other. Binding in the state needs
+more: the same *nodes*. A picture's nodes are the top-``k_max`` pairs of the
+writer's two product-key codebooks (:func:`~obs_dist.model.writer.product_key_topk`),
+so a small move of the feature along a direction the codebooks care about changes
+which sub-keys win, while SimCLR's cosine, which sees every direction alike, hardly
+notices. Measured on held-out recordings: two pictures of one object share
+0.23–0.30 of their nodes, different objects 0.02–0.03 (docs/results/notes.md,
+"twelfth round"), and with perfect picture addresses the same trained model's
+Hebbian ceiling over the third round's model rose from 0.455 to 0.879
+(novel names; docs/decisions.md §13).
+
+This term asks for it directly, in the way DINO (Caron et al. 2021) trains a
+student's softmax over prototypes to match a teacher's over another view: for
+each codebook, each view's softmax over the sub-keys is pulled towards the twin
+view's *sharpened and centred* softmax (no gradient through the target).
+Sharpening rewards a confident choice of sub-keys, which is what a stable top-k
+needs; centring (the batch's mean score per sub-key taken off the target) keeps
+one sub-key from winning for every picture, with the writer's address balance
+(``model.writer.balance``) doing the same on the state's steps. Nothing in it
+is about any object set: only the views of pictures the recording shows anyway.
+
+The views' features are those the SimCLR term already computed
+(:meth:`~obs_dist.model.view_contrast.ViewContrast.twin_features`), so the
+encoder runs once. Before they address, they are centred and scaled by their own
+batch's statistics, as the window's features are in training
+(:class:`~obs_dist.model.av_stream.AddressCentring`), without touching the
+running averages that evaluation uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from obs_dist.model.writer import Writer
+
+TEACHER_TEMPERATURE = 0.5  # the target's sharpening (student at 1, the scores' own scale)
+
+
+def agreement_loss(scores: Tensor, teacher_temperature: float = TEACHER_TEMPERATURE
+                   ) -> Tensor:
+    """Cross-entropy of each view's softmax against its twin's sharpened, centred one.
+
+    Args:
+        scores: ``[2n, s]`` one codebook's sub-key scores; rows ``i`` and ``i + n``
+            are views of one picture.
+        teacher_temperature: the target's temperature (< 1 sharpens).
+
+    Returns:
+        The mean over views of ``−Σ_j q_twin(j) log p(j)``.
+    """
+    if teacher_temperature <= 0:
+        raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
+    n = scores.shape[0] // 2
+    assert scores.shape[0] == 2 * n and n >= 1, "views come in twin pairs"
+    with torch.no_grad():
+        target = torch.softmax((scores - scores.mean(0, keepdim=True)) / teacher_temperature,
+                               dim=1)
+        target = torch.cat([target[n:], target[:n]])  # each row's twin's target
+    return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
+
+
+def address_agreement(writer: Writer, features: Tensor) -> Tensor:
+    """The term for a batch of twin views' features: both codebooks, summed.
+
+    Args:
+        writer: the model's writer (its query and codebooks address the nodes).
+        features: ``[2n, d]`` the views' features (rows ``i`` and ``i + n`` twins),
+            before centring.
+    """
+    x = features - features.mean(0, keepdim=True)
+    x = x * torch.rsqrt(x.var(0, unbiased=False, keepdim=True) + 1e-5)
+    query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))
+    return sum((agreement_loss(s) for s in writer.subkey_scores(query)),
+               start=features.new_zeros(()))
