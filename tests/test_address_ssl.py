@@ -44,7 +44,8 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a[:, :, None] == b[:, None, :]).any(2).float().mean())
 
 
-def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes() -> None:
+@pytest.mark.parametrize("loss", ["agree", "contrast"])
+def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes(loss: str) -> None:
     torch.manual_seed(0)
     d, n = 16, 48
     writer = Writer(WriterConfig(k_max=8, active=8), nodes=1024, context_dim=2 * d)
@@ -69,7 +70,7 @@ def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes() -
     opt = torch.optim.Adam(writer.parameters(), lr=0.01)
     for _ in range(150):
         opt.zero_grad()
-        address_agreement(writer, views()).backward()
+        address_agreement(writer, views(), loss).backward()
         opt.step()
     after, after_others = agreement()
     assert after > before + 0.2, (before, after)
@@ -116,3 +117,5 @@ def test_it_needs_the_pictures_views_and_the_writer() -> None:
         StreamConfig(address_ssl=1.0, video_ssl=1.0, state_path=False)
     with pytest.raises(ValueError, match="address_ssl"):
         StreamConfig(address_ssl=-1.0, video_ssl=1.0)
+    with pytest.raises(ValueError, match="address_ssl_loss"):
+        StreamConfig(address_ssl=1.0, video_ssl=1.0, address_ssl_loss="dino")

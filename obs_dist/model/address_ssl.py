@@ -36,9 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from obs_dist.model.view_contrast import twin_loss
 from obs_dist.model.writer import Writer
 
 TEACHER_TEMPERATURE = 0.5  # the target's sharpening (student at 1, the scores' own scale)
+CONTRAST_TEMPERATURE = 0.2  # as the pictures' SimCLR term
+ADDRESS_LOSSES = ("agree", "contrast")
 
 
 def agreement_loss(scores: Tensor, teacher_temperature: float = TEACHER_TEMPERATURE
@@ -64,16 +67,41 @@ def agreement_loss(scores: Tensor, teacher_temperature: float = TEACHER_TEMPERAT
     return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
 
 
-def address_agreement(writer: Writer, features: Tensor) -> Tensor:
-    """The term for a batch of twin views' features: both codebooks, summed.
+def contrast_loss(scores: tuple[Tensor, ...], temperature: float = CONTRAST_TEMPERATURE
+                  ) -> Tensor:
+    """SimCLR's loss over the views' sub-key softmaxes: each must pick its twin's.
+
+    The two codebooks' softmaxes side by side, as a unit vector per view, so the
+    cosine of two views is high when they favour the same sub-keys of both, which
+    is when they share nodes. Unlike :func:`agreement_loss` it also pushes
+    *other* pictures' addresses away, so agreement cannot come from every picture
+    favouring the same few sub-keys.
+
+    Args:
+        scores: each codebook's ``[2n, s]`` sub-key scores; rows ``i`` and ``i + n``
+            are views of one picture.
+        temperature: the twin loss's temperature.
+    """
+    p = torch.cat([torch.softmax(s, dim=1) for s in scores], dim=1)
+    return twin_loss(F.normalize(p, dim=1), temperature)
+
+
+def address_agreement(writer: Writer, features: Tensor, loss: str = "agree") -> Tensor:
+    """The term for a batch of twin views' features.
 
     Args:
         writer: the model's writer (its query and codebooks address the nodes).
         features: ``[2n, d]`` the views' features (rows ``i`` and ``i + n`` twins),
             before centring.
+        loss: ``agree`` (:func:`agreement_loss`, both codebooks summed) or
+            ``contrast`` (:func:`contrast_loss`).
     """
+    if loss not in ADDRESS_LOSSES:
+        raise ValueError(f"loss must be one of {list(ADDRESS_LOSSES)}, got {loss!r}")
     x = features - features.mean(0, keepdim=True)
     x = x * torch.rsqrt(x.var(0, unbiased=False, keepdim=True) + 1e-5)
     query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))
-    return sum((agreement_loss(s) for s in writer.subkey_scores(query)),
-               start=features.new_zeros(()))
+    scores = writer.subkey_scores(query)
+    if loss == "contrast":
+        return contrast_loss(scores)
+    return sum((agreement_loss(s) for s in scores), start=features.new_zeros(()))

@@ -481,7 +481,8 @@ class AVStreamModel(nn.Module):
                 # Per scored clip too; a window with none still trains the pictures.
                 loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
                 if self.stream_cfg.address_ssl and self.writer is not None:
-                    agree = address_agreement(self.writer, views + self.modality[0])
+                    agree = address_agreement(self.writer, views + self.modality[0],
+                                              self.stream_cfg.address_ssl_loss)
                     stats["address_ssl"] = float(agree.detach())
                     loss = loss + self.stream_cfg.address_ssl * agree * max(int(keep.sum()), 1)
         if self.training and self.sound_contrast is not None:

@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from obs_dist.model.address_ssl import ADDRESS_LOSSES
 from obs_dist.model.av_encoders import AUDIO_POOLS
 from obs_dist.model.encoders import build_encoder
 from obs_dist.model.recent_attention import MATCHES
@@ -110,6 +111,9 @@ class StreamConfig:
             codebook's sub-keys must match its twin's sharpened one, so two
             views of a picture land on the same nodes); needs ``video_ssl`` > 0
             (its views) and the state path; 0 turns it off.
+        address_ssl_loss: ``agree`` (DINO's sharpened, centred twin target per
+            codebook) or ``contrast`` (SimCLR over the views' sub-key
+            softmaxes: other pictures are pushed off the nodes too).
         audio_ssl: weight of the sounds' own contrastive term
             (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
             above the noise floor must find each other); 0 turns it off.
@@ -149,6 +153,7 @@ class StreamConfig:
     video_ssl_pictures: int = 128
     video_ssl_neighbour: int = 0
     address_ssl: float = 0.0
+    address_ssl_loss: str = "agree"
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
     audio_pool: str = "mean"
@@ -183,6 +188,9 @@ class StreamConfig:
         if self.address_ssl and not (self.video_ssl and self.state_path):
             raise ValueError("model.stream.address_ssl needs model.stream.video_ssl > 0 (its "
                              "views) and state_path = true (the writer's addresses)")
+        if self.address_ssl_loss not in ADDRESS_LOSSES:
+            raise ValueError(f"model.stream.address_ssl_loss must be one of "
+                             f"{list(ADDRESS_LOSSES)}, got {self.address_ssl_loss!r}")
         if self.direct_weight == 0 and not self.state_path:
             raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
                              "(state_path = false) nothing to learn with")
