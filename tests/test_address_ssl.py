@@ -119,3 +119,35 @@ def test_it_needs_the_pictures_views_and_the_writer() -> None:
         StreamConfig(address_ssl=-1.0, video_ssl=1.0)
     with pytest.raises(ValueError, match="address_ssl_loss"):
         StreamConfig(address_ssl=1.0, video_ssl=1.0, address_ssl_loss="dino")
+
+
+def test_views_of_one_scene_can_be_left_out_of_the_negatives() -> None:
+    from obs_dist.model.view_contrast import twin_loss
+
+    torch.manual_seed(2)
+    z = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)  # 3 twin pairs: i and i + 3
+    exclude = torch.zeros(6, 6, dtype=torch.bool)
+    exclude[0, 1] = exclude[1, 0] = True  # views 0 and 1: one scene, not negatives
+    exclude[0, 3] = True  # a twin is never left out
+    sim = (z @ z.t()) / 0.2
+    sim.fill_diagonal_(float("-inf"))
+    sim[0, 1] = sim[1, 0] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(sim, torch.tensor([3, 4, 5, 0, 1, 2]))
+    assert torch.allclose(twin_loss(z, 0.2, exclude), expected, atol=1e-6)
+    assert twin_loss(z, 0.2, exclude) < twin_loss(z, 0.2)  # fewer negatives, lower loss
+
+
+def test_the_stream_model_leaves_near_pictures_of_a_recording_out_of_the_negatives() -> None:
+    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                      writer=WriterConfig(k_max=4, active=8),
+                      stream=StreamConfig(embed=8, video_ssl=0.5, address_ssl=1.0,
+                                          address_ssl_loss="contrast", address_ssl_gap=3))
+    model = AVStreamModel(cfg, 256)
+    stream = torch.tensor([0, 0, 0, 1, 1])
+    when = torch.tensor([0, 2, 3, 0, 5])
+    near = model._near_views(torch.tensor([0, 1, 2, 3, 4, 1]), stream, when)
+    assert near is not None
+    assert near[0].tolist() == [True, True, False, False, False, True]  # 0 and 3 clips: apart
+    assert near[3].tolist() == [False, False, False, True, False, False]  # another recording
+    cfg.stream.address_ssl_gap = 0
+    assert model._near_views(torch.tensor([0, 1]), stream, when) is None

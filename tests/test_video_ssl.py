@@ -10,7 +10,12 @@ from obs_dist.model.av_encoders import VideoClipEncoder
 from obs_dist.model.av_stream import AVStreamModel
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.state import BigState, StateConfig
-from obs_dist.model.video_ssl import PictureContrast, picture_views, sample_pictures
+from obs_dist.model.video_ssl import (
+    PictureContrast,
+    first_frames,
+    picture_views,
+    sample_pictures,
+)
 from obs_dist.model.window import WindowMemory
 from obs_dist.model.writer import WriterConfig
 
@@ -69,9 +74,11 @@ def test_the_loss_falls_as_the_encoder_learns_its_pictures() -> None:
 def test_sample_pictures_takes_present_clips_only() -> None:
     video = torch.arange(2 * 3).view(2, 3, 1, 1, 1, 1).expand(2, 3, 2, 3, 4, 4).clone()
     mask = torch.tensor([[True, False, True], [False, False, True]])
-    got = sample_pictures(video, mask, count=10)
-    assert sorted(got[:, 0, 0, 0].tolist()) == [0, 2, 5]
-    assert sample_pictures(video, mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
+    got = sample_pictures(mask, count=10)
+    assert sorted(got.tolist()) == [0, 2, 5]
+    frames = first_frames(video, got)  # each clip's pixels hold its flat index
+    assert frames.shape == (3, 3, 4, 4) and frames[:, 0, 0, 0].tolist() == got.tolist()
+    assert sample_pictures(mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
 
 
 @pytest.mark.parametrize("neighbour", [0, 2])  # twins: two views of one picture, or of two
@@ -118,9 +125,7 @@ def test_address_centring_removes_what_every_picture_shares() -> None:
 def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
     from obs_dist.model.video_ssl import sample_neighbour_pictures
 
-    # Each clip's pixels hold its flat index, so a pair names the two clips it took.
     b, t = 2, 6
-    video = torch.arange(b * t).view(b, t, 1, 1, 1, 1).expand(b, t, 2, 3, 4, 4).clone()
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[0, 2] = False  # no picture: neither a first nor a twin
     # Row 0 is one recording; row 1 moves on to another recording at clip 3.
@@ -128,9 +133,9 @@ def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
     when = torch.tensor([0, 1, 2, 3, 4, 5, 7, 8, 9, 0, 1, 2])
     seen: set[tuple[int, int]] = set()
     for seed in range(40):
-        first, second = sample_neighbour_pictures(video, mask, stream, when, reach=2, count=50,
+        first, second = sample_neighbour_pictures(mask, stream, when, reach=2, count=50,
                                                   gen=torch.Generator().manual_seed(seed))
-        pairs = list(zip(first[:, 0, 0, 0].tolist(), second[:, 0, 0, 0].tolist()))
+        pairs = list(zip(first.tolist(), second.tolist()))
         firsts = [a for a, _ in pairs]
         assert len(firsts) == len(set(firsts))  # each clip at most once as a first
         seen.update(pairs)
@@ -138,10 +143,10 @@ def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
                if stream[i] == stream[j] and 1 <= int(when[j] - when[i]) <= 2
                and i != 2 and j != 2}
     assert seen == allowed  # every allowed pair is drawn, and no other
-    first, _ = sample_neighbour_pictures(video, mask, stream, when, reach=2, count=3)
-    assert first.shape == (3, 3, 4, 4)
+    first, _ = sample_neighbour_pictures(mask, stream, when, reach=2, count=3)
+    assert first.shape == (3,)
     with pytest.raises(ValueError, match="reach"):
-        sample_neighbour_pictures(video, mask, stream, when, reach=0, count=3)
+        sample_neighbour_pictures(mask, stream, when, reach=0, count=3)
 
 
 def test_pairs_of_views_are_the_twins_and_forward_is_pairs_with_itself() -> None:

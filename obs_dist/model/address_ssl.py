@@ -67,8 +67,8 @@ def agreement_loss(scores: Tensor, teacher_temperature: float = TEACHER_TEMPERAT
     return -(target * F.log_softmax(scores, dim=1)).sum(1).mean()
 
 
-def contrast_loss(scores: tuple[Tensor, ...], temperature: float = CONTRAST_TEMPERATURE
-                  ) -> Tensor:
+def contrast_loss(scores: tuple[Tensor, ...], temperature: float = CONTRAST_TEMPERATURE,
+                  exclude: Tensor | None = None) -> Tensor:
     """SimCLR's loss over the views' sub-key softmaxes: each must pick its twin's.
 
     The two codebooks' softmaxes side by side, as a unit vector per view, so the
@@ -81,12 +81,14 @@ def contrast_loss(scores: tuple[Tensor, ...], temperature: float = CONTRAST_TEMP
         scores: each codebook's ``[2n, s]`` sub-key scores; rows ``i`` and ``i + n``
             are views of one picture.
         temperature: the twin loss's temperature.
+        exclude: ``[2n, 2n]`` pairs that are not negatives (None: every other view is).
     """
     p = torch.cat([torch.softmax(s, dim=1) for s in scores], dim=1)
-    return twin_loss(F.normalize(p, dim=1), temperature)
+    return twin_loss(F.normalize(p, dim=1), temperature, exclude)
 
 
-def address_agreement(writer: Writer, features: Tensor, loss: str = "agree") -> Tensor:
+def address_agreement(writer: Writer, features: Tensor, loss: str = "agree",
+                      exclude: Tensor | None = None) -> Tensor:
     """The term for a batch of twin views' features.
 
     Args:
@@ -95,6 +97,8 @@ def address_agreement(writer: Writer, features: Tensor, loss: str = "agree") -> 
             before centring.
         loss: ``agree`` (:func:`agreement_loss`, both codebooks summed) or
             ``contrast`` (:func:`contrast_loss`).
+        exclude: for ``contrast``, ``[2n, 2n]`` pairs of views that are not
+            negatives (pictures of one scene a few seconds apart).
     """
     if loss not in ADDRESS_LOSSES:
         raise ValueError(f"loss must be one of {list(ADDRESS_LOSSES)}, got {loss!r}")
@@ -103,5 +107,5 @@ def address_agreement(writer: Writer, features: Tensor, loss: str = "agree") -> 
     query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))
     scores = writer.subkey_scores(query)
     if loss == "contrast":
-        return contrast_loss(scores)
+        return contrast_loss(scores, exclude=exclude)
     return sum((agreement_loss(s) for s in scores), start=features.new_zeros(()))

@@ -61,7 +61,12 @@ from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.recent_attention import RecentAttention
-from obs_dist.model.video_ssl import PictureContrast, sample_neighbour_pictures, sample_pictures
+from obs_dist.model.video_ssl import (
+    PictureContrast,
+    first_frames,
+    sample_neighbour_pictures,
+    sample_pictures,
+)
 from obs_dist.model.writer import Writer
 
 NEG_INF = float("-inf")
@@ -468,12 +473,13 @@ class AVStreamModel(nn.Module):
             reach = self.stream_cfg.video_ssl_neighbour
             if reach:
                 first, second = sample_neighbour_pictures(
-                    batch["video"], batch["video_mask"], stream, when, reach,
-                    self.stream_cfg.video_ssl_pictures)
+                    batch["video_mask"], stream, when, reach, self.stream_cfg.video_ssl_pictures)
             else:
-                first = second = sample_pictures(batch["video"], batch["video_mask"],
+                first = second = sample_pictures(batch["video_mask"],
                                                  self.stream_cfg.video_ssl_pictures)
-            views = self.picture_contrast.twin_features(self.video, first, second)
+            views = self.picture_contrast.twin_features(
+                self.video, first_frames(batch["video"], first),
+                first_frames(batch["video"], second))
             stats["video_ssl"] = 0.0  # fewer than two pictures: nothing to tell apart
             if views is not None:
                 contrast = self.picture_contrast.loss(views)
@@ -481,8 +487,9 @@ class AVStreamModel(nn.Module):
                 # Per scored clip too; a window with none still trains the pictures.
                 loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
                 if self.stream_cfg.address_ssl and self.writer is not None:
-                    agree = address_agreement(self.writer, views + self.modality[0],
-                                              self.stream_cfg.address_ssl_loss)
+                    agree = address_agreement(
+                        self.writer, views + self.modality[0], self.stream_cfg.address_ssl_loss,
+                        self._near_views(torch.cat([first, second]), stream, when))
                     stats["address_ssl"] = float(agree.detach())
                     loss = loss + self.stream_cfg.address_ssl * agree * max(int(keep.sum()), 1)
         if self.training and self.sound_contrast is not None:
@@ -491,6 +498,17 @@ class AVStreamModel(nn.Module):
             stats["audio_ssl"] = float(contrast.detach())
             loss = loss + self.stream_cfg.audio_ssl * contrast * max(int(keep.sum()), 1)
         return WindowResult(loss, int(keep.sum()), correct, carry, stats)
+
+    def _near_views(self, clips: torch.Tensor, stream: torch.Tensor, when: torch.Tensor
+                    ) -> torch.Tensor | None:
+        """``[V, V]``: which of the views' clips are of one recording and under
+        ``stream.address_ssl_gap`` clips apart (None when the gap is 0): the same
+        scene a few seconds on, not a negative for the address term."""
+        gap = self.stream_cfg.address_ssl_gap
+        if not gap:
+            return None
+        s, w = stream[clips], when[clips]
+        return (s[:, None] == s[None, :]) & ((w[:, None] - w[None, :]).abs() < gap)
 
     def _likely_same(self, fv: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         """``[Q, C]``: each query's ``stream.false_negatives`` negatives whose pictures

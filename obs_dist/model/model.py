@@ -114,6 +114,9 @@ class StreamConfig:
         address_ssl_loss: ``agree`` (DINO's sharpened, centred twin target per
             codebook) or ``contrast`` (SimCLR over the views' sub-key
             softmaxes: other pictures are pushed off the nodes too).
+        address_ssl_gap: for ``contrast``, pictures of one recording under this
+            many clips apart are not each other's negatives (a camera shows one
+            scene for seconds); 0: every other view is a negative.
         audio_ssl: weight of the sounds' own contrastive term
             (``obs_dist/model/audio_ssl.py``: two views of each sampled clip
             above the noise floor must find each other); 0 turns it off.
@@ -154,6 +157,7 @@ class StreamConfig:
     video_ssl_neighbour: int = 0
     address_ssl: float = 0.0
     address_ssl_loss: str = "agree"
+    address_ssl_gap: int = 0
     audio_ssl: float = 0.0
     audio_ssl_clips: int = 128
     audio_pool: str = "mean"
@@ -181,7 +185,7 @@ class StreamConfig:
                                  f"got {value}")
         for name, low in (("audio_ssl_clips", 2), ("video_ssl_pictures", 2), ("embed", 2),
                           ("negative_gap", 0), ("false_negatives", 0), ("positive_window", 0),
-                          ("video_ssl_neighbour", 0)):
+                          ("video_ssl_neighbour", 0), ("address_ssl_gap", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
                                  f"got {getattr(self, name)}")

@@ -82,31 +82,39 @@ class PictureContrast(ViewContrast):
         return encoder(views[:, None])
 
 
-def sample_pictures(video: Tensor, mask: Tensor, count: int,
-                    gen: torch.Generator | None = None) -> Tensor:
-    """Up to ``count`` pictures (each clip's first frame) of the present clips of a window.
+def sample_pictures(mask: Tensor, count: int, gen: torch.Generator | None = None) -> Tensor:
+    """Up to ``count`` of a window's clips that have a picture, as flat clip indices.
 
     Args:
-        video: ``[B, T, F, 3, H, W]`` clips.
         mask: ``[B, T]`` which clips have video.
-        count: most pictures returned.
+        count: most clips returned.
         gen: random generator of the sample.
 
     Returns:
-        ``[n, 3, H, W]``, n = min(count, present clips).
+        ``[n]`` indices into the window's ``B·T`` clips, n = min(count, present clips);
+        :func:`first_frames` gives their pictures.
     """
     present = mask.bool().reshape(-1).nonzero().squeeze(1)
     if present.numel() > count:
         pick = torch.randperm(present.numel(), generator=gen)[:count]
         present = present[pick.to(present.device)]
-    flat = video.reshape(-1, *video.shape[2:])
-    return flat.index_select(0, present)[:, 0]
+    return present
 
 
-def sample_neighbour_pictures(video: Tensor, mask: Tensor, stream: Tensor, when: Tensor,
-                              reach: int, count: int, gen: torch.Generator | None = None
+def first_frames(video: Tensor, clips: Tensor) -> Tensor:
+    """The first frame ``[n, 3, H, W]`` of each of ``clips`` ``[n]`` (a window's flat indices).
+
+    Args:
+        video: ``[B, T, F, 3, H, W]`` clips.
+        clips: indices into the ``B·T`` clips.
+    """
+    return video.reshape(-1, *video.shape[2:]).index_select(0, clips)[:, 0]
+
+
+def sample_neighbour_pictures(mask: Tensor, stream: Tensor, when: Tensor, reach: int,
+                              count: int, gen: torch.Generator | None = None
                               ) -> tuple[Tensor, Tensor]:
-    """Up to ``count`` pairs of pictures of one recording at most ``reach`` clips apart.
+    """Up to ``count`` pairs of pictured clips of one recording at most ``reach`` clips apart.
 
     A head camera keeps looking at the same things for seconds, so what a picture
     shares with the picture a second later (the object, not its place, size or
@@ -114,7 +122,6 @@ def sample_neighbour_pictures(video: Tensor, mask: Tensor, stream: Tensor, when:
     views (Orhan et al. 2020 learnt SAYCam's frames from their time alone).
 
     Args:
-        video: ``[B, T, F, 3, H, W]`` clips.
         mask: ``[B, T]`` which clips have video.
         stream: ``[B·T]`` each clip's recording (an id;
             :func:`~obs_dist.model.av_stream.clip_positions`).
@@ -124,9 +131,10 @@ def sample_neighbour_pictures(video: Tensor, mask: Tensor, stream: Tensor, when:
         gen: random generator of the draws (the global one when None).
 
     Returns:
-        ``(first, second)``, each ``[n, 3, H, W]`` (each clip's first frame): every
-        present clip with a present clip 1 to ``reach`` later in its recording is
-        a candidate ``first``, its twin drawn among those; n = min(count, candidates).
+        ``(first, second)``, each ``[n]`` flat clip indices (:func:`first_frames`
+        gives their pictures): every present clip with a present clip 1 to
+        ``reach`` later in its recording is a candidate ``first``, its twin drawn
+        among those; n = min(count, candidates).
     """
     if reach < 1:
         raise ValueError(f"reach must be >= 1, got {reach}")
@@ -138,7 +146,6 @@ def sample_neighbour_pictures(video: Tensor, mask: Tensor, stream: Tensor, when:
     if firsts.numel() > count:
         firsts = firsts[torch.randperm(firsts.numel(), generator=gen)[:count].to(firsts.device)]
     # One twin each, uniform among its candidates: the largest random draw where allowed.
-    draw = torch.rand(firsts.numel(), near.shape[1], generator=gen).to(video.device)
+    draw = torch.rand(firsts.numel(), near.shape[1], generator=gen).to(mask.device)
     seconds = draw.masked_fill(~near[firsts], -1.0).argmax(1)
-    flat = video.reshape(-1, *video.shape[2:])
-    return flat.index_select(0, firsts)[:, 0], flat.index_select(0, seconds)[:, 0]
+    return firsts, seconds

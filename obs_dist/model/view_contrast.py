@@ -14,16 +14,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def twin_loss(z: Tensor, temperature: float) -> Tensor:
+def twin_loss(z: Tensor, temperature: float, exclude: Tensor | None = None) -> Tensor:
     """SimCLR's loss: rows ``i`` and ``i + n`` of ``z`` ``[2n, e]`` (unit) are twins.
 
-    Each row must pick its twin among the other ``2n − 1`` rows.
+    Each row must pick its twin among the other ``2n − 1`` rows, less those
+    ``exclude`` ``[2n, 2n]`` marks (rows that are not negatives; a twin always counts).
     """
     n = z.shape[0] // 2
     sim = (z @ z.t()) / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device),
-                          float("-inf"))
     twin = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    drop = torch.eye(2 * n, dtype=torch.bool, device=sim.device)
+    if exclude is not None:
+        is_twin = torch.zeros_like(drop).scatter_(1, twin[:, None], True)
+        drop = drop | (exclude & ~is_twin)
+    sim = sim.masked_fill(drop, float("-inf"))
     return F.cross_entropy(sim, twin)
 
 
