@@ -110,11 +110,9 @@ def test_the_stream_model_adds_it_beside_the_pictures_contrastive_term() -> None
     assert losses[2.0] > losses[0.0]
 
 
-def test_it_needs_the_pictures_views_and_the_writer() -> None:
+def test_it_needs_the_pictures_views() -> None:
     with pytest.raises(ValueError, match="address_ssl"):
         StreamConfig(address_ssl=1.0)  # no video_ssl: no views
-    with pytest.raises(ValueError, match="address_ssl"):
-        StreamConfig(address_ssl=1.0, video_ssl=1.0, state_path=False)
     with pytest.raises(ValueError, match="address_ssl"):
         StreamConfig(address_ssl=-1.0, video_ssl=1.0)
     with pytest.raises(ValueError, match="address_ssl_loss"):
@@ -151,3 +149,23 @@ def test_the_stream_model_leaves_near_pictures_of_a_recording_out_of_the_negativ
     assert near[3].tolist() == [False, False, False, True, False, False]  # another recording
     cfg.stream.address_ssl_gap = 0
     assert model._near_views(torch.tensor([0, 1]), stream, when) is None
+
+
+def test_the_dual_encoder_peer_has_no_addresses_and_takes_the_same_train_set() -> None:
+    # The suite gives every learner one train_set: the peer without a state must
+    # accept the option and train exactly as it would without it.
+    b, t = 2, 4
+    batch = _silent_window(b, t)
+    losses = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                          stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
+                                              state_path=False, address_ssl=weight))
+        model = AVStreamModel(cfg, 256)
+        model.train()
+        torch.manual_seed(5)
+        out = model.window_objective(batch, None, model.initial_carry(b, "cpu"))  # type: ignore[arg-type]
+        assert "address_ssl" not in out.stats
+        losses.append(float(out.loss_sum.detach()))
+    assert losses[0] == losses[1]

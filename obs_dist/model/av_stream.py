@@ -42,6 +42,9 @@ Options against what measuring found (``model.stream``, ``model.writer.balance``
 (``augment``), each clip heard with its neighbours (``audio_context``), a word
 linked to the picture's own nodes (``carry = "addressed"``), recall divided by
 each node's column mass (``recall_norm``), and balanced product-key addresses.
+The pictures also teach the encoder and the writer by themselves: their own
+contrastive term (``video_ssl``, §13) and the agreement of two views' addresses
+(``address_ssl``, §20).
 """
 
 from __future__ import annotations

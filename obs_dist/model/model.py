@@ -107,10 +107,12 @@ class StreamConfig:
             later in the same recording (a camera keeps looking at the same things
             for seconds: what stays is the object, not its place or size).
         address_ssl: weight of the pictures' address agreement
-            (``obs_dist/model/address_ssl.py``: each view's softmax over each
-            codebook's sub-keys must match its twin's sharpened one, so two
-            views of a picture land on the same nodes); needs ``video_ssl`` > 0
-            (its views) and the state path; 0 turns it off.
+            (``obs_dist/model/address_ssl.py``: two views of a picture must land
+            on the same nodes, through each codebook's softmax over its
+            sub-keys); needs ``video_ssl`` > 0 (its views); 0 turns it off.
+            The dual-encoder peers (``state_path = false``) have no addresses:
+            for them it adds nothing, as ``recall_norm`` does not, so one
+            ``train_set`` serves every learner.
         address_ssl_loss: ``agree`` (DINO's sharpened, centred twin target per
             codebook) or ``contrast`` (SimCLR over the views' sub-key
             softmaxes: other pictures are pushed off the nodes too).
@@ -189,9 +191,9 @@ class StreamConfig:
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
                                  f"got {getattr(self, name)}")
-        if self.address_ssl and not (self.video_ssl and self.state_path):
-            raise ValueError("model.stream.address_ssl needs model.stream.video_ssl > 0 (its "
-                             "views) and state_path = true (the writer's addresses)")
+        if self.address_ssl and not self.video_ssl:
+            raise ValueError("model.stream.address_ssl needs model.stream.video_ssl > 0: it "
+                             "addresses the views that term draws")
         if self.address_ssl_loss not in ADDRESS_LOSSES:
             raise ValueError(f"model.stream.address_ssl_loss must be one of "
                              f"{list(ADDRESS_LOSSES)}, got {self.address_ssl_loss!r}")
