@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_video_ssl import _silent_window
+from test_video_ssl import _silent_window, _small_stream_model
 
 from obs_dist.model.address_ssl import address_agreement, agreement_loss
-from obs_dist.model.av_stream import AVStreamModel
-from obs_dist.model.model import ModelConfig, StreamConfig
+from obs_dist.model.model import StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
 from obs_dist.model.writer import Writer, WriterConfig, product_key_topk
@@ -79,21 +78,12 @@ def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes(los
 
 
 def test_the_stream_model_adds_it_beside_the_pictures_contrastive_term() -> None:
-    torch.manual_seed(0)
-
-    def model_with(address_ssl: float) -> AVStreamModel:
-        torch.manual_seed(0)
-        cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                          writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                          stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
-                                              address_ssl=address_ssl))
-        return AVStreamModel(cfg, 256)
-
     b, t = 2, 4
     batch = _silent_window(b, t)
     losses = {}
     for weight in (0.0, 2.0):
-        model = model_with(weight)
+        torch.manual_seed(0)
+        model = _small_stream_model(address_ssl=weight)
         memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
         model.train()
         torch.manual_seed(5)  # the same views for both
@@ -117,6 +107,11 @@ def test_it_needs_the_pictures_views() -> None:
         StreamConfig(address_ssl=-1.0, video_ssl=1.0)
     with pytest.raises(ValueError, match="address_ssl_loss"):
         StreamConfig(address_ssl=1.0, video_ssl=1.0, address_ssl_loss="dino")
+    with pytest.raises(ValueError, match="address_ssl_gap"):  # agree has no negatives
+        StreamConfig(address_ssl=1.0, video_ssl=1.0, address_ssl_gap=8)
+    writer = Writer(WriterConfig(k_max=4, active=4), nodes=256, context_dim=8)
+    with pytest.raises(ValueError, match="exclude"):
+        address_agreement(writer, torch.randn(4, 4), "agree", torch.zeros(4, 4, dtype=torch.bool))
 
 
 def test_views_of_one_scene_can_be_left_out_of_the_negatives() -> None:
@@ -136,18 +131,14 @@ def test_views_of_one_scene_can_be_left_out_of_the_negatives() -> None:
 
 
 def test_the_stream_model_leaves_near_pictures_of_a_recording_out_of_the_negatives() -> None:
-    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                      writer=WriterConfig(k_max=4, active=8),
-                      stream=StreamConfig(embed=8, video_ssl=0.5, address_ssl=1.0,
-                                          address_ssl_loss="contrast", address_ssl_gap=3))
-    model = AVStreamModel(cfg, 256)
+    model = _small_stream_model(address_ssl=1.0, address_ssl_loss="contrast", address_ssl_gap=3)
     stream = torch.tensor([0, 0, 0, 1, 1])
     when = torch.tensor([0, 2, 3, 0, 5])
     near = model._near_views(torch.tensor([0, 1, 2, 3, 4, 1]), stream, when)
     assert near is not None
     assert near[0].tolist() == [True, True, False, False, False, True]  # 0 and 3 clips: apart
     assert near[3].tolist() == [False, False, False, True, False, False]  # another recording
-    cfg.stream.address_ssl_gap = 0
+    model.stream_cfg.address_ssl_gap = 0
     assert model._near_views(torch.tensor([0, 1]), stream, when) is None
 
 
@@ -159,10 +150,7 @@ def test_the_dual_encoder_peer_has_no_addresses_and_takes_the_same_train_set() -
     losses = []
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                          stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
-                                              state_path=False, address_ssl=weight))
-        model = AVStreamModel(cfg, 256)
+        model = _small_stream_model(state_path=False, address_ssl=weight)
         model.train()
         torch.manual_seed(5)
         out = model.window_objective(batch, None, model.initial_carry(b, "cpu"))  # type: ignore[arg-type]

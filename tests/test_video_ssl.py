@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from support.contrast_fit import fit_contrast
@@ -23,6 +25,14 @@ from obs_dist.model.writer import WriterConfig
 def _pictures(n: int = 8, size: int = 16) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def _small_stream_model(**stream: Any) -> AVStreamModel:
+    """A small OBS stream model whose pictures teach themselves (``video_ssl``), N = 256."""
+    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
+                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
+                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6, **stream))
+    return AVStreamModel(cfg, 256)
 
 
 def _silent_window(b: int, t: int) -> dict[str, torch.Tensor]:
@@ -84,11 +94,7 @@ def test_sample_pictures_takes_present_clips_only() -> None:
 @pytest.mark.parametrize("neighbour", [0, 2])  # twins: two views of one picture, or of two
 def test_the_stream_model_trains_its_video_encoder_on_pictures_alone(neighbour: int) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6,
-                                          video_ssl_neighbour=neighbour))
-    model = AVStreamModel(cfg, 256)
+    model = _small_stream_model(video_ssl_neighbour=neighbour)
     b, t = 2, 4
     batch = _silent_window(b, t)
     memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)

@@ -8,19 +8,28 @@ so a small move of the feature along a direction the codebooks care about change
 which sub-keys win, while SimCLR's cosine, which sees every direction alike, hardly
 notices. Measured on held-out recordings: two pictures of one object share
 0.23–0.30 of their nodes, different objects 0.02–0.03 (docs/results/notes.md,
-"twelfth round"), and with perfect picture addresses the same trained model's
-Hebbian ceiling over the third round's model rose from 0.455 to 0.879
-(novel names; docs/decisions.md §13).
+"twelfth round"), and with perfect picture addresses the Hebbian ceiling of the
+third round's model rose from 0.455 to 0.879 (novel names; docs/decisions.md §13).
 
-This term asks for it directly, in the way DINO (Caron et al. 2021) trains a
-student's softmax over prototypes to match a teacher's over another view: for
-each codebook, each view's softmax over the sub-keys is pulled towards the twin
-view's *sharpened and centred* softmax (no gradient through the target).
-Sharpening rewards a confident choice of sub-keys, which is what a stable top-k
-needs; centring (the batch's mean score per sub-key taken off the target) keeps
-one sub-key from winning for every picture, with the writer's address balance
-(``model.writer.balance``) doing the same on the state's steps. Nothing in it
-is about any object set: only the views of pictures the recording shows anyway.
+This term asks for it directly, in one of two forms (``model.stream.address_ssl_loss``),
+each on each codebook's softmax over its sub-keys:
+
+* ``agree`` (:func:`agreement_loss`), the way DINO (Caron et al. 2021) trains a
+  student's softmax over prototypes to match a teacher's over another view: each
+  view's softmax is pulled towards its twin's *sharpened and centred* one (no
+  gradient through the target). Sharpening rewards a confident choice of
+  sub-keys, which a stable top-k needs; centring (the batch's mean score per
+  sub-key taken off the target) is meant to keep one sub-key from winning for
+  every picture, beside the writer's address balance. Measured, it was not
+  enough: different objects came to share four times as many nodes.
+* ``contrast`` (:func:`contrast_loss`): SimCLR's loss over the two codebooks'
+  softmaxes side by side, so a view must pick its twin's address among the
+  other views' and other pictures are pushed off its sub-keys.
+  ``model.stream.address_ssl_gap`` leaves pictures of one recording a few clips
+  apart (one scene) out of each other's negatives.
+
+Nothing in it is about any object set: only views of pictures the recording
+shows anyway. What each form measured: docs/decisions.md §20.
 
 The views' features are those the SimCLR term already computed
 (:meth:`~obs_dist.model.view_contrast.ViewContrast.twin_features`), so the
@@ -102,6 +111,8 @@ def address_agreement(writer: Writer, features: Tensor, loss: str = "agree",
     """
     if loss not in ADDRESS_LOSSES:
         raise ValueError(f"loss must be one of {list(ADDRESS_LOSSES)}, got {loss!r}")
+    if exclude is not None and loss != "contrast":
+        raise ValueError("exclude leaves views out of the negatives: only loss='contrast' has any")
     x = features - features.mean(0, keepdim=True)
     x = x * torch.rsqrt(x.var(0, unbiased=False, keepdim=True) + 1e-5)
     query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))

@@ -197,6 +197,9 @@ class StreamConfig:
         if self.address_ssl_loss not in ADDRESS_LOSSES:
             raise ValueError(f"model.stream.address_ssl_loss must be one of "
                              f"{list(ADDRESS_LOSSES)}, got {self.address_ssl_loss!r}")
+        if self.address_ssl_gap and self.address_ssl_loss != "contrast":
+            raise ValueError("model.stream.address_ssl_gap leaves views out of the negatives, "
+                             "which only address_ssl_loss = \"contrast\" has")
         if self.direct_weight == 0 and not self.state_path:
             raise ValueError("model.stream.direct_weight = 0 leaves the dual encoder "
                              "(state_path = false) nothing to learn with")
