@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_video_ssl import _silent_window, _small_stream_model
+from support.stream_window import silent_window, small_stream_model
 
 from obs_dist.model.address_ssl import address_agreement, agreement_loss
 from obs_dist.model.model import StreamConfig
@@ -51,10 +51,10 @@ def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes(los
     pictures = torch.randn(n, d)
 
     def views() -> torch.Tensor:  # two noisy views of every picture: rows i and i + n twins
-        return torch.cat([pictures, pictures]) + 0.6 * torch.randn(2 * n, d)
+        f = torch.cat([pictures, pictures]) + 0.6 * torch.randn(2 * n, d)
+        return (f - f.mean(0)) * torch.rsqrt(f.var(0, unbiased=False) + 1e-5)  # centred
 
-    def nodes(f: torch.Tensor) -> torch.Tensor:
-        x = (f - f.mean(0)) * torch.rsqrt(f.var(0, unbiased=False) + 1e-5)
+    def nodes(x: torch.Tensor) -> torch.Tensor:
         query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))
         return product_key_topk(query, writer.keys1, writer.keys2, 8)[1]
 
@@ -79,11 +79,11 @@ def test_training_the_writer_on_it_puts_views_of_a_picture_on_the_same_nodes(los
 
 def test_the_stream_model_adds_it_beside_the_pictures_contrastive_term() -> None:
     b, t = 2, 4
-    batch = _silent_window(b, t)
+    batch = silent_window(b, t)
     losses = {}
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
-        model = _small_stream_model(address_ssl=weight)
+        model = small_stream_model(address_ssl=weight)
         memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
         model.train()
         torch.manual_seed(5)  # the same views for both
@@ -131,7 +131,7 @@ def test_views_of_one_scene_can_be_left_out_of_the_negatives() -> None:
 
 
 def test_the_stream_model_leaves_near_pictures_of_a_recording_out_of_the_negatives() -> None:
-    model = _small_stream_model(address_ssl=1.0, address_ssl_loss="contrast", address_ssl_gap=3)
+    model = small_stream_model(address_ssl=1.0, address_ssl_loss="contrast", address_ssl_gap=3)
     stream = torch.tensor([0, 0, 0, 1, 1])
     when = torch.tensor([0, 2, 3, 0, 5])
     near = model._near_views(torch.tensor([0, 1, 2, 3, 4, 1]), stream, when)
@@ -146,11 +146,11 @@ def test_the_dual_encoder_peer_has_no_addresses_and_takes_the_same_train_set() -
     # The suite gives every learner one train_set: the peer without a state must
     # accept the option and train exactly as it would without it.
     b, t = 2, 4
-    batch = _silent_window(b, t)
+    batch = silent_window(b, t)
     losses = []
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        model = _small_stream_model(state_path=False, address_ssl=weight)
+        model = small_stream_model(state_path=False, address_ssl=weight)
         model.train()
         torch.manual_seed(5)
         out = model.window_objective(batch, None, model.initial_carry(b, "cpu"))  # type: ignore[arg-type]

@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 from support.contrast_fit import fit_contrast
+from support.stream_window import silent_window, small_stream_model
 
 from obs_dist.model.av_encoders import VideoClipEncoder
-from obs_dist.model.av_stream import AVStreamModel
-from obs_dist.model.model import ModelConfig, StreamConfig
+from obs_dist.model.model import StreamConfig
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.video_ssl import (
     PictureContrast,
     first_frames,
     picture_views,
-    sample_pictures,
+    sample_pictured_clips,
 )
 from obs_dist.model.window import WindowMemory
-from obs_dist.model.writer import WriterConfig
 
 
 def _pictures(n: int = 8, size: int = 16) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
-
-
-def _small_stream_model(**stream: Any) -> AVStreamModel:
-    """A small OBS stream model whose pictures teach themselves (``video_ssl``), N = 256."""
-    cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16,
-                      writer=WriterConfig(k_max=4, active=8, backward_links=True),
-                      stream=StreamConfig(embed=8, video_ssl=0.5, video_ssl_pictures=6, **stream))
-    return AVStreamModel(cfg, 256)
-
-
-def _silent_window(b: int, t: int) -> dict[str, torch.Tensor]:
-    """A window of random pictures and silence (no clip is scored: only the pictures' term)."""
-    return {"audio": torch.full((b, t, 8, 21), -8.0),
-            "video": torch.randint(0, 255, (b, t, 2, 3, 16, 16), dtype=torch.uint8),
-            "audio_mask": torch.ones(b, t, dtype=torch.bool),
-            "video_mask": torch.ones(b, t, dtype=torch.bool),
-            "targets": torch.full((b, t), -100)}
 
 
 def test_views_are_pictures_drawn_from_the_generator() -> None:
@@ -81,22 +61,22 @@ def test_the_loss_falls_as_the_encoder_learns_its_pictures() -> None:
     assert float(contrast(encoder, frames[:1])) == 0.0  # one picture: nothing to tell apart
 
 
-def test_sample_pictures_takes_present_clips_only() -> None:
+def test_sample_pictured_clips_takes_present_clips_only() -> None:
     video = torch.arange(2 * 3).view(2, 3, 1, 1, 1, 1).expand(2, 3, 2, 3, 4, 4).clone()
     mask = torch.tensor([[True, False, True], [False, False, True]])
-    got = sample_pictures(mask, count=10)
+    got = sample_pictured_clips(mask, count=10)
     assert sorted(got.tolist()) == [0, 2, 5]
     frames = first_frames(video, got)  # each clip's pixels hold its flat index
     assert frames.shape == (3, 3, 4, 4) and frames[:, 0, 0, 0].tolist() == got.tolist()
-    assert sample_pictures(mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
+    assert sample_pictured_clips(mask, count=2, gen=torch.Generator().manual_seed(0)).shape[0] == 2
 
 
 @pytest.mark.parametrize("neighbour", [0, 2])  # twins: two views of one picture, or of two
 def test_the_stream_model_trains_its_video_encoder_on_pictures_alone(neighbour: int) -> None:
     torch.manual_seed(0)
-    model = _small_stream_model(video_ssl_neighbour=neighbour)
+    model = small_stream_model(video_ssl_neighbour=neighbour)
     b, t = 2, 4
-    batch = _silent_window(b, t)
+    batch = silent_window(b, t)
     memory = WindowMemory(BigState(StateConfig(nodes=256, partitions=2)).matrix(), b)
     model.train()
     out = model.window_objective(batch, memory, model.initial_carry(b, "cpu"))
@@ -126,10 +106,17 @@ def test_address_centring_removes_what_every_picture_shares() -> None:
     assert (out[:5].std(0, unbiased=False) - 1).abs().max() < 1e-3
     centring.eval()  # evaluation uses the running statistics (momentum 1: the last window's)
     assert torch.allclose(centring(f[:5]), out[:5], atol=1e-5)
+    # Views drawn for a training term: their own statistics, the running ones untouched.
+    centring.train()
+    before = centring.mean.clone(), centring.var.clone()
+    views = torch.randn(6, 4) * 3 - 9
+    own = centring(views, track=False)
+    assert own.mean(0).abs().max() < 1e-5
+    assert torch.equal(centring.mean, before[0]) and torch.equal(centring.var, before[1])
 
 
 def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
-    from obs_dist.model.video_ssl import sample_neighbour_pictures
+    from obs_dist.model.video_ssl import sample_neighbour_clips
 
     b, t = 2, 6
     mask = torch.ones(b, t, dtype=torch.bool)
@@ -139,7 +126,7 @@ def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
     when = torch.tensor([0, 1, 2, 3, 4, 5, 7, 8, 9, 0, 1, 2])
     seen: set[tuple[int, int]] = set()
     for seed in range(40):
-        first, second = sample_neighbour_pictures(mask, stream, when, reach=2, count=50,
+        first, second = sample_neighbour_clips(mask, stream, when, reach=2, count=50,
                                                   gen=torch.Generator().manual_seed(seed))
         pairs = list(zip(first.tolist(), second.tolist()))
         firsts = [a for a, _ in pairs]
@@ -149,10 +136,10 @@ def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
                if stream[i] == stream[j] and 1 <= int(when[j] - when[i]) <= 2
                and i != 2 and j != 2}
     assert seen == allowed  # every allowed pair is drawn, and no other
-    first, _ = sample_neighbour_pictures(mask, stream, when, reach=2, count=3)
+    first, _ = sample_neighbour_clips(mask, stream, when, reach=2, count=3)
     assert first.shape == (3,)
     with pytest.raises(ValueError, match="reach"):
-        sample_neighbour_pictures(mask, stream, when, reach=0, count=3)
+        sample_neighbour_clips(mask, stream, when, reach=0, count=3)
 
 
 def test_pairs_of_views_are_the_twins_and_forward_is_pairs_with_itself() -> None:

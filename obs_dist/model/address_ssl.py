@@ -33,10 +33,9 @@ shows anyway. What each form measured: docs/decisions.md §20.
 
 The views' features are those the SimCLR term already computed
 (:meth:`~obs_dist.model.view_contrast.ViewContrast.twin_features`), so the
-encoder runs once. Before they address, they are centred and scaled by their own
-batch's statistics, as the window's features are in training
-(:class:`~obs_dist.model.av_stream.AddressCentring`), without touching the
-running averages that evaluation uses.
+encoder runs once. The model addresses them as it addresses the window's
+pictures (centred by their own statistics if ``address_centring`` is on, the
+running averages that evaluation uses left alone), and hands them in here.
 """
 
 from __future__ import annotations
@@ -102,8 +101,8 @@ def address_agreement(writer: Writer, features: Tensor, loss: str = "agree",
 
     Args:
         writer: the model's writer (its query and codebooks address the nodes).
-        features: ``[2n, d]`` the views' features (rows ``i`` and ``i + n`` twins),
-            before centring.
+        features: ``[2n, d]`` the views' features as they address nodes (rows ``i``
+            and ``i + n`` twins).
         loss: ``agree`` (:func:`agreement_loss`, both codebooks summed) or
             ``contrast`` (:func:`contrast_loss`).
         exclude: for ``contrast``, ``[2n, 2n]`` pairs of views that are not
@@ -113,9 +112,8 @@ def address_agreement(writer: Writer, features: Tensor, loss: str = "agree",
         raise ValueError(f"loss must be one of {list(ADDRESS_LOSSES)}, got {loss!r}")
     if exclude is not None and loss != "contrast":
         raise ValueError("exclude leaves views out of the negatives: only loss='contrast' has any")
-    x = features - features.mean(0, keepdim=True)
-    x = x * torch.rsqrt(x.var(0, unbiased=False, keepdim=True) + 1e-5)
-    query = writer.query(torch.cat([x, torch.zeros_like(x)], dim=1))
+    # From the input alone, as every address is (the carried half of the context zero).
+    query = writer.query(torch.cat([features, torch.zeros_like(features)], dim=1))
     scores = writer.subkey_scores(query)
     if loss == "contrast":
         return contrast_loss(scores, exclude=exclude)

@@ -67,8 +67,8 @@ from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
     PictureContrast,
     first_frames,
-    sample_neighbour_pictures,
-    sample_pictures,
+    sample_neighbour_clips,
+    sample_pictured_clips,
 )
 from obs_dist.model.writer import Writer
 
@@ -169,17 +169,23 @@ class AddressCentring(nn.Module):
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("var", torch.ones(d))
 
-    def forward(self, f: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """``f`` ``[..., d]`` centred and scaled; ``present`` ``[...]`` marks the clips counted."""
+    def forward(self, f: torch.Tensor, present: torch.Tensor | None = None,
+                track: bool = True) -> torch.Tensor:
+        """``f`` ``[..., d]`` centred and scaled; ``present`` ``[...]`` marks the clips counted.
+
+        ``track = False``: in training, ``f``'s own statistics without moving the
+        running average (views drawn for a training term, not the window's clips).
+        """
         if self.training and torch.is_grad_enabled():
             rows = f.reshape(-1, f.shape[-1])
             if present is not None:
                 rows = rows[present.reshape(-1).bool()]
             if rows.shape[0] >= 2:
                 mean, var = rows.mean(0), rows.var(0, unbiased=False)
-                with torch.no_grad():
-                    self.mean.lerp_(mean.detach(), self.momentum)
-                    self.var.lerp_(var.detach(), self.momentum)
+                if track:
+                    with torch.no_grad():
+                        self.mean.lerp_(mean.detach(), self.momentum)
+                        self.var.lerp_(var.detach(), self.momentum)
                 return (f - mean) * torch.rsqrt(var + 1e-5)
         return (f - self.mean) * torch.rsqrt(self.var + 1e-5)
 
@@ -276,12 +282,13 @@ class AVStreamModel(nn.Module):
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
 
-    def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-        """What addresses nodes: the feature, centred per modality if so configured."""
+    def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None,
+                    track: bool = True) -> torch.Tensor:
+        """What addresses nodes: the feature, centred per modality if so configured
+        (``track``: :class:`AddressCentring`'s)."""
         if self.centring is None:
             return f
-        return self.centring[kind](f, present)
+        return self.centring[kind](f, present, track)
 
     def _features(self, batch: dict[str, Any]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -475,10 +482,10 @@ class AVStreamModel(nn.Module):
         if self.training and self.picture_contrast is not None:
             reach = self.stream_cfg.video_ssl_neighbour
             if reach:
-                first, second = sample_neighbour_pictures(
+                first, second = sample_neighbour_clips(
                     batch["video_mask"], stream, when, reach, self.stream_cfg.video_ssl_pictures)
             else:
-                first = second = sample_pictures(batch["video_mask"],
+                first = second = sample_pictured_clips(batch["video_mask"],
                                                  self.stream_cfg.video_ssl_pictures)
             views = self.picture_contrast.twin_features(
                 self.video, first_frames(batch["video"], first),
@@ -490,8 +497,10 @@ class AVStreamModel(nn.Module):
                 # Per scored clip too; a window with none still trains the pictures.
                 loss = loss + self.stream_cfg.video_ssl * contrast * max(int(keep.sum()), 1)
                 if self.stream_cfg.address_ssl and self.writer is not None:
+                    # Addressed as the window's pictures are, the running average left alone.
                     agree = address_agreement(
-                        self.writer, views + self.modality[0], self.stream_cfg.address_ssl_loss,
+                        self.writer, self._addressing(views + self.modality[0], 0, track=False),
+                        self.stream_cfg.address_ssl_loss,
                         self._near_views(torch.cat([first, second]), stream, when))
                     stats["address_ssl"] = float(agree.detach())
                     loss = loss + self.stream_cfg.address_ssl * agree * max(int(keep.sum()), 1)

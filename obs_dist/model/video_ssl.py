@@ -82,7 +82,7 @@ class PictureContrast(ViewContrast):
         return encoder(views[:, None])
 
 
-def sample_pictures(mask: Tensor, count: int, gen: torch.Generator | None = None) -> Tensor:
+def sample_pictured_clips(mask: Tensor, count: int, gen: torch.Generator | None = None) -> Tensor:
     """Up to ``count`` of a window's clips that have a picture, as flat clip indices.
 
     Args:
@@ -111,7 +111,7 @@ def first_frames(video: Tensor, clips: Tensor) -> Tensor:
     return video.reshape(-1, *video.shape[2:]).index_select(0, clips)[:, 0]
 
 
-def sample_neighbour_pictures(mask: Tensor, stream: Tensor, when: Tensor, reach: int,
+def sample_neighbour_clips(mask: Tensor, stream: Tensor, when: Tensor, reach: int,
                               count: int, gen: torch.Generator | None = None
                               ) -> tuple[Tensor, Tensor]:
     """Up to ``count`` pairs of pictured clips of one recording at most ``reach`` clips apart.
