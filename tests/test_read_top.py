@@ -32,6 +32,12 @@ def _memory(shared: bool, gen: torch.Generator, n: int = 200
     return memory, leaves
 
 
+def _assert_scratch_is_clean(memory: WindowMemory) -> None:
+    """Every read puts back the zeros it changed in the window's scratch buffer."""
+    scratch = memory._scratch
+    assert scratch is not None and int(scratch.count_nonzero()) == 0
+
+
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("n", [200, 2560])  # 2,560: the top-m through blocks (40 of 64 columns)
 def test_read_top_equals_the_top_of_a_read(shared: bool, n: int) -> None:
@@ -46,6 +52,7 @@ def test_read_top_equals_the_top_of_a_read(shared: bool, n: int) -> None:
         else:
             vals, ids = memory.read_top(rows, weights, 9)
         (vals * torch.randn(vals.shape, generator=gen, dtype=torch.float64)).sum().backward()
+        _assert_scratch_is_clean(memory)
         results.append((vals.detach(), ids, weights.grad, [leaf.grad for leaf in leaves]))
     (v0, i0, g0, l0), (v1, i1, g1, l1) = results
     assert torch.equal(v0, v1) and torch.equal(i0, i1)  # the forward pass is unchanged
@@ -58,6 +65,38 @@ def test_read_top_equals_the_top_of_a_read(shared: bool, n: int) -> None:
         else:
             assert a is not None
             torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_read_entries_equals_the_read_at_the_columns(shared: bool) -> None:
+    """The delta rule's read at chosen columns: values and gradients of ``read(...)[cols]``.
+
+    One column is asked for twice: it gets both gradients.
+    """
+    results = []
+    for mode in ("read", "read_entries"):
+        gen = torch.Generator().manual_seed(11)
+        memory, leaves = _memory(shared, gen)
+        # Rows and columns the blocks wrote, so that the window part is not zero there.
+        link = memory.seqs["link"]
+        rows = link.rows[:, 1, :5]
+        weights = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+        cols = torch.cat([link.cols[:, 1], link.cols[:, 2, :2], link.cols[:, 1, :1]], 1)
+        if mode == "read":
+            got = memory.read(rows, weights).gather(1, cols)
+        else:
+            got = memory.read_entries(rows, weights, cols)
+        (got * torch.randn(got.shape, generator=gen, dtype=torch.float64)).sum().backward()
+        _assert_scratch_is_clean(memory)
+        results.append((got.detach(), weights.grad, [leaf.grad for leaf in leaves]))
+    (v0, g0, l0), (v1, g1, l1) = results
+    torch.testing.assert_close(v1, v0, atol=1e-12, rtol=0)
+    assert g0 is not None and g1 is not None and float(g0.abs().max()) > 0
+    torch.testing.assert_close(g1, g0, atol=1e-12, rtol=0)
+    assert sum(1 for g in l0 if g is not None and float(g.abs().max()) > 0) > 0
+    for a, b in zip(l1, l0):
+        torch.testing.assert_close(a if a is not None else torch.zeros_like(b),
+                                   b if b is not None else torch.zeros_like(a), atol=1e-12, rtol=0)
 
 
 def test_read_top_without_gradients_and_without_blocks() -> None:

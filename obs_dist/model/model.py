@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from obs_dist.model.address_ssl import ADDRESS_LOSSES
@@ -329,8 +330,10 @@ class OBSModel(nn.Module):
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
-    def step(self, f: torch.Tensor, memory: Memory, carry: Carry, table: TableBags
-             ) -> tuple[torch.Tensor, Carry, dict[str, torch.Tensor]]:
+    def step(self, f: torch.Tensor, memory: Memory, carry: Carry, table: TableBags,
+             active: torch.Tensor | None = None,
+             heads: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, Carry, torch.Tensor, dict[str, torch.Tensor]]:
         """One time step for all streams.
 
         Args:
@@ -338,13 +341,26 @@ class OBSModel(nn.Module):
             memory: the fast state as seen by this window.
             carry: the previous step's active nodes.
             table: the window's lookups of E (``Eᵀ a``: O(m·d) each).
+            active: ``Eᵀ a`` of ``carry`` when it was read already (the
+                previous step's read-out reads the same bag); None: read here.
+            heads: ``(part, weight)``: the writer heads of ``f`` alone
+                (:meth:`Writer.head_weights`' input columns and bias), taken
+                for the whole window at once, and the transposed columns of
+                ``Eᵀ a`` that complete them. None: the whole context here.
 
         Returns:
-            ``(y [B, d], new carry, per-step statistics)``.
+            ``(y [B, d], new carry, Eᵀ a of the new carry, per-step statistics)``;
+            the statistics (``count``, ``eta``) are per stream, detached.
         """
         cfg = self.config.writer
-        context = torch.cat([f, table.bag(carry.ids, carry.vals)], dim=1)
-        prop = self.writer(context)
+        if active is None:
+            active = table.bag(carry.ids, carry.vals)
+        if heads is None:
+            prop = self.writer(torch.cat([f, active], dim=1))
+        else:
+            # The context's other half, Eᵀ a_{t-1}: the heads' remaining columns.
+            part, weight = heads
+            prop = self.writer.propose(torch.addmm(part, active, weight))
         rows = torch.cat([prop.ids, carry.ids], dim=1)
         key = torch.cat([prop.alpha, carry.vals], dim=1)
         key = key / (key.norm(dim=1, keepdim=True) + 1e-6)
@@ -361,10 +377,11 @@ class OBSModel(nn.Module):
                          carry.ids, carry.vals)
         vals, ids = memory.read_top(prop.ids, prop.alpha, cfg.active)
         vals = vals / (vals.norm(dim=1, keepdim=True) + 1e-6)
-        y = self.norm(table.bag(ids, vals) + f)
+        read_out = table.bag(ids, vals)
+        y = self.norm(read_out + f)
         memory.next_step()
-        stats = {"count": prop.k_hat.detach().mean(), "eta": prop.eta.detach().mean()}
-        return y, Carry(ids, vals), stats
+        stats = {"count": prop.k_hat.detach(), "eta": prop.eta.detach()}
+        return y, Carry(ids, vals), read_out, stats
 
     def forward_window(self, batch: dict[str, Any], memory: Memory, carry: Carry
                        ) -> tuple[torch.Tensor, Carry, dict[str, float]]:
@@ -380,21 +397,28 @@ class OBSModel(nn.Module):
             ``(logits [B, T, classes], carry, mean statistics)``.
         """
         feats = self.encoder(batch)
-        bsz, steps = feats.shape[:2]
         reset = batch.get("reset")
         if reset is not None:
             keep = (~reset.to(torch.bool)).to(carry.vals.dtype)[:, None]
             carry = Carry(carry.ids, carry.vals * keep)
         outs = []
-        totals: dict[str, torch.Tensor] = {}
+        per_step: dict[str, list[torch.Tensor]] = {}
         table = TableBags(self.node_embed.weight)
+        # The writer's heads of the input half of the context, for every step
+        # in one product (the other half, Eᵀ a_{t-1}, is known only step by step).
+        weight, bias = self.writer.head_weights()
+        d = feats.shape[2]
+        from_input = F.linear(feats, weight[:, :d], bias)
+        weight_active = weight[:, d:].t()
+        active = None  # the first step reads its carry's bag (a new window's table)
         # unbind: one backward that stacks the steps' gradients; feats[:, t]
         # would fill a zero [B, T, d] per step in the backward pass (O(T²)).
-        for feat in feats.unbind(1):
-            y, carry, stats = self.step(feat, memory, carry, table)
+        for feat, heads in zip(feats.unbind(1), from_input.unbind(1)):
+            y, carry, active, stats = self.step(feat, memory, carry, table, active,
+                                                (heads, weight_active))
             outs.append(y)
             for k, v in stats.items():
-                totals[k] = totals[k] + v if k in totals else v
+                per_step.setdefault(k, []).append(v)
         logits = self.head(torch.stack(outs, dim=1))
         # One host sync per window, not per step.
-        return logits, carry, {k: float(v) / steps for k, v in totals.items()}
+        return logits, carry, {k: float(torch.stack(v).mean()) for k, v in per_step.items()}

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from obs_dist.model.delta import SparseDelta
-from obs_dist.model.window import Exchange, WindowMemory, pick
+from obs_dist.model.window import Exchange, WindowMemory, combine_rows, pick
 
 
 class ShardReads(Protocol):
@@ -129,7 +129,7 @@ class ShardedWindowMemory(WindowMemory):
         ids, values, base = self.reads.top_candidates(
             rows, weights.detach(), None if local is None else local.detach(), self.candidates)
         # The owner's exact value, with the gradient of Σ_i w_i X[S_i, j] + local_j.
-        grad_path = torch.einsum("bi,bim->bm", weights, base.to(weights.dtype))
+        grad_path = combine_rows(weights, base)
         if local is not None:
             grad_path = grad_path + pick(local, ids)
         h_cand = values.to(weights.dtype) + (grad_path - grad_path.detach())
@@ -164,7 +164,7 @@ class ShardedWindowMemory(WindowMemory):
         r = rows.long()[:, :, None].expand(-1, -1, cols.shape[1])
         c = cols.long()[:, None, :].expand(-1, rows.shape[1], -1)
         base = self._base_entries(r, c)  # [B, k, Q]
-        p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
+        p = combine_rows(weights, base)
         window = self._window_part(rows, weights)
         return p if window is None else p + window.gather(1, cols.long())
 

@@ -70,6 +70,68 @@ def pick(dense: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _Pick.apply(dense, index)
 
 
+class _SpreadRows(torch.autograd.Function):
+    """``w.gather(1, index)`` for each index, ``w`` the weights scattered at ``rows`` (``[B, N]``).
+
+    ``w`` is built in a scratch buffer of zeros that the window keeps, and put
+    back to zeros at ``rows`` (k entries a stream) before returning. A fresh
+    ``[B, N]`` of zeros per read cost 80 µs a time step at MQAR's size (16
+    streams, N = 16,384: a megabyte of new memory), as much as the base read's
+    embedding bag. The backward builds the dense gradient of ``w`` once for
+    every index and gathers it at ``rows``: what ``scatter_add_`` and
+    :func:`pick` give through autograd, in one node.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weights: torch.Tensor, rows: torch.Tensor, scratch: torch.Tensor,
+                *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        try:
+            scratch.scatter_add_(1, rows, weights)
+            picked = tuple(scratch.gather(1, index) for index in indices)
+        finally:
+            scratch.scatter_(1, rows, 0.0)
+        ctx.save_for_backward(rows, *indices)
+        ctx.num_nodes = scratch.shape[1]
+        return picked
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, *indices = ctx.saved_tensors
+        dense = grads[0].new_zeros(rows.shape[0], ctx.num_nodes)
+        for index, grad in zip(indices, grads):
+            dense.scatter_add_(1, index, grad)
+        return (dense.gather(1, rows), None, None, *(None for _ in indices))
+
+
+class _ColumnsAt(torch.autograd.Function):
+    """``window.gather(1, cols)``, ``window`` the blocks' amounts scattered at their columns.
+
+    ``window`` (dense, no graph) gives the values; the gradient goes straight
+    to each kind's amounts: the gradient scattered at ``cols`` in the scratch
+    buffer of zeros (put back after), gathered at the amounts' columns. Through
+    :func:`pick` and ``scatter_add_`` the same gradient took a fresh ``[B, N]``
+    of zeros per read.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, window: torch.Tensor, cols: torch.Tensor, scratch: torch.Tensor,
+                columns: tuple[torch.Tensor, ...], *amounts: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cols, *columns)
+        ctx.scratch = scratch
+        return window.gather(1, cols)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        cols, *columns = ctx.saved_tensors
+        scratch = ctx.scratch
+        try:
+            scratch.scatter_add_(1, cols, grad)
+            amounts = tuple(scratch.gather(1, c) for c in columns)
+        finally:
+            scratch.scatter_(1, cols, 0.0)
+        return (None, None, None, None, *amounts)
+
+
 # Block length of the top-m pre-filter, and how many blocks per chosen value it
 # needs before it pays (below that a plain topk over N is as fast).
 _TOP_BLOCK = 64
@@ -113,6 +175,15 @@ def entries_at(base: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> to
     return read_entries(base, rows, cols) if base.is_contiguous() else base[rows, cols]
 
 
+def combine_rows(weights: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
+    """``Σ_i weights[b, i] · entries[b, i, q]`` as ``[B, Q]`` (one ``bmm``).
+
+    The same product as ``einsum("bi,biq->bq")``, without einsum's planning on
+    every call (a few µs, twice a time step, forward and backward).
+    """
+    return torch.bmm(weights[:, None, :], entries.to(weights.dtype)).squeeze(1)
+
+
 @dataclass
 class BlockSeq:
     """Blocks of one shape, stacked over time: ``rows/a: [B, L, r]``, ``cols/b: [B, L, c]``."""
@@ -154,6 +225,7 @@ class WindowMemory:
         self._this_step: Blocks = {}
         self.step = 0
         self._column_mass: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None  # [B, N] zeros between reads (_SpreadRows)
 
     # ------------------------------------------------------------------ writing
     def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
@@ -251,28 +323,65 @@ class WindowMemory:
             mask = torch.cat([mask, (far.step < self.step)[None, :].expand(bsz, -1)], 1)
         return parts[0], parts[1], parts[2], parts[3], mask
 
-    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
-        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``.
+    def _scratch_for(self, like: torch.Tensor) -> torch.Tensor:
+        """The window's ``[B, N]`` buffer of zeros (every user puts back the zeros it changed)."""
+        scratch = self._scratch
+        if scratch is None or scratch.dtype != like.dtype or scratch.device != like.device:
+            scratch = torch.zeros(self.batch, self.num_nodes, dtype=like.dtype,
+                                  device=like.device)
+            self._scratch = scratch
+        return scratch
 
-        The row combination is scattered once into a dense ``[B, N]`` vector, so
-        each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
-        per stream, with nothing of size L·k·r kept for the backward pass. The
-        scatters are in place (into fresh zeros): an out-of-place scatter copies
-        a ``[B, N]`` tensor first, twice a step.
+    def _window_amounts(self, rows: torch.Tensor, weights: torch.Tensor
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each kind's ``(columns, amounts)`` ``[B, V·c]``: the read's window part, unsummed.
+
+        ``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks is the
+        amounts scattered at the columns. The row combination is scattered once
+        into a dense ``[B, N]`` vector (the scratch buffer, :class:`_SpreadRows`),
+        so each block's overlap ``o = Σ_j a_j · w[R_j]`` is a gather — O(N + L·r)
+        per stream, with nothing of size L·k·r kept for the backward pass.
         """
-        if not self.seqs:
-            return None
         bsz = rows.shape[0]
-        w_dense = torch.zeros(bsz, self.num_nodes, dtype=weights.dtype, device=weights.device)
-        w_dense.scatter_add_(1, rows.long(), weights)
-        out = torch.zeros_like(w_dense)
-        for kind, seq in self.seqs.items():
-            r, a, c, b, mask = self._visible(kind, seq)
-            length = r.shape[1]
-            o = (pick(w_dense, r.flatten(1)).view(bsz, length, -1) * a).sum(-1)
+        seen = [self._visible(kind, seq) for kind, seq in self.seqs.items()]
+        picked = _SpreadRows.apply(weights, rows.long(), self._scratch_for(weights),
+                                   *(r.flatten(1).long() for r, *_ in seen))
+        out = []
+        for (r, a, c, b, mask), p in zip(seen, picked):
+            o = (p.view(bsz, r.shape[1], -1) * a).sum(-1)
             if mask is not None:
                 o = o * mask.to(o.dtype)
-            out.scatter_add_(1, c.flatten(1).long(), (o[:, :, None] * b).flatten(1))
+            out.append((c.flatten(1).long(), (o[:, :, None] * b).flatten(1)))
+        return out
+
+    @staticmethod
+    def _summed(amounts: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor,
+                num_nodes: int) -> torch.Tensor:
+        """The amounts scattered at their columns, dense ``[B, N]`` (in place into fresh zeros:
+        an out-of-place scatter copies a ``[B, N]`` tensor first)."""
+        out = like.new_zeros(like.shape[0], num_nodes)
+        for cols, values in amounts:
+            out.scatter_add_(1, cols, values)
+        return out
+
+    def _window_part(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``."""
+        if not self.seqs:
+            return None
+        return self._summed(self._window_amounts(rows, weights), weights, self.num_nodes)
+
+    def _detached_window(self, amounts: list[tuple[torch.Tensor, torch.Tensor]],
+                         like: torch.Tensor) -> torch.Tensor:
+        """:meth:`_summed` of the amounts' values, out of the graph."""
+        with torch.no_grad():
+            return self._summed([(c, v.detach()) for c, v in amounts], like, self.num_nodes)
+
+    def _amounts_at(self, window: torch.Tensor, amounts: list[tuple[torch.Tensor, torch.Tensor]],
+                    cols: torch.Tensor) -> torch.Tensor:
+        """``window[b, cols[b, q]]`` ``[B, Q]``, with the amounts' gradient (``_ColumnsAt``)."""
+        out: torch.Tensor = _ColumnsAt.apply(window, cols.long(), self._scratch_for(window),
+                                             tuple(c for c, _ in amounts),
+                                             *(v for _, v in amounts))
         return out
 
     def column_mass(self) -> torch.Tensor:
@@ -315,16 +424,18 @@ class WindowMemory:
         with torch.no_grad():
             h = F.embedding_bag(rows, self.base, per_sample_weights=weights.detach().to(dt),
                                 mode="sum").to(weights.dtype)
-        window = self._window_part(rows, weights)
-        if window is not None:
-            h.add_(window.detach())
+        amounts = self._window_amounts(rows, weights) if self.seqs else None
+        window = None
+        if amounts is not None:
+            window = self._detached_window(amounts, weights)
+            h.add_(window)
         vals, ids = top_m(h, m)
         if not (torch.is_grad_enabled() and (weights.requires_grad or window is not None)):
             return vals, ids
         base = entries_at(self.base, rows, ids)  # [B, k, m]
-        grad_path = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
-        if window is not None:
-            grad_path = grad_path + pick(window, ids)
+        grad_path = combine_rows(weights, base)
+        if amounts is not None and window is not None:
+            grad_path = grad_path + self._amounts_at(window, amounts, ids)
         # Exactly the values above (x - x == 0), with grad_path's gradient.
         return vals + (grad_path - grad_path.detach()), ids
 
@@ -332,9 +443,11 @@ class WindowMemory:
                      cols: torch.Tensor) -> torch.Tensor:
         """``p[b, q] = Σ_i weights[b,i] · X_eff[rows[b,i], cols[b,q]]`` as ``[B, Q]``."""
         base = entries_at(self.base, rows, cols)  # [B, k, Q]
-        p = torch.einsum("bi,biq->bq", weights, base.to(weights.dtype))
-        window = self._window_part(rows, weights)
-        return p if window is None else p + pick(window, cols)
+        p = combine_rows(weights, base)
+        if not self.seqs:
+            return p
+        amounts = self._window_amounts(rows, weights)
+        return p + self._amounts_at(self._detached_window(amounts, weights), amounts, cols)
 
     # ------------------------------------------------------------------ commit
     def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

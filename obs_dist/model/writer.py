@@ -163,6 +163,7 @@ class Writer(nn.Module):
         self.balance_terms: list[torch.Tensor] = []  # address-balance terms since pop_balance
         self.sign = nn.Linear(context_dim, config.k_max)
         self.strength = nn.Linear(context_dim, 1)
+        self._rank_cache: torch.Tensor | None = None
         with torch.no_grad():
             # The second half of the context is Eᵀ a_{t-1}. Its weights start at
             # zero so that early addresses depend on the input alone and the same
@@ -199,25 +200,50 @@ class Writer(nn.Module):
         self.balance_terms = []
         return out
 
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The four heads of the context as one linear map: ``(weight, bias)``.
+
+        Rows in the order query (``key_dim``), count (1), sign (``k_max``),
+        strength (1): ``F.linear(context, *head_weights())`` is what
+        :meth:`propose` takes. One product a step instead of four, and a caller
+        that knows part of the context for a whole window ahead (the input
+        half) can take that part's product once per window.
+        """
+        heads = (self.query, self.count, self.sign, self.strength)
+        return torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads])
+
     def forward(self, context: torch.Tensor) -> WriteProposal:
         """Propose this step's write for every stream.
 
         Args:
             context: ``[B, context_dim]``.
         """
+        return self.propose(F.linear(context, *self.head_weights()))
+
+    def propose(self, heads: torch.Tensor) -> WriteProposal:
+        """The write for the context's heads ``[B, key_dim + k_max + 2]`` (``head_weights``)."""
         cfg = self.config
-        query = self.query(context)
+        query, count_logit, sign_logit, eta_raw = heads.split(
+            [cfg.key_dim, 1, cfg.k_max, 1], dim=1)
         scores, ids = product_key_topk(query, self.keys1, self.keys2, cfg.k_max)
         if cfg.balance > 0 and self.training and torch.is_grad_enabled():
             self.balance_terms.append(self.address_balance(query))
         weights = torch.softmax(scores, dim=1)
-        count = cfg.k_min + (cfg.k_max - cfg.k_min) * torch.sigmoid(self.count(context)[:, 0])
-        ranks = torch.arange(cfg.k_max, device=context.device, dtype=context.dtype)
+        count = cfg.k_min + (cfg.k_max - cfg.k_min) * torch.sigmoid(count_logit[:, 0])
+        ranks = self._ranks(heads)
         mask = torch.sigmoid((count[:, None] - ranks[None, :] - 0.5) / cfg.count_tau)
         mask = mask * (mask >= MASK_FLOOR)
-        alpha = mask * weights * torch.tanh(self.sign(context))
+        alpha = mask * weights * torch.tanh(sign_logit)
         # L2-normalised so the read-out scale does not depend on k̂.
         alpha = alpha / (alpha.norm(dim=1, keepdim=True) + 1e-6)
-        eta_raw = self.strength(context)[:, 0]
+        eta_raw = eta_raw[:, 0]
         eta = torch.sigmoid(eta_raw) if cfg.rule == "delta" else F.softplus(eta_raw)
         return WriteProposal(ids, alpha, mask, eta, count)
+
+    def _ranks(self, like: torch.Tensor) -> torch.Tensor:
+        """``0, 1, …, k_max − 1`` on ``like``'s device and dtype (made once, not per step)."""
+        ranks = self._rank_cache
+        if ranks is None or ranks.device != like.device or ranks.dtype != like.dtype:
+            ranks = torch.arange(self.config.k_max, device=like.device, dtype=like.dtype)
+            self._rank_cache = ranks
+        return ranks
