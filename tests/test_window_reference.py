@@ -84,3 +84,16 @@ def test_commit_equals_dense_sum_of_writes() -> None:
     # to_delta rounds values to fp32 for the commit.
     torch.testing.assert_close(delta.to_dense().double(), expected, atol=1e-5, rtol=1e-5)
     assert delta.nnz > 0
+
+
+def test_a_window_longer_than_the_index_buffers_matches_dense_reference() -> None:
+    """150 steps in one window: the index buffers grow twice (64 → 128 → 256 blocks)."""
+    gen = torch.Generator().manual_seed(4)
+    batch = mqar_batch(2, 32, 150, 8, gen)
+    base = BigState(StateConfig(nodes=N, partitions=2, init_std=0.05, seed=3)).matrix().double()
+    model = _model("hebbian", True)
+    sparse_logits, sparse_grads = _run(model, WindowMemory(base, 2), batch, windows=1)
+    dense_logits, dense_grads = _run(model, DenseMemory(base, 2), batch, windows=1)
+    torch.testing.assert_close(sparse_logits, dense_logits, atol=1e-5, rtol=0)
+    for name, g in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], g, atol=1e-5, rtol=0, msg=name)

@@ -76,8 +76,7 @@ class ShardedWindowMemory(WindowMemory):
         out = ShardedWindowMemory(self.base, self.batch, self.reads, self.candidates,
                                   self.shared if shared is None else shared, exchange,
                                   self.overlay)
-        out.seqs = {k: s.detach() for k, s in self.seqs.items()}
-        out.foreign = {k: s.detach() for k, s in self.foreign.items()}
+        out._carry_blocks(self)
         return out
 
     # ------------------------------------------------------------------ reading

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from obs_dist.model.block_indices import BlockIndices
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.state import read_entries
 
@@ -90,17 +91,18 @@ class _SpreadRows(torch.autograd.Function):
             picked = tuple(scratch.gather(1, index) for index in indices)
         finally:
             scratch.scatter_(1, rows, 0.0)
-        ctx.save_for_backward(rows, *indices)
+        ctx.save_for_backward(rows)
+        ctx.indices = indices  # views of the window's index buffers (BlockIndices)
         ctx.num_nodes = scratch.shape[1]
         return picked
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, *indices = ctx.saved_tensors
+        (rows,) = ctx.saved_tensors
         dense = grads[0].new_zeros(rows.shape[0], ctx.num_nodes)
-        for index, grad in zip(indices, grads):
+        for index, grad in zip(ctx.indices, grads):
             dense.scatter_add_(1, index, grad)
-        return (dense.gather(1, rows), None, None, *(None for _ in indices))
+        return (dense.gather(1, rows), None, None, *(None for _ in ctx.indices))
 
 
 class _ColumnsAt(torch.autograd.Function):
@@ -116,17 +118,18 @@ class _ColumnsAt(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, window: torch.Tensor, cols: torch.Tensor, scratch: torch.Tensor,
                 columns: tuple[torch.Tensor, ...], *amounts: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(cols, *columns)
+        ctx.save_for_backward(cols)
+        ctx.columns = columns  # views of the window's index buffers (BlockIndices)
         ctx.scratch = scratch
         return window.gather(1, cols)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        cols, *columns = ctx.saved_tensors
+        (cols,) = ctx.saved_tensors
         scratch = ctx.scratch
         try:
             scratch.scatter_add_(1, cols, grad)
-            amounts = tuple(scratch.gather(1, c) for c in columns)
+            amounts = tuple(scratch.gather(1, c) for c in ctx.columns)
         finally:
             scratch.scatter_(1, cols, 0.0)
         return (None, None, None, None, *amounts)
@@ -220,7 +223,8 @@ class WindowMemory:
         self.batch = batch
         self.shared = shared
         self.exchange = exchange if shared else None
-        self.seqs: dict[str, BlockSeq] = {}
+        self.seqs: dict[str, BlockSeq] = {}  # indices: views of _indices' buffers
+        self._indices: dict[str, BlockIndices] = {}
         self.foreign: dict[str, BlockSeq] = {}  # other ranks' blocks, as one pseudo-stream
         self._this_step: Blocks = {}
         self.step = 0
@@ -237,17 +241,17 @@ class WindowMemory:
         assert rows.shape == a.shape and cols.shape == b.shape, (rows.shape, cols.shape)
         if self.exchange is not None:
             self._this_step[kind] = (rows, a, cols, b)
-        new = BlockSeq(rows[:, None], a[:, None], cols[:, None], b[:, None],
-                       torch.tensor([self.step], device=rows.device))
+        index = self._indices.get(kind)
         old = self.seqs.get(kind)
-        if old is None:
-            self.seqs[kind] = new
+        if index is None or old is None:
+            index = self._indices[kind] = BlockIndices(rows, cols, self.step)
+            a_all, b_all = a[:, None], b[:, None]
         else:
-            self.seqs[kind] = BlockSeq(
-                torch.cat([old.rows, new.rows], 1), torch.cat([old.a, new.a], 1),
-                torch.cat([old.cols, new.cols], 1), torch.cat([old.b, new.b], 1),
-                torch.cat([old.step, new.step]),
-            )
+            index.append(rows, cols, self.step)
+            # The coefficients carry the gradient: concatenated (their bytes are
+            # a third of a block's; the indices go to growing buffers).
+            a_all, b_all = torch.cat([old.a, a[:, None]], 1), torch.cat([old.b, b[:, None]], 1)
+        self.seqs[kind] = BlockSeq(index.rows, a_all, index.cols, b_all, index.step)
 
     def next_step(self) -> None:
         """Advance the step counter (visibility of other streams' writes).
@@ -274,9 +278,16 @@ class WindowMemory:
         """
         out = WindowMemory(self.base, self.batch, self.shared if shared is None else shared,
                            exchange)
-        out.seqs = {k: s.detach() for k, s in self.seqs.items()}
-        out.foreign = {k: s.detach() for k, s in self.foreign.items()}
+        out._carry_blocks(self)
         return out
+
+    def _carry_blocks(self, earlier: WindowMemory) -> None:
+        """Take ``earlier``'s blocks and foreign blocks, detached and marked carried in."""
+        for kind, seq in earlier.seqs.items():
+            index = self._indices[kind] = earlier._indices[kind].carried()
+            self.seqs[kind] = BlockSeq(index.rows, seq.a.detach(), index.cols, seq.b.detach(),
+                                       index.step)
+        self.foreign = {k: s.detach() for k, s in earlier.foreign.items()}
 
     @staticmethod
     def _append(into: dict[str, BlockSeq], kind: str, seq: BlockSeq) -> None:
@@ -368,7 +379,10 @@ class WindowMemory:
         """``Σ_i weights[b,i] · ΣΔ[rows[b,i], :]`` over the window's blocks, dense ``[B, N]``."""
         if not self.seqs:
             return None
-        return self._summed(self._window_amounts(rows, weights), weights, self.num_nodes)
+        # Autograd keeps the scatter's index for the backward pass: a copy, not
+        # a view of the index buffers that later steps append to.
+        amounts = [(c.clone(), v) for c, v in self._window_amounts(rows, weights)]
+        return self._summed(amounts, weights, self.num_nodes)
 
     def _detached_window(self, amounts: list[tuple[torch.Tensor, torch.Tensor]],
                          like: torch.Tensor) -> torch.Tensor:
