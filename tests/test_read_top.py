@@ -34,7 +34,7 @@ def _memory(shared: bool, gen: torch.Generator, n: int = 200
 
 def _assert_scratch_is_clean(memory: WindowMemory) -> None:
     """Every read puts back the zeros it changed in the window's scratch buffer."""
-    scratch = memory._scratch
+    scratch = memory._buffers.get("zeros")
     assert scratch is not None and int(scratch.count_nonzero()) == 0
 
 

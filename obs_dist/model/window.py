@@ -79,13 +79,14 @@ class _SpreadRows(torch.autograd.Function):
     ``[B, N]`` of zeros per read cost 80 µs a time step at MQAR's size (16
     streams, N = 16,384: a megabyte of new memory), as much as the base read's
     embedding bag. The backward builds the dense gradient of ``w`` once for
-    every index and gathers it at ``rows``: what ``scatter_add_`` and
-    :func:`pick` give through autograd, in one node.
+    every index, in a second buffer of the window's (cleared, not allocated),
+    and gathers it at ``rows``: what ``scatter_add_`` and :func:`pick` give
+    through autograd, in one node.
     """
 
     @staticmethod
     def forward(ctx: Any, weights: torch.Tensor, rows: torch.Tensor, scratch: torch.Tensor,
-                *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                gradient: torch.Tensor, *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         try:
             scratch.scatter_add_(1, rows, weights)
             picked = tuple(scratch.gather(1, index) for index in indices)
@@ -93,16 +94,16 @@ class _SpreadRows(torch.autograd.Function):
             scratch.scatter_(1, rows, 0.0)
         ctx.save_for_backward(rows)
         ctx.indices = indices  # views of the window's index buffers (BlockIndices)
-        ctx.num_nodes = scratch.shape[1]
+        ctx.gradient = gradient
         return picked
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (rows,) = ctx.saved_tensors
-        dense = grads[0].new_zeros(rows.shape[0], ctx.num_nodes)
+        dense = ctx.gradient.zero_()
         for index, grad in zip(ctx.indices, grads):
             dense.scatter_add_(1, index, grad)
-        return (dense.gather(1, rows), None, None, *(None for _ in ctx.indices))
+        return (dense.gather(1, rows), None, None, None, *(None for _ in ctx.indices))
 
 
 class _ColumnsAt(torch.autograd.Function):
@@ -229,7 +230,10 @@ class WindowMemory:
         self._this_step: Blocks = {}
         self.step = 0
         self._column_mass: torch.Tensor | None = None
-        self._scratch: torch.Tensor | None = None  # [B, N] zeros between reads (_SpreadRows)
+        # [B, N] buffers made once per window (a fresh megabyte of zeros per read cost
+        # ~80 µs at MQAR's size): "zeros" is all zeros between uses; "window" holds
+        # the current read's window part; "gradient" the row combination's gradient.
+        self._buffers: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ writing
     def write(self, kind: str, rows: torch.Tensor, a: torch.Tensor, cols: torch.Tensor,
@@ -334,14 +338,13 @@ class WindowMemory:
             mask = torch.cat([mask, (far.step < self.step)[None, :].expand(bsz, -1)], 1)
         return parts[0], parts[1], parts[2], parts[3], mask
 
-    def _scratch_for(self, like: torch.Tensor) -> torch.Tensor:
-        """The window's ``[B, N]`` buffer of zeros (every user puts back the zeros it changed)."""
-        scratch = self._scratch
-        if scratch is None or scratch.dtype != like.dtype or scratch.device != like.device:
-            scratch = torch.zeros(self.batch, self.num_nodes, dtype=like.dtype,
-                                  device=like.device)
-            self._scratch = scratch
-        return scratch
+    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The window's ``[B, N]`` buffer ``name`` in ``like``'s dtype and device (made once)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.zeros(self.batch, self.num_nodes, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf
 
     def _window_amounts(self, rows: torch.Tensor, weights: torch.Tensor
                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -355,7 +358,8 @@ class WindowMemory:
         """
         bsz = rows.shape[0]
         seen = [self._visible(kind, seq) for kind, seq in self.seqs.items()]
-        picked = _SpreadRows.apply(weights, rows.long(), self._scratch_for(weights),
+        picked = _SpreadRows.apply(weights, rows.long(), self._buffer("zeros", weights),
+                                   self._buffer("gradient", weights),
                                    *(r.flatten(1).long() for r, *_ in seen))
         out = []
         for (r, a, c, b, mask), p in zip(seen, picked):
@@ -386,14 +390,20 @@ class WindowMemory:
 
     def _detached_window(self, amounts: list[tuple[torch.Tensor, torch.Tensor]],
                          like: torch.Tensor) -> torch.Tensor:
-        """:meth:`_summed` of the amounts' values, out of the graph."""
+        """The amounts' values scattered at their columns, out of the graph, ``[B, N]``.
+
+        In the window's buffer ``"window"``: valid until the next read.
+        """
         with torch.no_grad():
-            return self._summed([(c, v.detach()) for c, v in amounts], like, self.num_nodes)
+            out = self._buffer("window", like).zero_()
+            for cols, values in amounts:
+                out.scatter_add_(1, cols, values.detach())
+            return out
 
     def _amounts_at(self, window: torch.Tensor, amounts: list[tuple[torch.Tensor, torch.Tensor]],
                     cols: torch.Tensor) -> torch.Tensor:
         """``window[b, cols[b, q]]`` ``[B, Q]``, with the amounts' gradient (``_ColumnsAt``)."""
-        out: torch.Tensor = _ColumnsAt.apply(window, cols.long(), self._scratch_for(window),
+        out: torch.Tensor = _ColumnsAt.apply(window, cols.long(), self._buffer("zeros", window),
                                              tuple(c for c, _ in amounts),
                                              *(v for _, v in amounts))
         return out
