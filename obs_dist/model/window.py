@@ -224,7 +224,9 @@ class WindowMemory:
         self.batch = batch
         self.shared = shared
         self.exchange = exchange if shared else None
-        self.seqs: dict[str, BlockSeq] = {}  # indices: views of _indices' buffers
+        # This window's blocks (and carried ones) per kind; their rows, columns and
+        # steps are views of _indices' buffers, their coefficients concatenated.
+        self.seqs: dict[str, BlockSeq] = {}
         self._indices: dict[str, BlockIndices] = {}
         self.foreign: dict[str, BlockSeq] = {}  # other ranks' blocks, as one pseudo-stream
         self._this_step: Blocks = {}
