@@ -97,5 +97,6 @@ def test_writer_heads_are_its_four_linear_maps() -> None:
     assert torch.equal(prop.ids, want.ids)
     for got_part, want_part in zip(prop[1:], want[1:]):
         torch.testing.assert_close(got_part, want_part, atol=1e-6, rtol=1e-6)
-    # Each head moves its own output: a swapped order would change the count or the strength.
+    # The count and the strength vary with the context, so heads in another order
+    # could not agree with the four linear maps by chance.
     assert float(want.k_hat.detach().std()) > 0 and float(want.eta.detach().std()) > 0

@@ -127,7 +127,7 @@ def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
     seen: set[tuple[int, int]] = set()
     for seed in range(40):
         first, second = sample_neighbour_clips(mask, stream, when, reach=2, count=50,
-                                                  gen=torch.Generator().manual_seed(seed))
+                                               gen=torch.Generator().manual_seed(seed))
         pairs = list(zip(first.tolist(), second.tolist()))
         firsts = [a for a, _ in pairs]
         assert len(firsts) == len(set(firsts))  # each clip at most once as a first

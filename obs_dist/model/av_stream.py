@@ -486,7 +486,7 @@ class AVStreamModel(nn.Module):
                     batch["video_mask"], stream, when, reach, self.stream_cfg.video_ssl_pictures)
             else:
                 first = second = sample_pictured_clips(batch["video_mask"],
-                                                 self.stream_cfg.video_ssl_pictures)
+                                                       self.stream_cfg.video_ssl_pictures)
             views = self.picture_contrast.twin_features(
                 self.video, first_frames(batch["video"], first),
                 first_frames(batch["video"], second))

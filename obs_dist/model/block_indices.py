@@ -28,16 +28,14 @@ class BlockIndices:
     Args:
         rows: the first block's rows ``[B, r]``.
         cols: its columns ``[B, c]``.
-        step: the step it was written at (-1: carried in from an earlier window).
-        capacity: blocks per stream before the buffers grow.
+        step: the step it was written at.
     """
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, step: int,
-                 capacity: int = _FIRST_CAPACITY) -> None:
-        bsz = rows.shape[0]
-        self._rows = rows.new_empty(bsz, capacity, rows.shape[1], dtype=torch.long)
-        self._cols = cols.new_empty(bsz, capacity, cols.shape[1], dtype=torch.long)
-        self._step = torch.empty(capacity, dtype=torch.long, device=rows.device)
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, step: int) -> None:
+        bsz, cap = rows.shape[0], _FIRST_CAPACITY
+        self._rows = rows.new_empty(bsz, cap, rows.shape[1], dtype=torch.long)
+        self._cols = cols.new_empty(bsz, cap, cols.shape[1], dtype=torch.long)
+        self._step = torch.empty(cap, dtype=torch.long, device=rows.device)
         self.length = 0
         self.append(rows, cols, step)
 

@@ -112,8 +112,8 @@ def first_frames(video: Tensor, clips: Tensor) -> Tensor:
 
 
 def sample_neighbour_clips(mask: Tensor, stream: Tensor, when: Tensor, reach: int,
-                              count: int, gen: torch.Generator | None = None
-                              ) -> tuple[Tensor, Tensor]:
+                           count: int, gen: torch.Generator | None = None
+                           ) -> tuple[Tensor, Tensor]:
     """Up to ``count`` pairs of pictured clips of one recording at most ``reach`` clips apart.
 
     A head camera keeps looking at the same things for seconds, so what a picture

@@ -75,13 +75,12 @@ class _SpreadRows(torch.autograd.Function):
     """``w.gather(1, index)`` for each index, ``w`` the weights scattered at ``rows`` (``[B, N]``).
 
     ``w`` is built in a scratch buffer of zeros that the window keeps, and put
-    back to zeros at ``rows`` (k entries a stream) before returning. A fresh
-    ``[B, N]`` of zeros per read cost 80 µs a time step at MQAR's size (16
-    streams, N = 16,384: a megabyte of new memory), as much as the base read's
-    embedding bag. The backward builds the dense gradient of ``w`` once for
-    every index, in a second buffer of the window's (cleared, not allocated),
-    and gathers it at ``rows``: what ``scatter_add_`` and :func:`pick` give
-    through autograd, in one node.
+    back to zeros at ``rows`` (k entries a stream) before returning, instead of
+    a fresh ``[B, N]`` of zeros per read (a megabyte at MQAR's size; the
+    profile in docs/benchmarks.md, "Fewer temporaries"). The backward builds
+    the dense gradient of ``w`` once for every index, in a second buffer of the
+    window's (cleared, not allocated), and gathers it at ``rows``: what
+    ``scatter_add_`` and :func:`pick` give through autograd, in one node.
     """
 
     @staticmethod
@@ -232,9 +231,9 @@ class WindowMemory:
         self._this_step: Blocks = {}
         self.step = 0
         self._column_mass: torch.Tensor | None = None
-        # [B, N] buffers made once per window (a fresh megabyte of zeros per read cost
-        # ~80 µs at MQAR's size): "zeros" is all zeros between uses; "window" holds
-        # the current read's window part; "gradient" the row combination's gradient.
+        # [B, N] buffers made once per window, not fresh zeros per read: "zeros" is
+        # all zeros between uses; "window" holds the current read's window part;
+        # "gradient" the row combination's gradient.
         self._buffers: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ writing
@@ -372,11 +371,10 @@ class WindowMemory:
         return out
 
     @staticmethod
-    def _summed(amounts: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor,
-                num_nodes: int) -> torch.Tensor:
-        """The amounts scattered at their columns, dense ``[B, N]`` (in place into fresh zeros:
-        an out-of-place scatter copies a ``[B, N]`` tensor first)."""
-        out = like.new_zeros(like.shape[0], num_nodes)
+    def _scatter_into(out: torch.Tensor, amounts: list[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> torch.Tensor:
+        """``out`` (zeros ``[B, N]``) with the amounts added at their columns, in place (an
+        out-of-place scatter copies a ``[B, N]`` tensor first)."""
         for cols, values in amounts:
             out.scatter_add_(1, cols, values)
         return out
@@ -388,7 +386,7 @@ class WindowMemory:
         # Autograd keeps the scatter's index for the backward pass: a copy, not
         # a view of the index buffers that later steps append to.
         amounts = [(c.clone(), v) for c, v in self._window_amounts(rows, weights)]
-        return self._summed(amounts, weights, self.num_nodes)
+        return self._scatter_into(weights.new_zeros(rows.shape[0], self.num_nodes), amounts)
 
     def _detached_window(self, amounts: list[tuple[torch.Tensor, torch.Tensor]],
                          like: torch.Tensor) -> torch.Tensor:
@@ -397,10 +395,8 @@ class WindowMemory:
         In the window's buffer ``"window"``: valid until the next read.
         """
         with torch.no_grad():
-            out = self._buffer("window", like).zero_()
-            for cols, values in amounts:
-                out.scatter_add_(1, cols, values.detach())
-            return out
+            return self._scatter_into(self._buffer("window", like).zero_(),
+                                      [(c, v.detach()) for c, v in amounts])
 
     def _amounts_at(self, window: torch.Tensor, amounts: list[tuple[torch.Tensor, torch.Tensor]],
                     cols: torch.Tensor) -> torch.Tensor:
@@ -450,17 +446,16 @@ class WindowMemory:
         with torch.no_grad():
             h = F.embedding_bag(rows, self.base, per_sample_weights=weights.detach().to(dt),
                                 mode="sum").to(weights.dtype)
-        amounts = self._window_amounts(rows, weights) if self.seqs else None
-        window = None
-        if amounts is not None:
-            window = self._detached_window(amounts, weights)
+        amounts = self._window_amounts(rows, weights) if self.seqs else []
+        window = self._detached_window(amounts, weights) if amounts else None
+        if window is not None:
             h.add_(window)
         vals, ids = top_m(h, m)
         if not (torch.is_grad_enabled() and (weights.requires_grad or window is not None)):
             return vals, ids
         base = entries_at(self.base, rows, ids)  # [B, k, m]
         grad_path = combine_rows(weights, base)
-        if amounts is not None and window is not None:
+        if window is not None:
             grad_path = grad_path + self._amounts_at(window, amounts, ids)
         # Exactly the values above (x - x == 0), with grad_path's gradient.
         return vals + (grad_path - grad_path.detach()), ids

@@ -163,7 +163,6 @@ class Writer(nn.Module):
         self.balance_terms: list[torch.Tensor] = []  # address-balance terms since pop_balance
         self.sign = nn.Linear(context_dim, config.k_max)
         self.strength = nn.Linear(context_dim, 1)
-        self._rank_cache: torch.Tensor | None = None
         with torch.no_grad():
             # The second half of the context is Eᵀ a_{t-1}. Its weights start at
             # zero so that early addresses depend on the input alone and the same
@@ -230,7 +229,7 @@ class Writer(nn.Module):
             self.balance_terms.append(self.address_balance(query))
         weights = torch.softmax(scores, dim=1)
         count = cfg.k_min + (cfg.k_max - cfg.k_min) * torch.sigmoid(count_logit[:, 0])
-        ranks = self._ranks(heads)
+        ranks = torch.arange(cfg.k_max, device=heads.device, dtype=heads.dtype)
         mask = torch.sigmoid((count[:, None] - ranks[None, :] - 0.5) / cfg.count_tau)
         mask = mask * (mask >= MASK_FLOOR)
         alpha = mask * weights * torch.tanh(sign_logit)
@@ -239,11 +238,3 @@ class Writer(nn.Module):
         eta_raw = eta_raw[:, 0]
         eta = torch.sigmoid(eta_raw) if cfg.rule == "delta" else F.softplus(eta_raw)
         return WriteProposal(ids, alpha, mask, eta, count)
-
-    def _ranks(self, like: torch.Tensor) -> torch.Tensor:
-        """``0, 1, …, k_max − 1`` on ``like``'s device and dtype (made once, not per step)."""
-        ranks = self._rank_cache
-        if ranks is None or ranks.device != like.device or ranks.dtype != like.dtype:
-            ranks = torch.arange(self.config.k_max, device=like.device, dtype=like.dtype)
-            self._rank_cache = ranks
-        return ranks
