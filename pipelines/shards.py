@@ -15,6 +15,7 @@ fit, so a stream is split only when it alone exceeds the target size.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -81,6 +82,8 @@ class Sample:
         return sum(_BLOCK + -(-s // _BLOCK) * _BLOCK for s in sizes)
 
 
+
+
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -130,6 +133,7 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._tar_path: Path | None = None
         self._current: dict[str, Any] = {}
+        self._media = hashlib.sha256()
         self._last_stream: str | None = None
         self._last_key: str | None = None
         self._last_index = -1
@@ -165,6 +169,9 @@ class ShardWriter:
         self._tar = tarfile.open(self._tar_path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self._current = {"name": name, "samples": 0, "bytes": 0, "first": None, "last": None,
                          "continues": False}
+        # What the shard's clips hold: shards of fixed-size clips differ in size only
+        # by their sidecars' padding, so a size cannot tell two recordings apart.
+        self._media = hashlib.sha256()
 
     def _close_shard(self) -> None:
         if self._tar is None:
@@ -172,6 +179,7 @@ class ShardWriter:
         self._tar.close()
         assert self._tar_path is not None
         self._current["bytes"] = self._tar_path.stat().st_size
+        self._current["media_sha256"] = self._media.hexdigest()
         self.store.put_file(self._current["name"], self._tar_path)
         self._tar_path.unlink()
         self.shards.append(self._current)
@@ -193,6 +201,8 @@ class ShardWriter:
                              "must be written in increasing index order")
         for ext, payload in sample.member_bytes():
             self._tar.addfile(_tar_info(f"{key}.{ext}", len(payload)), io.BytesIO(payload))
+            if ext != META_EXT:  # the sidecar names the source path, not the content
+                self._media.update(payload)
         cur = self._current
         cur["samples"] += 1
         cur["bytes"] += size

@@ -41,7 +41,9 @@ class ShardSet:
             one reader (a stream split across shards); usually one shard each.
         classes: the class vocabulary.
         expected: per shard, what ``index.json`` says of it (``samples``,
-            ``bytes``, the ``first`` and ``last`` keys); empty without an index.
+            ``bytes``, the ``first`` and ``last`` keys, ``media_sha256``: the
+            digest of its clips' media, None in older indexes); empty without
+            an index.
         mismatches: shards whose size on a local disk differs from ``index.json``.
     """
 
@@ -58,23 +60,41 @@ class ShardSet:
         self.class_ids = {name: i for i, name in enumerate(self.classes)}
 
 
-def index_fingerprints(shards: ShardSet) -> dict[tuple[str, int, int], str]:
-    """``(stream, samples, bytes)`` of every one-stream shard in ``index.json`` → its stream.
+def index_fingerprints(shards: ShardSet) -> dict[tuple[str, int, int], str | None]:
+    """``(stream, samples, bytes)`` of every one-stream shard in ``index.json`` → ``media_sha256``.
 
-    Packing is byte-reproducible, so the same recording packed twice (with the
-    same settings) gives the same fingerprints, while two recordings that only
-    share a name (``rec_000`` of two generated sets) do not. Empty without an
-    index; shards holding several streams are left out.
+    The digest is None for an index written before shards carried one. Empty
+    without an index; shards holding several streams are left out.
     """
-    out: dict[tuple[str, int, int], str] = {}
+    out: dict[tuple[str, int, int], str | None] = {}
     for entry in shards.expected:
         first, last = entry.get("first"), entry.get("last")
         if not (isinstance(first, str) and isinstance(last, str) and "/" in first):
             continue
         stream = first.rsplit("/", 1)[0]
         if last.rsplit("/", 1)[0] == stream:
-            out[(stream, int(entry.get("samples") or 0), int(entry.get("bytes") or 0))] = stream
+            digest = entry.get("media_sha256")
+            out[(stream, int(entry.get("samples") or 0), int(entry.get("bytes") or 0))] = (
+                digest if isinstance(digest, str) else None)
     return out
+
+
+def shared_streams(first: ShardSet, second: ShardSet) -> list[str]:
+    """Streams packed into both sources (the same recording packed twice), sorted.
+
+    Packing is byte-reproducible, so the same recording packed twice gives the
+    same stream name, sample count, size and digest. Two recordings that only
+    share a name (``rec_000`` of two generated sets) can share the size too:
+    clips of fixed size differ only by their sidecars' padding. So where both
+    indexes carry digests they decide; where one does not (an older index), a
+    matching size counts as shared, the safe side for a held-out check.
+    """
+    theirs = index_fingerprints(second)
+    both = set()
+    for key, digest in index_fingerprints(first).items():
+        if key in theirs and (digest is None or theirs[key] is None or digest == theirs[key]):
+            both.add(key[0])
+    return sorted(both)
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -160,7 +180,7 @@ def resolve_shards(source: str, endpoint_url: str | None = None, retries: int = 
     if not names:
         raise ValueError(f"data source {source!r} holds no .tar shards")
     expected = ([{"samples": e.get("samples"), "bytes": e.get("bytes"), "first": e.get("first"),
-                  "last": e.get("last")} for e in entries]
+                  "last": e.get("last"), "media_sha256": e.get("media_sha256")} for e in entries]
                 if raw_index is not None else [])
     mismatches = _size_mismatches(path, names, expected) if path is not None else []
     return ShardSet([store.url_for(n) for n in names], chains, classes, expected, mismatches)

@@ -27,6 +27,7 @@ from launch.evals.word_referent_trials import (
 )
 from pipelines.cutter_probe import write_test_recording
 from pipelines.pack import pack_folder
+from pipelines.shards import INDEX_FILE
 
 
 def _recording(name: str = "rec_000", words: int = 3) -> list[ClipLabel]:
@@ -177,6 +178,30 @@ def test_held_out_recordings_that_were_trained_on_are_refused(tmp_path: Path) ->
         word_referent.refuse_shared_recordings(every, held, None)
     with pytest.raises(ValueError, match="shares recordings"):
         word_referent.refuse_shared_recordings(train, train + "/", None)
+
+
+def test_recordings_sharing_a_name_and_a_size_are_told_apart_by_their_digest(
+        tmp_path: Path) -> None:
+    # Generated sets name their recordings alike (rec_010 in each), and shards of
+    # fixed-size clips differ in size only by their sidecars' padding: two
+    # different recordings with one name and one size were refused as the same.
+    for folder, white_at in (("held", 1.0), ("other", 3.0)):
+        write_test_recording(tmp_path / folder / "c.mp4", 4.0, width=32, height=32, fps=4,
+                             audio_track=False, white_at=white_at)
+        pack_folder(tmp_path / folder, str(tmp_path / f"{folder}_shards"), progress=False)
+    held, other = (tmp_path / f"{f}_shards" / INDEX_FILE for f in ("held", "other"))
+    index = json.loads(other.read_text())
+    size = json.loads(held.read_text())["shards"][0]["bytes"]
+    index["shards"][0]["bytes"] = size  # the collision, whatever the codec gave
+    other.write_text(json.dumps(index))
+    digests = {json.loads(p.read_text())["shards"][0]["media_sha256"] for p in (held, other)}
+    assert len(digests) == 2  # two contents
+    word_referent.refuse_shared_recordings(str(held.parent), str(other.parent), None)
+    # An index from before digests cannot tell them apart: the safe side, refused.
+    del index["shards"][0]["media_sha256"]
+    other.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"shares recordings .* \['c'\]"):
+        word_referent.refuse_shared_recordings(str(held.parent), str(other.parent), None)
 
 
 def test_tally_and_wilson_interval() -> None:

@@ -35,11 +35,10 @@ def heldout_batches(run_cfg: Any, source: str, streams: int) -> Iterator[dict[st
 
 def refuse_shared_recordings(train: str, heldout: str, endpoint_url: str | None) -> None:
     """Held-out recordings must not be trained on: a score on them would be recall."""
-    from pipelines.sources import index_fingerprints, resolve_shards
+    from pipelines.sources import resolve_shards, shared_streams
 
-    seen = index_fingerprints(resolve_shards(train, endpoint_url))
-    both = sorted({stream for key, stream in index_fingerprints(
-        resolve_shards(heldout, endpoint_url)).items() if key in seen})
+    both = shared_streams(resolve_shards(train, endpoint_url),
+                          resolve_shards(heldout, endpoint_url))
     if both or train.rstrip("/") == heldout.rstrip("/"):
         raise ValueError(f"heldout_source {heldout} shares recordings with train_source {train}"
                          f" ({len(both)} streams, e.g. {both[:3]}): pack held-out recordings "
