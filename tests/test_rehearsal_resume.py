@@ -47,7 +47,8 @@ NODES = 256
 # A tiny av-stream run; every checkpoint a base and only the newest kept, so
 # retention drops reservoir batches that left the reservoir (capacity 2).
 TINY = ["data.window=4", f"state.nodes={NODES}", "state.partitions=2", "model.d_model=16",
-        "model.n_mels=32", "model.writer.k_max=4", "model.writer.active=8",
+        "model.n_mels=32", "data.image_size=32", "model.image_size=32",  # as recorded
+        "model.writer.k_max=4", "model.writer.active=8",
         f"rehearsal.ratio={RATIO}", "rehearsal.capacity=2", "train.progress=false",
         "train.warmup=2", "scheduler.weight_cost=0.0", "checkpoint.every=4",
         "checkpoint.keep_bases=1", "checkpoint.base_every_fraction=1e-9",
