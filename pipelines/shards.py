@@ -82,8 +82,6 @@ class Sample:
         return sum(_BLOCK + -(-s // _BLOCK) * _BLOCK for s in sizes)
 
 
-
-
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -201,7 +199,7 @@ class ShardWriter:
                              "must be written in increasing index order")
         for ext, payload in sample.member_bytes():
             self._tar.addfile(_tar_info(f"{key}.{ext}", len(payload)), io.BytesIO(payload))
-            if ext != META_EXT:  # the sidecar names the source path, not the content
+            if ext != META_EXT:  # labels may be re-derived (a transcript fixed); media not
                 self._media.update(payload)
         cur = self._current
         cur["samples"] += 1

@@ -27,7 +27,7 @@ from launch.evals.word_referent_trials import (
 )
 from pipelines.cutter_probe import write_test_recording
 from pipelines.pack import pack_folder
-from pipelines.shards import INDEX_FILE
+from pipelines.schema import INDEX_FILE
 
 
 def _recording(name: str = "rec_000", words: int = 3) -> list[ClipLabel]:
