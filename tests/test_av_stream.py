@@ -441,3 +441,17 @@ def test_the_attention_peer_trains_its_path_and_answers_from_its_context(match: 
                                    model.recent.scores(heard.retrieved, cands.embed))
         torch.testing.assert_close(model.answer_scores(alone, cands),
                                    model.scores(alone, cands))  # nothing retrieved
+
+
+def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
+    # The dual-encoder peer is the same model without a state, so a wider picture
+    # encoder widens both: the comparison stays at equal trainable parameters.
+    for state_path in (True, False):
+        cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16, video_width=32,
+                          writer=WriterConfig(k_max=4, active=4),
+                          stream=StreamConfig(state_path=state_path))
+        model = AVStreamModel(cfg, 64)
+        assert model.video.convs[2].out_channels == 32
+        assert model.video(torch.zeros(2, 1, 3, 16, 16, dtype=torch.uint8)).shape == (2, 16)
+    with pytest.raises(ValueError, match="video_width"):
+        ModelConfig(encoder="av", video_width=7)

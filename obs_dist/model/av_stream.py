@@ -212,7 +212,7 @@ class AVStreamModel(nn.Module):
         d, e = config.d_model, config.stream.embed
         self.audio = AudioClipEncoder(d, config.n_mels, layers=config.audio_layers,
                                       pool=config.stream.audio_pool)
-        self.video = VideoClipEncoder(d, config.image_size)
+        self.video = VideoClipEncoder(d, config.image_size, width=config.video_width)
         self.modality = nn.Parameter(torch.randn(2, d) * 0.02)  # row 0 video, row 1 audio
         self.norm_a = nn.LayerNorm(d)
         self.norm_v = nn.LayerNorm(d)

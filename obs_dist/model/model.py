@@ -238,6 +238,9 @@ class ModelConfig:
         audio_layers: strided convolutions of the audio clip encoder
             (:class:`~obs_dist.model.av_encoders.AudioClipEncoder`; ``av-stream``).
             4 was worse than 2 at 16 recordings (docs/results/notes.md, third round).
+        video_width: channels of the video clip encoder's convolutions
+            (:class:`~obs_dist.model.av_encoders.VideoClipEncoder`; ``av-stream``).
+            128 scored no better than 64 at 64 recordings (docs/decisions.md §22).
         writer: the writer.
         stream: the label-free objective (``task.name = "av-stream"`` only).
     """
@@ -249,6 +252,7 @@ class ModelConfig:
     n_mels: int = 64
     image_size: int = 64
     audio_layers: int = 2
+    video_width: int = 64
     writer: WriterConfig = field(default_factory=WriterConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -263,6 +267,8 @@ class ModelConfig:
             raise ValueError(f"classes must be 0 (from the task) or >= 2, got {self.classes}")
         if not 1 <= self.audio_layers <= 6:
             raise ValueError(f"model.audio_layers must be in [1, 6], got {self.audio_layers}")
+        if self.video_width < 2 or self.video_width % 2:
+            raise ValueError(f"model.video_width must be even and >= 2, got {self.video_width}")
 
 
 class Carry(NamedTuple):
