@@ -445,7 +445,7 @@ def test_the_attention_peer_trains_its_path_and_answers_from_its_context(match: 
 
 def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
     # The dual-encoder peer is the same model without a state, so a wider picture
-    # encoder widens both: the comparison stays at equal trainable parameters.
+    # encoder widens both: the two learners keep the same encoders.
     for state_path in (True, False):
         cfg = ModelConfig(encoder="av", d_model=16, n_mels=8, image_size=16, video_width=32,
                           writer=WriterConfig(k_max=4, active=4),
