@@ -62,6 +62,12 @@ class WordReferentConfig:
             context's clips (``model.stream.recent_match``): ``learnt`` query and
             key projections, or ``features``, the audio features' own centred
             cosine similarity at a learnt temperature.
+        match_params: the peers' direct-path embedding (``model.stream.embed``)
+            is widened until their trainable parameters equal OBS's as nearly
+            as its width allows (the writer and the state's scales are OBS's
+            own, about 14 K parameters at the recipe's sizes), so the
+            comparison is at equal trainable parameters; false: the peers keep
+            OBS's embedding width (the figures before the sixteenth round).
         candidates: candidate videos per trial.
         min_occurrences: occurrences a text needs to give trials.
         min_purity: share of its occurrences with its referent in view.
@@ -115,6 +121,7 @@ class WordReferentConfig:
     recent_clips: int = 64
     attention_context: int = 0
     attention_match: str = "features"
+    match_params: bool = True
     candidates: int = 4
     min_occurrences: int = 2
     min_purity: float = 0.6

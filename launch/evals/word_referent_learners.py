@@ -2,13 +2,16 @@
 
 Every learner trains through :func:`launch.runner.run_training` with the suite's
 ``config`` and the overrides of :func:`learner_overrides`; :func:`train` loads the
-weights it saved. With ``reuse_trained`` a learner trained before in the same
-``work_dir`` with exactly the same resolved config is loaded instead (scoring it
-on other held-out recordings costs no training); one trained otherwise is refused.
+weights it saved. The peers are sized to OBS's trainable parameters
+(:func:`matched_embed`) unless ``match_params`` is off. With ``reuse_trained`` a
+learner trained before in the same ``work_dir`` with exactly the same resolved
+config is loaded instead (scoring it on other held-out recordings costs no
+training); one trained otherwise is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ def _quoted(value: Any) -> str:
 
 
 def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_dir: Path,
-                      steps: int) -> list[str]:
+                      steps: int, embed: int | None = None) -> list[str]:
     """The ``--set`` overrides of one learner's training run.
 
     Args:
@@ -38,8 +41,9 @@ def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_di
         source: the training shards.
         out_dir: the run's output folder.
         steps: OBS's optimizer steps (for ``obs`` itself: ``cfg.steps``, 0 = a pass).
+        embed: the learner's ``model.stream.embed`` (None: the config's).
     """
-    sets = {"data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
+    sets: dict[str, Any] = {"data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
             "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
     if learner == "attention":
         sets["model.stream.recent"] = cfg.recent_clips
@@ -52,7 +56,46 @@ def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_di
                      "rehearsal.ratio": cfg.rehearsal_ratio})
         if steps:
             sets["train.steps"] = steps
+    if embed is not None:
+        sets["model.stream.embed"] = embed
     return [*cfg.train_set, *(f"{k}={_quoted(v)}" for k, v in sets.items())]
+
+
+def trainable_params(model_cfg: Any, nodes: int) -> int:
+    """Trainable parameters of the av-stream model ``model_cfg`` builds (RNG untouched)."""
+    from obs_dist.model.av_stream import AVStreamModel
+
+    with torch.random.fork_rng(devices=[]):
+        model = AVStreamModel(model_cfg, nodes)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matched_embed(cfg: WordReferentConfig, learner: str, source: str, out_dir: Path,
+                  steps: int) -> int | None:
+    """The peer's ``model.stream.embed`` that brings its trainable parameters
+    nearest OBS's (None for OBS itself, or with ``match_params`` off).
+
+    Why the embedding: OBS and its peers share the encoders, the objective and
+    the direct path; OBS alone has the writer and the state's scales. Widening
+    the peers' direct-path heads (``d × embed`` each, 130 parameters per unit at
+    ``d = 64``) spends the difference where a dual encoder keeps what it learns.
+    """
+    if not cfg.match_params or learner == "obs":
+        return None
+    from launch.runner import resolve_config
+
+    obs = resolve_config(cfg.config, learner_overrides(cfg, "obs", source, out_dir, steps))
+    peer = resolve_config(cfg.config, learner_overrides(cfg, learner, source, out_dir, steps))
+    target = trainable_params(obs.model, obs.state.nodes)
+
+    def count(embed: int) -> int:
+        stream = dataclasses.replace(peer.model.stream, embed=embed)
+        return trainable_params(dataclasses.replace(peer.model, stream=stream), peer.state.nodes)
+
+    base = peer.model.stream.embed
+    have, per_unit = count(base), count(base + 1) - count(base)
+    assert per_unit > 0, "the direct-path heads grow with the embedding"
+    return max(2, base + round((target - have) / per_unit))
 
 
 @dataclass
@@ -109,7 +152,8 @@ def train(cfg: WordReferentConfig, setting: str, learner: str, source: str,
     from launch.runner import build_model, load_weights, resolve_config, run_training
 
     out = Path(cfg.work_dir) / setting / learner
-    overrides = learner_overrides(cfg, learner, source, out, steps)
+    overrides = learner_overrides(cfg, learner, source, out, steps,
+                                  matched_embed(cfg, learner, source, out, steps))
     run_cfg = resolve_config(cfg.config, overrides)
     if cfg.reuse_trained and reusable(out, run_cfg):
         metrics = json.loads((out / "metrics.json").read_text())
