@@ -239,6 +239,32 @@ def test_config_validation_and_learner_overrides(tmp_path: Path) -> None:
     offline = learner_overrides(cfg, "dual-offline", "/d", tmp_path, 40)
     assert {"data.mode=\"shuffled\"", "data.loop=true", "rehearsal.ratio=0",
             "train.steps=100"} <= set(offline)
+    assert "model.stream.embed=99" in learner_overrides(cfg, "dual", "/d", tmp_path, 40, 99)
+
+
+def test_peers_are_sized_to_obs_trainable_parameters(tmp_path: Path) -> None:
+    from launch.evals.word_referent_learners import matched_embed, trainable_params
+    from launch.runner import resolve_config
+
+    cfg = suite_config("word-referent", None, [])
+    assert cfg.match_params
+    assert matched_embed(cfg, "obs", "/d", tmp_path, 0) is None
+
+    def params(learner: str, embed: int | None) -> int:
+        run = resolve_config(cfg.config, learner_overrides(cfg, learner, "/d", tmp_path, 40,
+                                                           embed))
+        return trainable_params(run.model, run.state.nodes)
+
+    obs = params("obs", None)
+    for learner in ("dual", "dual-offline", "attention"):
+        embed = matched_embed(cfg, learner, "/d", tmp_path, 40)
+        assert embed is not None and embed > 64
+        # The nearest width: one unit narrower or wider is farther from OBS's count.
+        gaps = [abs(params(learner, e) - obs) for e in (embed - 1, embed, embed + 1)]
+        assert gaps[1] < min(gaps[0], gaps[2]) and gaps[1] < 0.001 * obs, (learner, gaps)
+        assert abs(params(learner, None) - obs) > 10_000  # the writer, without matching
+    off = suite_config("word-referent", None, ["match_params=false"])
+    assert matched_embed(off, "dual", "/d", tmp_path, 40) is None
 
 
 def test_the_attention_peer_attends_over_the_whole_recording_or_its_last_clips() -> None:
@@ -285,8 +311,11 @@ def test_cli_quick_runs_every_learner_and_draws(tmp_path: Path) -> None:
     for r in rows:
         assert r["trials"] > 0 and 0.0 <= r["accuracy"] <= 1.0
         assert r["steps"] == rows[0]["steps"] > 0 and r["params"] > 0
-    assert rows[0]["params"] > rows[1]["params"] == rows[2]["params"]  # the writer
-    assert rows[3]["params"] > rows[1]["params"]  # the attention's query and key
+    # The peers' embedding is widened to OBS's trainable parameters (match_params, on
+    # by default): they differ by less than one embedding unit (two heads of d + 1),
+    # where the writer alone is thousands.
+    unit = 2 * (64 + 1)
+    assert all(abs(r["params"] - rows[0]["params"]) <= unit // 2 for r in rows[1:]), rows
     learners = result["details"]["class"]["learners"]
     assert set(learners["obs"]["addresses"]) == {"video", "audio"}  # OBS's addresses measured
     assert 0.0 <= learners["obs"]["hebbian_ceiling"] <= 1.0
