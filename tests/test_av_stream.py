@@ -455,3 +455,48 @@ def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
         assert model.video(torch.zeros(2, 1, 3, 16, 16, dtype=torch.uint8)).shape == (2, 16)
     with pytest.raises(ValueError, match="video_width"):
         ModelConfig(encoder="av", video_width=7)
+
+
+def test_hebbian_study_rule_links_each_name_to_what_is_seen_and_nothing_else() -> None:
+    """``study_rule = "hebbian"``: a study window writes only links from a heard
+    clip's own nodes to the pictures seen until the next speech, all of one
+    weight; training is not affected."""
+    model = _model(recall_norm=True).eval()
+    model.set_study_rule("hebbian")
+    batch = _batch(b=1, t=4)  # clips 0 and 2 are heard (speech), 1 and 3 silent
+    state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
+    with torch.no_grad():
+        memory = WindowMemory(state.matrix(), 1)
+        model.window_objective(batch, memory, model.initial_carry(1, "cpu"))
+        delta = memory.to_delta()
+        sound = model.addresses(batch["audio"][0], "audio")       # [4, k]
+        seen = model.addresses(batch["video"][0], "video")
+    k = sound.shape[1]
+    want: dict[tuple[int, int], float] = {}
+    for heard, pictures in ((0, (0, 1)), (2, (2, 3))):  # a silent second keeps the carry
+        for t in pictures:
+            for r in sound[heard].tolist():
+                for c in seen[t].tolist():
+                    want[(r, c)] = want.get((r, c), 0.0) + 1.0 / k
+    got = {(int(r), int(c)): float(v)
+           for r, c, v in zip(delta.rows, delta.cols, delta.values, strict=True)}
+    assert got.keys() == want.keys()
+    assert all(abs(got[key] - want[key]) < 1e-6 for key in want)
+    # A query recalls through those links, divided by the column mass, as trained.
+    state.apply(delta)
+    with torch.no_grad():
+        probe = model.probe(batch["audio"][0, :1], WindowMemory(state.matrix(), 1))
+    assert probe.recall is not None and probe.recall[0, seen[0]].min() > 0
+    # Training ignores the study rule: the same loss as the learnt rule.
+    losses = []
+    for rule in ("learnt", "hebbian"):
+        trained = _model(recall_norm=True).train()
+        trained.set_study_rule(rule)
+        torch.manual_seed(3)
+        memory = WindowMemory(BigState(StateConfig(nodes=NODES, partitions=2,
+                                                   init_std=0.0)).matrix(), 1)
+        losses.append(trained.window_objective(batch, memory, trained.initial_carry(1, "cpu")
+                                               ).loss_sum)
+    assert torch.equal(losses[0], losses[1])
+    with pytest.raises(ValueError, match="study rule"):
+        model.set_study_rule("oja")

@@ -93,7 +93,7 @@ def test_the_stream_model_trains_its_video_encoder_on_pictures_alone(neighbour: 
 
 
 def test_address_centring_removes_what_every_picture_shares() -> None:
-    from obs_dist.model.av_stream import AddressCentring
+    from obs_dist.model.address_centring import AddressCentring
 
     torch.manual_seed(0)
     centring = AddressCentring(4, momentum=1.0)

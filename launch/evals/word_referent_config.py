@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from launch.evals.word_referent_trials import UNITS
+from obs_dist.model.hebbian_study import STUDY_RULES
 from obs_dist.model.recent_attention import MATCHES
 
 SETTINGS = ("class", "recording")
@@ -85,6 +86,12 @@ class WordReferentConfig:
             also measures how the recordings interfere, and falls as more are
             held out; the figures in docs/results.md before 2026-12-06's twelfth
             round).
+        study_rule: how OBS writes its state while studying a held-out recording
+            and answering its trials: ``learnt`` (the rule it was trained with)
+            or ``hebbian`` (each name's own nodes linked to the pictures seen
+            until the next speech, and nothing else;
+            :func:`~obs_dist.model.hebbian_study.hebbian_step`). Training is not
+            affected, so one trained model can be scored both ways.
         study_streams: rows of the study pass (0: one per held-out recording;
             ``together`` only).
         heldout_may_be_trained: let ``heldout_source`` share recordings with
@@ -129,6 +136,7 @@ class WordReferentConfig:
     trial_seed: int = 0
     trial_unit: str = "line"
     study: str = "apart"
+    study_rule: str = "learnt"
     study_streams: int = 0
     heldout_may_be_trained: bool = False
     query_batch: int = 256
@@ -172,6 +180,9 @@ class WordReferentConfig:
                              f"objects_per_recording={self.objects_per_recording}")
         if self.study not in ("apart", "together"):
             raise ValueError(f"study must be 'apart' or 'together', got {self.study!r}")
+        if self.study_rule not in STUDY_RULES:
+            raise ValueError(f"study_rule must be one of {list(STUDY_RULES)}, "
+                             f"got {self.study_rule!r}")
         if self.study == "apart" and self.study_streams:
             raise ValueError("study_streams sets the rows of one shared study state: it needs "
                              "study = 'together' (apart: one row per recording)")

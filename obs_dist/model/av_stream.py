@@ -57,11 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from obs_dist.model.address_centring import AddressCentring
 from obs_dist.model.address_ssl import address_agreement
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
+from obs_dist.model.hebbian_study import STUDY_RULES, hebbian_step
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
@@ -145,51 +147,6 @@ def with_neighbours(clip: Callable[[int], torch.Tensor | None], index: int,
                       for p in parts], dim=-1)
 
 
-class AddressCentring(nn.Module):
-    """Features centred and scaled per dimension before they address nodes (no learned part).
-
-    What every picture (or every sound) has in common, the look of video as
-    such, would otherwise steer every query the same way, and product keys then
-    send everything to a few hub nodes (address collapse). Like batch
-    normalisation without its affine part: in training the statistics of the
-    window's present clips (and a running average of them), in evaluation the
-    running average.
-
-    Args:
-        d: feature width.
-        momentum: weight of a window's statistics in the running average.
-    """
-
-    mean: torch.Tensor
-    var: torch.Tensor
-
-    def __init__(self, d: int, momentum: float = 0.05) -> None:
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("mean", torch.zeros(d))
-        self.register_buffer("var", torch.ones(d))
-
-    def forward(self, f: torch.Tensor, present: torch.Tensor | None = None,
-                track: bool = True) -> torch.Tensor:
-        """``f`` ``[..., d]`` centred and scaled; ``present`` ``[...]`` marks the clips counted.
-
-        ``track = False``: in training, ``f``'s own statistics without moving the
-        running average (views drawn for a training term, not the window's clips).
-        """
-        if self.training and torch.is_grad_enabled():
-            rows = f.reshape(-1, f.shape[-1])
-            if present is not None:
-                rows = rows[present.reshape(-1).bool()]
-            if rows.shape[0] >= 2:
-                mean, var = rows.mean(0), rows.var(0, unbiased=False)
-                if track:
-                    with torch.no_grad():
-                        self.mean.lerp_(mean.detach(), self.momentum)
-                        self.var.lerp_(var.detach(), self.momentum)
-                return (f - mean) * torch.rsqrt(var + 1e-5)
-        return (f - self.mean) * torch.rsqrt(self.var + 1e-5)
-
-
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """``x / ‖x‖`` along the last axis with a gradient that stays finite at 0."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-8)
@@ -234,6 +191,7 @@ class AVStreamModel(nn.Module):
             self.writer = Writer(config.writer, nodes, context_dim=2 * d)
             self.back_gain = nn.Parameter(torch.tensor(1.0))
             self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.study_rule = "learnt"  # set by the evaluation (`set_study_rule`); not trained
 
     # ------------------------------------------------------------------ parts
     def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
@@ -256,6 +214,9 @@ class AVStreamModel(nn.Module):
             ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
         """
         assert self.writer is not None
+        if self.study_rule == "hebbian" and not self.training:
+            return hebbian_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
+                                recall, gate)
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
@@ -281,6 +242,13 @@ class AVStreamModel(nn.Module):
             ids = torch.where(heard, ids, carry.ids)
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
+
+    def set_study_rule(self, rule: str) -> None:
+        """How the state is written when not training: ``learnt`` (the rule trained)
+        or ``hebbian`` (:func:`~obs_dist.model.hebbian_study.hebbian_step`)."""
+        if rule not in STUDY_RULES:
+            raise ValueError(f"study rule must be one of {list(STUDY_RULES)}, got {rule!r}")
+        self.study_rule = rule
 
     def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None,
                     track: bool = True) -> torch.Tensor:
