@@ -5,9 +5,9 @@ was trained with (``study_rule = "learnt"``). With ``"hebbian"`` (set by the
 word–referent suite, ``study_rule``) a study pass and a trial's query use
 :func:`hebbian_step` instead; training never does.
 
-Why: on the recipe's trained models this binding scores 0.05 above the learnt
-rule on the same addresses (five model/set pairs, +0.015 to +0.104;
-docs/results/notes.md, sixteenth round). The learnt rule also writes links of a
+Why: on the recipe's three trained models this binding scores 0.05 above the
+learnt rule on the same addresses (six model/set pairs, +0.015 to +0.104;
+docs/decisions.md §24). The learnt rule also writes links of a
 node set to itself, links from pictures and links from the nodes a sound
 recalls; the column mass and the recall then weigh those against the name's own
 links.
