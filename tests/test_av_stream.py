@@ -457,12 +457,12 @@ def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
         ModelConfig(encoder="av", video_width=7)
 
 
-def test_hebbian_study_rule_links_each_name_to_what_is_seen_and_nothing_else() -> None:
-    """``study_rule = "hebbian"``: a study window writes only links from a heard
+def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else() -> None:
+    """``study_rule = "name_links"``: a study window writes only links from a heard
     clip's own nodes to the pictures seen until the next speech, all of one
     weight; training is not affected."""
     model = _model(recall_norm=True).eval()
-    model.set_study_rule("hebbian")
+    model.set_study_rule("name_links")
     batch = _batch(b=1, t=4)  # clips 0 and 2 are heard (speech), 1 and 3 silent
     state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
     with torch.no_grad():
@@ -489,7 +489,7 @@ def test_hebbian_study_rule_links_each_name_to_what_is_seen_and_nothing_else() -
     assert probe.recall is not None and probe.recall[0, seen[0]].min() > 0
     # Training ignores the study rule: the same loss as the learnt rule.
     losses = []
-    for rule in ("learnt", "hebbian"):
+    for rule in ("learnt", "name_links"):
         trained = _model(recall_norm=True).train()
         trained.set_study_rule(rule)
         torch.manual_seed(3)

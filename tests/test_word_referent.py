@@ -463,11 +463,11 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
     # The study rule is the suite's: the same trained model, reused, studies the
     # Hebbian way, and its states differ from the learnt rule's.
     assert learner.model.study_rule == "learnt"
-    hebbian = train(dataclasses.replace(cfg, study_rule="hebbian", reuse_trained=True),
+    linked = train(dataclasses.replace(cfg, study_rule="name_links", reuse_trained=True),
                     "class", "obs", train_source, 2)
-    assert hebbian.model.study_rule == "hebbian"
-    assert abs(hebbian.seconds - learner.seconds) <= 0.05  # reused: its recorded time
-    plain = study_apart(hebbian, heldout, 2)
+    assert linked.model.study_rule == "name_links"
+    assert abs(linked.seconds - learner.seconds) <= 0.05  # reused: its recorded time
+    plain = study_apart(linked, heldout, 2)
     assert all(float(plain[n].matrix().abs().sum()) > 0 for n in plain)
     assert not any(torch.equal(plain[n].matrix(), states[n].matrix()) for n in plain)
     with pytest.raises(ValueError, match="study_rule"):

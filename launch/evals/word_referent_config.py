@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from launch.evals.word_referent_trials import UNITS
-from obs_dist.model.hebbian_study import STUDY_RULES
+from obs_dist.model.name_links import STUDY_RULES
 from obs_dist.model.recent_attention import MATCHES
 
 SETTINGS = ("class", "recording")
@@ -88,9 +88,9 @@ class WordReferentConfig:
             round).
         study_rule: how OBS writes its state while studying a held-out recording
             and answering its trials: ``learnt`` (the rule it was trained with)
-            or ``hebbian`` (each name's own nodes linked to the pictures seen
+            or ``name_links`` (each name's own nodes linked to the pictures seen
             until the next speech, and nothing else;
-            :func:`~obs_dist.model.hebbian_study.hebbian_step`). Training is not
+            :func:`~obs_dist.model.name_links.name_link_step`). Training is not
             affected, so one trained model can be scored both ways.
         study_streams: rows of the study pass (0: one per held-out recording;
             ``together`` only).

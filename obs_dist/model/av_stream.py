@@ -63,8 +63,8 @@ from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
-from obs_dist.model.hebbian_study import STUDY_RULES, hebbian_step
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
+from obs_dist.model.name_links import STUDY_RULES, name_link_step
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
     PictureContrast,
@@ -214,9 +214,9 @@ class AVStreamModel(nn.Module):
             ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
         """
         assert self.writer is not None
-        if self.study_rule == "hebbian" and not self.training:
-            return hebbian_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
-                                recall, gate)
+        if self.study_rule == "name_links" and not self.training:
+            return name_link_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
+                                  recall, gate)
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
@@ -245,7 +245,7 @@ class AVStreamModel(nn.Module):
 
     def set_study_rule(self, rule: str) -> None:
         """How the state is written when not training: ``learnt`` (the rule trained)
-        or ``hebbian`` (:func:`~obs_dist.model.hebbian_study.hebbian_step`)."""
+        or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`)."""
         if rule not in STUDY_RULES:
             raise ValueError(f"study rule must be one of {list(STUDY_RULES)}, got {rule!r}")
         self.study_rule = rule

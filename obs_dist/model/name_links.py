@@ -1,9 +1,9 @@
-"""Plain Hebbian links in the big state while the slow weights are frozen.
+"""Only the names' links in the big state while the slow weights are frozen.
 
 :class:`~obs_dist.model.av_stream.AVStreamModel` writes its state with the rule it
-was trained with (``study_rule = "learnt"``). With ``"hebbian"`` (set by the
+was trained with (``study_rule = "learnt"``). With ``"name_links"`` (set by the
 word–referent suite, ``study_rule``) a study pass and a trial's query use
-:func:`hebbian_step` instead; training never does.
+:func:`name_link_step` instead; training never does.
 
 Why: on the recipe's three trained models this binding scores 0.05 above the
 learnt rule on the same addresses (six model/set pairs, +0.015 to +0.104;
@@ -21,14 +21,14 @@ from obs_dist.model.model import Carry, Memory
 from obs_dist.model.writer import Writer
 
 # How the state is written while the slow weights are frozen (a study pass, a
-# trial's query): "learnt", the rule trained; "hebbian", :func:`hebbian_step`.
-STUDY_RULES = ("learnt", "hebbian")
+# trial's query): "learnt", the rule trained; "name_links", :func:`name_link_step`.
+STUDY_RULES = ("learnt", "name_links")
 
 
-def hebbian_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
-                 carry: Carry, recall: bool, gate: torch.Tensor | None
-                 ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
-    """One hear or see step of the state with plain Hebbian links.
+def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
+                   carry: Carry, recall: bool, gate: torch.Tensor | None
+                   ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
+    """One hear or see step of the state that writes only the names' links.
 
     A heard step (``recall``) reads as the trained model does (the recall
     divided by the column mass with ``recall_norm``) and writes nothing; where
@@ -65,6 +65,6 @@ def hebbian_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Mem
             heard = gate[:, None] > 0
             carry = Carry(torch.where(heard, ids, carry.ids), torch.where(heard, vals, carry.vals))
     else:
-        memory.write("hebbian", carry.ids, carry.vals, prop.ids, even)
+        memory.write("name_links", carry.ids, carry.vals, prop.ids, even)
     memory.next_step()
     return h0, carry, prop.ids, prop.alpha
