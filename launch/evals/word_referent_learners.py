@@ -43,8 +43,9 @@ def learner_overrides(cfg: WordReferentConfig, learner: str, source: str, out_di
         steps: OBS's optimizer steps (for ``obs`` itself: ``cfg.steps``, 0 = a pass).
         embed: the learner's ``model.stream.embed`` (None: the config's).
     """
-    sets: dict[str, Any] = {"data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
-            "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
+    sets: dict[str, Any] = {
+        "data.source": source, "out_dir": str(out_dir), "checkpoint.url": "",
+        "train.seed": cfg.seed, "model.stream.state_path": learner == "obs"}
     if learner == "attention":
         sets["model.stream.recent"] = cfg.recent_clips
         sets["model.stream.recent_match"] = cfg.attention_match
@@ -93,7 +94,8 @@ def matched_embed(cfg: WordReferentConfig, learner: str, source: str, out_dir: P
         return trainable_params(dataclasses.replace(peer.model, stream=stream), peer.state.nodes)
 
     base = peer.model.stream.embed
-    have, per_unit = count(base), count(base + 1) - count(base)
+    have = count(base)
+    per_unit = count(base + 1) - have
     assert per_unit > 0, "the direct-path heads grow with the embedding"
     return max(2, base + round((target - have) / per_unit))
 
