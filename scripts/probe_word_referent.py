@@ -1,0 +1,293 @@
+"""Where a trained OBS learner loses word–referent score (probes, not a suite).
+
+Each probe loads a learner trained by ``obs eval --task word-referent`` (with
+``reuse_trained``, so nothing is trained), changes one thing after training, and
+scores the suite's trials on held-out shards, each recording studied apart. The
+figures of docs/results/notes.md, "sixteenth round", come from these probes on
+the fourteenth round's models.
+
+Probes (one or more per run):
+
+* ``lag``: the Hebbian ceiling (``hebbian_ceiling``) at lags 0, 1, 2, 3, 5, and
+  with perfect picture addresses;
+* ``gate``: the ceiling linked at the clips the speech gate passes instead of the
+  labelled spoken ones, with learnt and with perfect picture addresses;
+* ``cells``: the ceiling with picture addresses from the video encoder's 4 × 4
+  cells or 2 × 2 quadrants (each cell's top nodes, the union);
+* ``read``: OBS's answer with the column mass, the candidate's or the query's
+  weights changed;
+* ``answer``: OBS's answer with the utterance's vote temperature scaled;
+* ``study``: OBS's answer with the study pass changed: the write strength at its
+  mean, a silent second clearing the carry, the names' links alone
+  (``study_rule = "name_links"``), or those linked to the next picture only.
+
+Usage (``SEED`` and the overrides are the suite's ``seed`` and ``train_set`` of
+the run, so the learner is found and loaded as trained)::
+
+    python scripts/probe_word_referent.py WORK_DIR TRAIN_SHARDS HELDOUT_SHARDS SEED \\
+        PROBE[,PROBE...] [OVERRIDE ...]
+
+e.g. the notes' seed-0 model: ``... runs/px64sp_s0/suite gen/train_shards
+gen/familiar24_shards 0 gate,study data.image_size=64 model.image_size=64
+'model.stream.audio_pool="speech"'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block (a probe's one change)."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def gated_labels(model: Any, labels: list[Any], media: dict[Any, Any]) -> list[Any]:
+    """The labels with ``word`` set where the speech gate passes (per 64-clip window)."""
+    from obs_dist.model.audio_floor import speech_gate
+
+    by_rec: dict[str, list[Any]] = {}
+    for c in labels:
+        by_rec.setdefault(c.recording, []).append(c)
+    passed: dict[tuple[str, int], bool] = {}
+    for clips in by_rec.values():
+        clips = sorted((c for c in clips if (c.recording, c.index) in media),
+                       key=lambda c: c.index)
+        for i in range(0, len(clips), 64):
+            part = clips[i:i + 64]
+            audio = torch.stack([media[(c.recording, c.index)][0] for c in part])[None]
+            gate = speech_gate(audio, torch.ones(1, len(part)), model.stream_cfg.gate)[0]
+            passed.update({(c.recording, c.index): g > 0 for c, g in zip(part, gate.tolist())})
+    return [dataclasses.replace(c, word="x" if passed.get((c.recording, c.index)) else "")
+            for c in labels]
+
+
+def cell_addresses(model: Any, media: dict[Any, Any]) -> dict[str, dict[Any, list[int]]]:
+    """Picture addresses from the encoder's cells and quadrants (the union per picture)."""
+    enc, keys = model.video, sorted(media)
+
+    def feature_map(clips: torch.Tensor) -> torch.Tensor:  # VideoClipEncoder.forward's start
+        n, f = clips.shape[:2]
+        picks = torch.linspace(0, f - 1, min(f, enc.frames_used) + 1)[:-1] if f > 1 \
+            else torch.zeros(1)
+        x = clips[:, picks.round().long().clamp(0, f - 1)].float() / 255.0
+        return enc.convs(((x - 0.5) / 0.25).reshape(n, -1, x.shape[-2], x.shape[-1]))
+
+    def nodes(pooled: torch.Tensor) -> torch.Tensor:
+        g = model._addressing(enc.proj(pooled) + model.modality[0], 0, track=False)
+        return model.writer(torch.cat([g, torch.zeros_like(g)], 1)).ids
+
+    out: dict[str, dict[Any, list[int]]] = {}
+    with torch.no_grad():
+        h = torch.cat([feature_map(torch.stack([media[k][1] for k in keys[i:i + 256]]))
+                       for i in range(0, len(keys), 256)])
+        n, w = h.shape[:2]
+        cells = h.flatten(2).transpose(1, 2).reshape(-1, w)
+        cell_ids = nodes(torch.cat([cells, cells], 1)).view(n, -1, model.writer.config.k_max)
+        q = h.unfold(2, 2, 2).unfold(3, 2, 2)
+        quads = torch.cat([q.mean((-1, -2)).flatten(2), q.amax((-1, -2)).flatten(2)], 1)
+        quad_ids = nodes(quads.transpose(1, 2).reshape(-1, 2 * w)).view(n, 4, -1)
+        for j in (1, 2, 4):
+            out[f"cells 4x4, top {j}"] = {k: sorted(set(cell_ids[i, :, :j].flatten().tolist()))
+                                         for i, k in enumerate(keys)}
+        for j in (2, 4):
+            out[f"quadrants, top {j}"] = {k: sorted(set(quad_ids[i, :, :j].flatten().tolist()))
+                                         for i, k in enumerate(keys)}
+    return out
+
+
+@dataclasses.dataclass
+class Setup:
+    """A loaded learner, its held-out data and trials, and how to score them."""
+
+    learner: Any
+    heldout: str
+    streams: int
+    labels: list[Any]
+    media: dict[Any, Any]
+    trials: list[Any]
+    addresses: Any
+
+    @property
+    def model(self) -> Any:
+        return self.learner.model
+
+    def ceiling(self, name: str, labels: list[Any] | None = None, **kw: Any) -> None:
+        """Print the Hebbian ceiling with ``kw`` passed to ``hebbian_ceiling``."""
+        from launch.evals.word_referent_addresses import hebbian_ceiling
+
+        kw.setdefault("addresses", self.addresses)
+        value = hebbian_ceiling(self.model, labels or self.labels, self.media, self.trials, **kw)
+        print(f"ceiling  {name:44s} {value:.3f}", flush=True)
+
+    def answer(self, name: str) -> None:
+        """Print OBS's score, each held-out recording studied apart as the suite does."""
+        from launch.evals import word_referent as wr
+        from launch.evals.word_referent_trials import tally
+
+        states = wr.study_apart(self.learner, self.heldout, self.streams)
+        picks = wr.choose_apart(self.learner, states, self.trials, self.media, 256)
+        print(f"answer   {name:44s} {tally(self.trials, picks)['accuracy']:.3f}", flush=True)
+
+
+def probe_lag(s: Setup) -> None:
+    for lag in (0, 1, 2, 3, 5):
+        s.ceiling(f"lag {lag}", lag=lag)
+        s.ceiling(f"lag {lag}, perfect pictures", lag=lag, perfect=["video"])
+
+
+def probe_gate(s: Setup) -> None:
+    gated = gated_labels(s.model, s.labels, s.media)
+    spoken = {(c.recording, c.index) for c in s.labels if c.word}
+    passed = {(c.recording, c.index) for c in gated if c.word}
+    print(f"clips: {len(passed)} gated, {len(spoken)} labelled spoken, "
+          f"{len(passed & spoken)} both", flush=True)
+    s.ceiling("labelled spoken clips")
+    s.ceiling("gated clips", labels=gated)
+    s.ceiling("gated clips, perfect pictures", labels=gated, perfect=["video"])
+
+
+def probe_cells(s: Setup) -> None:
+    s.ceiling("the whole frame")
+    for name, video in cell_addresses(s.model, s.media).items():
+        s.ceiling(name, addresses=(video, s.addresses[1]))
+
+
+def probe_read(s: Setup) -> None:
+    from obs_dist.model.av_stream import AVStreamModel
+    from obs_dist.model.window import WindowMemory
+
+    mass, scores, read = (WindowMemory.column_mass, AVStreamModel._state_scores,
+                          WindowMemory.read)
+
+    def no_diagonal(self: Any) -> torch.Tensor:
+        if self._column_mass is None:
+            base = self.base.detach().abs()
+            self._column_mass = base.sum(0) - base.diagonal()
+        return self._column_mass
+
+    def power(p: float) -> Callable[[Any], torch.Tensor]:
+        return lambda self: (1.0 + mass(self)) ** p - 1.0
+
+    def even(self: Any, recall: torch.Tensor, ids: torch.Tensor,
+             alpha: torch.Tensor) -> torch.Tensor:
+        return scores(self, recall, ids, torch.full_like(alpha, 1.0 / alpha.shape[1]))
+
+    def by_size(self: Any, recall: torch.Tensor, ids: torch.Tensor,
+                alpha: torch.Tensor) -> torch.Tensor:
+        return scores(self, recall, ids, alpha.abs())
+
+    def query_by_size(self: Any, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return read(self, rows, weights.abs())
+
+    s.answer("as trained")
+    for name, owner, attr, value in (
+            ("column mass without the diagonal", WindowMemory, "column_mass", no_diagonal),
+            ("column mass ^ 0.5", WindowMemory, "column_mass", power(0.5)),
+            ("column mass ^ 2", WindowMemory, "column_mass", power(2.0)),
+            ("candidate's nodes weighted alike", AVStreamModel, "_state_scores", even),
+            ("candidate's nodes weighted by |alpha|", AVStreamModel, "_state_scores", by_size),
+            ("query's nodes weighted by |alpha|", WindowMemory, "read", query_by_size)):
+        with replaced(owner, attr, value):
+            s.answer(name)
+
+
+def probe_answer(s: Setup) -> None:
+    base = float(s.model.state_scale)
+    for factor in (1.0, 0.01, 0.1, 0.3, 3.0, 10.0):
+        with torch.no_grad():
+            s.model.state_scale.fill_(base + math.log(factor))
+        s.answer(f"vote temperature x {factor}")
+    with torch.no_grad():
+        s.model.state_scale.fill_(base)
+
+
+def probe_study(s: Setup) -> None:
+    from launch.evals import word_referent as wr
+    from obs_dist.model import av_stream, name_links
+    from obs_dist.model.writer import Writer
+
+    forward, step = Writer.forward, av_stream.AVStreamModel._state_step
+    link = name_links.name_link_step
+    etas: list[torch.Tensor] = []
+
+    def recording(self: Any, *a: Any, **k: Any) -> Any:
+        out = forward(self, *a, **k)
+        etas.append(out.eta.detach().flatten())
+        return out
+
+    def mean_eta(self: Any, *a: Any, **k: Any) -> Any:
+        out = forward(self, *a, **k)
+        return out._replace(eta=torch.full_like(out.eta, float(torch.cat(etas).mean())))
+
+    def clears(self: Any, f: Any, memory: Any, carry: Any, recall: bool,
+               gate: Any = None) -> Any:
+        h0, c, ids, alpha = step(self, f, memory, carry, recall, gate)
+        if gate is not None:  # a silent second drops the carry instead of keeping it
+            c = c._replace(vals=c.vals * (gate[:, None] > 0).to(c.vals.dtype))
+        return h0, c, ids, alpha
+
+    def next_only(*a: Any) -> Any:
+        h0, c, ids, alpha = link(*a)
+        recall = a[5]
+        return h0, c if recall else c._replace(vals=torch.zeros_like(c.vals)), ids, alpha
+
+    with replaced(Writer, "forward", recording):  # the strengths of one study pass
+        wr.study_apart(s.learner, s.heldout, s.streams)
+    s.answer("as trained")
+    with replaced(Writer, "forward", mean_eta):
+        s.answer(f"every write at the mean strength ({float(torch.cat(etas).mean()):.2f})")
+    with replaced(av_stream.AVStreamModel, "_state_step", clears):
+        s.answer("a silent second clears the carry")
+    s.model.set_study_rule("name_links")
+    s.answer("the names' links alone (name_links)")
+    with replaced(av_stream, "name_link_step", next_only):
+        s.answer("... linked to the next picture only")
+    s.model.set_study_rule("learnt")
+
+
+PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
+                   "read": probe_read, "answer": probe_answer, "study": probe_study}
+
+
+def main(argv: list[str]) -> None:
+    from launch.evals.word_referent_addresses import clip_addresses
+    from launch.evals.word_referent_config import WordReferentConfig
+    from launch.evals.word_referent_data import collect, count_recordings, usable
+    from launch.evals.word_referent_learners import train
+    from launch.evals.word_referent_trials import build_trials
+
+    if len(argv) < 6 or any(p not in PROBE_FUNCTIONS for p in argv[5].split(",")):
+        raise SystemExit(__doc__)
+    work, train_shards, heldout, seed, probes = argv[1:6]
+    torch.set_num_threads(1)
+    cfg = WordReferentConfig(settings=["recording"], models=["obs"], seed=int(seed),
+                             train_set=argv[6:], train_source=train_shards,
+                             heldout_source=heldout, rehearsal_ratio=15, work_dir=work,
+                             reuse_trained=True)
+    learner = train(cfg, "recording", "obs", train_shards, 0)
+    streams = count_recordings(learner.run_cfg, heldout)
+    labels, media = collect(learner.run_cfg, heldout, streams)
+    trials = usable(build_trials(labels, 4, 2, 0.6, 10, 0, "line"), media)
+    setup = Setup(learner, heldout, streams, labels, media, trials,
+                  clip_addresses(learner.model, media))
+    print(f"{len(trials)} trials", flush=True)
+    for probe in probes.split(","):
+        PROBE_FUNCTIONS[probe](setup)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
