@@ -19,7 +19,16 @@ Probes (one or more per run):
 * ``answer``: OBS's answer with the utterance's vote temperature scaled;
 * ``study``: OBS's answer with the study pass changed: the write strength at its
   mean, a silent second clearing the carry, the names' links alone
-  (``study_rule = "name_links"``), or those linked to the next picture only.
+  (``study_rule = "name_links"``), or those linked to the next picture only;
+* ``topk``: the ceiling with each clip's product keys' best 8–64 nodes instead of
+  the writer's k_max (pictures alone, then both modalities);
+* ``centre``: the ceiling with each held-out recording's own feature statistics
+  centring its addresses (mean and variance, or the mean alone), at 8 and 32 nodes;
+* ``pcs``: the same at 32 nodes with the first 1–8 principal directions of the
+  recording's centred pictures also removed from its pictures.
+
+The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) come from
+these probes on the same models.
 
 Usage (``SEED`` and the overrides are the suite's ``seed`` and ``train_set`` of
 the run, so the learner is found and loaded as trained)::
@@ -42,6 +51,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from obs_dist.model.name_links import name_nodes
 
 
 @contextmanager
@@ -259,8 +270,66 @@ def probe_study(s: Setup) -> None:
     s.model.set_study_rule("learnt")
 
 
+def without_directions(model: Any, media: Any, stats: Any, pcs: int
+                       ) -> dict[Any, list[int]]:
+    """32 nodes a picture, centred by its recording, less the recording's first ``pcs``
+    principal directions of the centred pictures."""
+    from launch.evals.word_referent_adapt import centred_on
+
+    out: dict[Any, list[int]] = {}
+    with torch.no_grad():
+        for rec in sorted({r for r, _ in media}):
+            keys = sorted(k for k in media if k[0] == rec)
+            f = torch.cat([model.video(torch.stack([media[q][1] for q in keys[i:i + 256]]))
+                           for i in range(0, len(keys), 256)]) + model.modality[0]
+            with centred_on(model, stats[rec]):
+                x = model._addressing(f, 0)
+            top = torch.linalg.svd(x, full_matrices=False)[2][:pcs]
+            ids = name_nodes(model.writer, x - (x @ top.t()) @ top, 32)
+            out.update({q: row for q, row in zip(keys, ids.tolist(), strict=True)})
+    return out
+
+
+def probe_topk(s: Setup) -> None:
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    for k in (8, 16, 32, 64):
+        video, audio = clip_addresses(s.model, s.media, k)
+        s.ceiling(f"pictures' top {k}", addresses=(video, s.addresses[1]))
+        s.ceiling(f"pictures' and sounds' top {k}", addresses=(video, audio))
+
+
+def probe_centre(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    stats = recording_statistics(s.model, s.media)
+    running = [c.var for c in s.model.centring]
+    mean_only = {r: tuple((m, v) for (m, _), v in zip(st, running, strict=True))
+                 for r, st in stats.items()}
+    s.ceiling("running statistics (as trained)")
+    for k in (8, 32):
+        for name, use in (("mean+var", stats), ("mean", mean_only)):
+            video, audio = clip_addresses(s.model, s.media, k, use)
+            s.ceiling(f"recording-centred pictures, top {k}, {name}",
+                      addresses=(video, s.addresses[1]))
+            s.ceiling(f"recording-centred both, top {k}, {name}", addresses=(video, audio))
+
+
+def probe_pcs(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    stats = recording_statistics(s.model, s.media)
+    _, audio = clip_addresses(s.model, s.media, 32, stats)
+    for pcs in (0, 1, 2, 4, 8):
+        s.ceiling(f"top 32, recording-centred, pictures less {pcs} PCs",
+                  addresses=(without_directions(s.model, s.media, stats, pcs), audio))
+
+
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
-                   "read": probe_read, "answer": probe_answer, "study": probe_study}
+                   "read": probe_read, "answer": probe_answer, "study": probe_study,
+                   "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs}
 
 
 def main(argv: list[str]) -> None:

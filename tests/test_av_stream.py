@@ -457,21 +457,29 @@ def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
         ModelConfig(encoder="av", video_width=7)
 
 
-def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else() -> None:
+@pytest.mark.parametrize("nodes", [0, 12])
+def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(nodes: int) -> None:
     """``study_rule = "name_links"``: a study window writes only links from a heard
     clip's own nodes to the pictures seen until the next speech, all of one
-    weight; training is not affected."""
+    weight; training is not affected. With ``nodes`` (here more than k_max = 4 and
+    than the carry's 8 active nodes) each clip links its product keys' best
+    ``nodes``, the first k_max of them the writer's own, and a candidate picture
+    is scored on the same nodes."""
     model = _model(recall_norm=True).eval()
-    model.set_study_rule("name_links")
+    model.set_study_rule("name_links", nodes)
     batch = _batch(b=1, t=4)  # clips 0 and 2 are heard (speech), 1 and 3 silent
     state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
     with torch.no_grad():
         memory = WindowMemory(state.matrix(), 1)
         model.window_objective(batch, memory, model.initial_carry(1, "cpu"))
         delta = memory.to_delta()
-        sound = model.addresses(batch["audio"][0], "audio")       # [4, k]
-        seen = model.addresses(batch["video"][0], "video")
+        sound = model.addresses(batch["audio"][0], "audio", nodes)       # [4, k]
+        seen = model.addresses(batch["video"][0], "video", nodes)
+        assert torch.equal(seen[:, :4], model.addresses(batch["video"][0], "video"))
+        cands = model.candidates(batch["video"][0])
     k = sound.shape[1]
+    assert k == (nodes or 4) and torch.equal(cands.ids, seen)
+    assert cands.alpha is not None and torch.allclose(cands.alpha, torch.full((4, k), k ** -0.5))
     want: dict[tuple[int, int], float] = {}
     for heard, pictures in ((0, (0, 1)), (2, (2, 3))):  # a silent second keeps the carry
         for t in pictures:
@@ -500,3 +508,5 @@ def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else() -> N
     assert torch.equal(losses[0], losses[1])
     with pytest.raises(ValueError, match="study rule"):
         model.set_study_rule("oja")
+    with pytest.raises(ValueError, match="study nodes"):
+        model.set_study_rule("name_links", NODES + 1)

@@ -428,6 +428,8 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
         study_apart,
         train,
     )
+    from launch.evals.word_referent_adapt import recording_statistics, speech_clips
+    from launch.evals.word_referent_addresses import clip_addresses
     from launch.evals.word_referent_data import collect
     from launch.evals.word_referent_trials import Trial
 
@@ -470,6 +472,22 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
     plain = study_apart(linked, heldout, 2)
     assert all(float(plain[n].matrix().abs().sum()) > 0 for n in plain)
     assert not any(torch.equal(plain[n].matrix(), states[n].matrix()) for n in plain)
+    # Adapted to each recording (word_referent_adapt): 16 nodes a clip, each
+    # recording's own statistics centring it, candidates z-scored over its speech.
+    adapted = train(dataclasses.replace(cfg, study_rule="name_links", study_nodes=16,
+                                        study_centring="recording", candidate_norm="speech",
+                                        reuse_trained=True), "class", "obs", train_source, 2)
+    assert adapted.model.study_nodes == 16
+    centring = recording_statistics(adapted.model, media)
+    wide = study_apart(adapted, heldout, 2)
+    centred = study_apart(adapted, heldout, 2, centring)
+    for n in wide:  # a name's 16 nodes to a picture's 16: up to 256 links a pair
+        assert int((wide[n].matrix() != 0).sum()) > int((plain[n].matrix() != 0).sum())
+        assert not torch.equal(centred[n].matrix(), wide[n].matrix())
+    video, _ = clip_addresses(adapted.model, media, 16, centring)
+    assert {len(v) for v in video.values()} == {16}
+    reference = speech_clips(adapted.model, media, adapted.run_cfg.data.window)
+    assert choose_apart(adapted, centred, [trial], media, 8, centring, reference)[0] in range(4)
     with pytest.raises(ValueError, match="study_rule"):
         WordReferentConfig(study_rule="oja")
     with pytest.raises(ValueError, match="study"):

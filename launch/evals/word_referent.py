@@ -49,6 +49,13 @@ from typing import Any
 import torch
 
 from launch.evals.suite import Suite, verdict
+from launch.evals.word_referent_adapt import (
+    Statistics,
+    centred_on,
+    normalised,
+    recording_statistics,
+    speech_clips,
+)
 from launch.evals.word_referent_addresses import (
     address_agreement,
     clip_addresses,
@@ -68,6 +75,7 @@ from launch.evals.word_referent_data import (
     Media,
     collect,
     count_recordings,
+    heard_audio,
     heldout_batches,
     refuse_shared_recordings,
     usable,
@@ -155,7 +163,8 @@ def study_batch(model: Any, batch: dict[str, Any], state: Any, carry: Any, width
     return carry
 
 
-def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
+def study_apart(learner: Trained, source: str, streams: int,
+                centring: dict[str, Statistics] | None = None) -> dict[str, Any]:
     """The study pass with one fresh big state per held-out recording.
 
     The held-out stream runs as in :func:`study` (one recording per batch row,
@@ -194,20 +203,25 @@ def study_apart(learner: Trained, source: str, streams: int) -> dict[str, Any]:
                 row = {k: v[r:r + 1].to(device) if isinstance(v, torch.Tensor)
                        else [v[r]] if isinstance(v, list) and len(v) == rows else v
                        for k, v in batch.items()}
-                carries[name] = study_batch(model, row, states[name], carries[name],
-                                            run_cfg.train.window)
+                with centred_on(model, centring[name] if centring else None):
+                    carries[name] = study_batch(model, row, states[name], carries[name],
+                                                run_cfg.train.window)
     return states
 
 
 def choose_apart(learner: Trained, states: dict[str, Any], trials: list[Trial], media: Media,
-                 query_batch: int) -> list[int]:
-    """:func:`choose` with each trial's query recalling from its own recording's state."""
+                 query_batch: int, centring: dict[str, Statistics] | None = None,
+                 reference: dict[str, list[int]] | None = None) -> list[int]:
+    """:func:`choose` with each trial's query recalling from its own recording's state
+    (and centred by its statistics, ``centring``; ``reference``: as :func:`choose`)."""
     picks: list[int | None] = [None] * len(trials)
     for name, state in states.items():
         mine = [i for i, t in enumerate(trials) if t.recording == name]
         if mine:
-            for i, pick in zip(mine, choose(learner, state, [trials[i] for i in mine], media,
-                                            query_batch)):
+            with centred_on(learner.model, centring[name] if centring else None):
+                chosen = choose(learner, state, [trials[i] for i in mine], media, query_batch,
+                                reference=reference)
+            for i, pick in zip(mine, chosen):
                 picks[i] = pick
     missing = sorted({t.recording for t, p in zip(trials, picks) if p is None})
     if missing:
@@ -241,18 +255,24 @@ def recent_context(learner: Trained, media: Media, span: int
 
 def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
            query_batch: int,
-           recent: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[int]:
+           recent: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+           reference: dict[str, list[int]] | None = None) -> list[int]:
     """The candidate position each trial's query picks.
 
     Every clip of the query's utterance (``Trial.heard``) is heard alone and
     scored against the candidates; the utterance's score of a candidate is the
     sum of its clips' log-probabilities (the clips are independent evidence).
     ``recent`` (the attention peer, :func:`recent_context`): each query attends
-    over its own recording's context.
+    over its own recording's context. ``reference`` (``candidate_norm =
+    "speech"``): per recording, heard clips whose scores of each candidate are
+    that candidate's prior; its scores are z-scored over them before the choice
+    (:func:`~launch.evals.word_referent_adapt.normalised`).
     """
     from obs_dist.model.av_stream import Candidates
     from obs_dist.model.window import WindowMemory
 
+    if reference is not None and (state is None or recent is not None):
+        raise ValueError("candidate_norm = 'speech' needs a learner with a state (OBS)")
     model = learner.model
     device = torch.device(learner.run_cfg.train.device)
     keys = sorted({(t.recording, c) for t in trials for c in t.candidates})
@@ -261,44 +281,43 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
     heard = [(i, c) for i, t in enumerate(trials) for c in (t.heard or (t.query,))
              if (t.recording, c) in media]
     totals = torch.zeros(len(trials), max((len(t.candidates) for t in trials), default=0))
+
+    def scores(clips: list[tuple[str, int]]) -> torch.Tensor:
+        """``[len(clips), len(keys)]``: each heard clip's logits of every candidate."""
+        out = []
+        for i in range(0, len(clips), query_batch):
+            chunk = clips[i:i + query_batch]
+            audio = torch.stack([heard_audio(media, r, c, model.audio_context)
+                                 for r, c in chunk]).to(device)
+            memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
+            attend = None
+            if recent is not None:
+                names = sorted({r for r, _ in chunk})
+                owner = torch.cat([torch.full((recent[n][0].shape[0],), i)
+                                   for i, n in enumerate(names)])
+                mine = torch.tensor([names.index(r) for r, _ in chunk])
+                attend = (torch.cat([recent[n][0] for n in names]),
+                          torch.cat([recent[n][1] for n in names]),
+                          (mine[:, None] == owner[None, :]).to(device))
+            out.append(model.answer_scores(model.probe(audio, memory, attend), cands).cpu())
+        return torch.cat(out)
+
     with torch.no_grad():
         parts = [model.candidates(torch.stack([media[k][1] for k in keys[i:i + 512]])
                                   .to(device)) for i in range(0, len(keys), 512)]
         cands = Candidates(torch.cat([p.embed for p in parts]),
                            *(None if getattr(parts[0], f) is None else
                              torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "alpha")))
-        for i in range(0, len(heard), query_batch):
-            chunk = heard[i:i + query_batch]
-            audio = torch.stack([heard_audio(media, trials[j].recording, c,
-                                             model.audio_context) for j, c in chunk]
-                                ).to(device)
-            memory = WindowMemory(state.matrix(), len(chunk)) if state is not None else None
-            attend = None
-            if recent is not None:
-                names = sorted({trials[j].recording for j, _ in chunk})
-                owner = torch.cat([torch.full((recent[n][0].shape[0],), i)
-                                   for i, n in enumerate(names)])
-                mine = torch.tensor([names.index(trials[j].recording) for j, _ in chunk])
-                attend = (torch.cat([recent[n][0] for n in names]),
-                          torch.cat([recent[n][1] for n in names]),
-                          (mine[:, None] == owner[None, :]).to(device))
-            logits = model.answer_scores(model.probe(audio, memory, attend), cands)
-            cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
-                                 for j, _ in chunk], device=device)
-            logp = logits.gather(1, cols).log_softmax(1).cpu()
-            totals.index_add_(0, torch.tensor([j for j, _ in chunk]), logp)
+        logits = scores([(trials[j].recording, c) for j, c in heard])
+        if reference is not None:
+            owner = [r for r, _ in keys]
+            logits = normalised(logits, owner, {
+                r: scores([(r, c) for c in reference.get(r, [])]) for r in set(owner)})
+    cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
+                         for j, _ in heard], dtype=torch.long).view(len(heard), -1)
+    logp = logits.gather(1, cols).log_softmax(1)
+    totals.index_add_(0, torch.tensor([j for j, _ in heard], dtype=torch.long), logp)
     return totals.argmax(1).tolist()
-
-
-def heard_audio(media: Media, recording: str, index: int, context: int) -> torch.Tensor:
-    """A held-out clip's log-mel as the model hears it (with ``context`` neighbours)."""
-    from obs_dist.model.av_stream import with_neighbours
-
-    def clip(i: int) -> torch.Tensor | None:
-        entry = media.get((recording, i))
-        return None if entry is None else entry[0]
-
-    return with_neighbours(clip, index, context)
 
 
 # ------------------------------------------------------------------------------ run
@@ -342,17 +361,23 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
     for learner in trained:
         recent = (recent_context(learner, media, cfg.attention_context)
                   if getattr(learner.model, "recent", None) is not None else None)
-        if getattr(learner.model, "writer", None) is None:
+        has_state = getattr(learner.model, "writer", None) is not None
+        centring = (recording_statistics(learner.model, media)
+                    if has_state and cfg.study_centring == "recording" else None)
+        reference = (speech_clips(learner.model, media, learner.run_cfg.data.window)
+                     if has_state and cfg.candidate_norm == "speech" else None)
+        if not has_state:
             picks = choose(learner, None, trials, media, cfg.query_batch, recent)
         elif cfg.study == "apart":
-            picks = choose_apart(learner, study_apart(learner, heldout_source, streams),
-                                 trials, media, cfg.query_batch)
+            picks = choose_apart(learner, study_apart(learner, heldout_source, streams, centring),
+                                 trials, media, cfg.query_batch, centring, reference)
         else:
             picks = choose(learner, study(learner, heldout_source, streams), trials, media,
-                           cfg.query_batch)
+                           cfg.query_batch, reference=reference)
         scores = tally(trials, picks)
-        nodes = (clip_addresses(learner.model, media)
-                 if getattr(learner.model, "writer", None) is not None else None)
+        # The ceiling over the addresses OBS studied with (its nodes and centring).
+        nodes = (clip_addresses(learner.model, media, cfg.study_nodes, centring)
+                 if has_state else None)
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
                                  "addresses": address_agreement(learner.model, labels, media),

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from launch.evals.word_referent_adapt import Statistics, centred_on
 from launch.evals.word_referent_trials import ClipLabel
 from obs_dist.model.av_stream import with_neighbours
 
@@ -117,26 +118,38 @@ def label_nodes(name: str, k: int, nodes: int) -> list[int]:
 Addresses = tuple[dict[tuple[str, int], list[int]], dict[tuple[str, int], list[int]]]
 
 
-def clip_addresses(model: Any, media: Media) -> Addresses:
+def clip_addresses(model: Any, media: Media, nodes: int = 0,
+                   centring: dict[str, Statistics] | None = None) -> Addresses:
     """The nodes each clip's picture and sound address, seen or heard alone.
+
+    Args:
+        model: the learner's model (with a writer).
+        media: the held-out clips.
+        nodes: nodes per clip (0: the writer's ``k_max``; else the product keys'
+            best, as ``study_nodes`` studies with).
+        centring: each recording's own feature statistics (``study_centring =
+            "recording"``; :mod:`launch.evals.word_referent_adapt`), or None.
 
     Returns:
         ``(video, audio)``: ``{(recording, index): [node, ...]}`` each; the sound
         is heard with its neighbours if the model hears so.
     """
     context = getattr(model, "audio_context", 0)
-    keys = sorted(media)
     video: dict[tuple[str, int], list[int]] = {}
     audio: dict[tuple[str, int], list[int]] = {}
+    recordings = sorted({r for r, _ in media})
     with torch.no_grad():
-        for i in range(0, len(keys), 256):
-            part = keys[i:i + 256]
-            v = model.addresses(torch.stack([media[k][1] for k in part]), "video")
-            a = model.addresses(torch.stack([with_neighbours(
-                lambda j, r=k[0]: media[(r, j)][0] if (r, j) in media else None, k[1], context)
-                for k in part]), "audio")
-            for k, vi, ai in zip(part, v.tolist(), a.tolist(), strict=True):
-                video[k], audio[k] = vi, ai
+        for recording in recordings:
+            keys = sorted(k for k in media if k[0] == recording)
+            with centred_on(model, centring[recording] if centring else None):
+                for i in range(0, len(keys), 256):
+                    part = keys[i:i + 256]
+                    v = model.addresses(torch.stack([media[k][1] for k in part]), "video", nodes)
+                    a = model.addresses(torch.stack([with_neighbours(
+                        lambda j, r=k[0]: media[(r, j)][0] if (r, j) in media else None, k[1],
+                        context) for k in part]), "audio", nodes)
+                    for k, vi, ai in zip(part, v.tolist(), a.tolist(), strict=True):
+                        video[k], audio[k] = vi, ai
     return video, audio
 
 

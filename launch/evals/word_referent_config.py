@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from launch.evals.word_referent_adapt import CANDIDATE_NORMS, STUDY_CENTRINGS
 from launch.evals.word_referent_trials import UNITS
 from obs_dist.model.name_links import STUDY_RULES
 from obs_dist.model.recent_attention import MATCHES
@@ -92,6 +93,19 @@ class WordReferentConfig:
             until the next speech, and nothing else;
             :func:`~obs_dist.model.name_links.name_link_step`). Training is not
             affected, so one trained model can be scored both ways.
+        study_nodes: with ``name_links``, how many nodes each clip addresses
+            (its product keys' best; 0: the writer's ``k_max``). More nodes make
+            two pictures of one object at different moments share more of them.
+        study_centring: the statistics that centre OBS's addresses while it
+            studies a held-out recording and answers its trials: ``running``
+            (training's) or ``recording`` (the recording's own, from all its
+            clips, no label read: :mod:`launch.evals.word_referent_adapt`;
+            ``study = "apart"`` only).
+        candidate_norm: how OBS's scores of a trial's candidates are taken:
+            ``none``, as they are, or ``speech``, each candidate's score z-scored
+            over every clip of its recording that the speech gate passes (how
+            strongly speech at large recalls that picture;
+            :func:`~launch.evals.word_referent_adapt.normalised`).
         study_streams: rows of the study pass (0: one per held-out recording;
             ``together`` only).
         heldout_may_be_trained: let ``heldout_source`` share recordings with
@@ -137,6 +151,9 @@ class WordReferentConfig:
     trial_unit: str = "line"
     study: str = "apart"
     study_rule: str = "learnt"
+    study_nodes: int = 0
+    study_centring: str = "running"
+    candidate_norm: str = "none"
     study_streams: int = 0
     heldout_may_be_trained: bool = False
     query_batch: int = 256
@@ -166,7 +183,7 @@ class WordReferentConfig:
         if self.attention_match not in MATCHES:
             raise ValueError(f"attention_match must be one of {list(MATCHES)}, "
                              f"got {self.attention_match!r}")
-        for name in ("steps", "rehearsal_ratio", "study_streams", "min_gap",
+        for name in ("steps", "rehearsal_ratio", "study_streams", "study_nodes", "min_gap",
                      "attention_context"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -183,6 +200,18 @@ class WordReferentConfig:
         if self.study_rule not in STUDY_RULES:
             raise ValueError(f"study_rule must be one of {list(STUDY_RULES)}, "
                              f"got {self.study_rule!r}")
+        if self.study_nodes and self.study_rule != "name_links":
+            raise ValueError(f"study_nodes sets the nodes of study_rule = 'name_links', "
+                             f"got study_rule = {self.study_rule!r}")
+        if self.study_centring not in STUDY_CENTRINGS:
+            raise ValueError(f"study_centring must be one of {list(STUDY_CENTRINGS)}, "
+                             f"got {self.study_centring!r}")
+        if self.study_centring == "recording" and self.study != "apart":
+            raise ValueError("study_centring = 'recording' centres each recording by its own "
+                             "statistics: it needs study = 'apart'")
+        if self.candidate_norm not in CANDIDATE_NORMS:
+            raise ValueError(f"candidate_norm must be one of {list(CANDIDATE_NORMS)}, "
+                             f"got {self.candidate_norm!r}")
         if self.study == "apart" and self.study_streams:
             raise ValueError("study_streams sets the rows of one shared study state: it needs "
                              "study = 'together' (apart: one row per recording)")

@@ -78,3 +78,14 @@ def usable(trials: list[Trial], media: Media) -> list[Trial]:
     """Trials whose query has audio and whose candidates have video."""
     return [t for t in trials if (t.recording, t.query) in media
             and all((t.recording, c) in media for c in t.candidates)]
+
+
+def heard_audio(media: Media, recording: str, index: int, context: int) -> torch.Tensor:
+    """A held-out clip's log-mel as the model hears it (with ``context`` neighbours)."""
+    from obs_dist.model.av_stream import with_neighbours
+
+    def clip(i: int) -> torch.Tensor | None:
+        entry = media.get((recording, i))
+        return None if entry is None else entry[0]
+
+    return with_neighbours(clip, index, context)

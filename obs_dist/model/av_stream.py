@@ -64,7 +64,7 @@ from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
-from obs_dist.model.name_links import STUDY_RULES, name_link_step
+from obs_dist.model.name_links import STUDY_RULES, name_link_step, name_nodes
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
     PictureContrast,
@@ -192,11 +192,15 @@ class AVStreamModel(nn.Module):
             self.back_gain = nn.Parameter(torch.tensor(1.0))
             self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.study_rule = "learnt"  # set by the evaluation (`set_study_rule`); not trained
+        self.study_nodes = 0  # nodes per clip of the name_links rule (0: k_max)
 
     # ------------------------------------------------------------------ parts
     def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
-        """No active nodes (zero weights) at the start of a stream."""
+        """No active nodes (zero weights) at the start of a stream (as wide as a
+        name's nodes when studying with ``name_links``)."""
         m = self.config.writer.active
+        if self._name_links():
+            m = max(m, self.study_nodes)
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
@@ -214,9 +218,9 @@ class AVStreamModel(nn.Module):
             ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
         """
         assert self.writer is not None
-        if self.study_rule == "name_links" and not self.training:
+        if self._name_links():
             return name_link_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
-                                  recall, gate)
+                                  recall, gate, self.study_nodes)
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
@@ -243,12 +247,19 @@ class AVStreamModel(nn.Module):
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
 
-    def set_study_rule(self, rule: str) -> None:
+    def set_study_rule(self, rule: str, nodes: int = 0) -> None:
         """How the state is written when not training: ``learnt`` (the rule trained)
-        or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`)."""
+        or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`), whose
+        clips each address their ``nodes`` best nodes (0: ``k_max``)."""
         if rule not in STUDY_RULES:
             raise ValueError(f"study rule must be one of {list(STUDY_RULES)}, got {rule!r}")
-        self.study_rule = rule
+        if not 0 <= nodes <= self.num_nodes:
+            raise ValueError(f"study nodes must be in [0, {self.num_nodes}] "
+                             f"(0: k_max), got {nodes}")
+        self.study_rule, self.study_nodes = rule, nodes
+
+    def _name_links(self) -> bool:
+        return self.study_rule == "name_links" and not self.training
 
     def _addressing(self, f: torch.Tensor, kind: int, present: torch.Tensor | None = None,
                     track: bool = True) -> torch.Tensor:
@@ -545,16 +556,22 @@ class AVStreamModel(nn.Module):
         if self.writer is None:
             return Candidates(self._embed_video(fv), None, None)
         xv = self._addressing(fv, 0)
+        if self._name_links():  # the nodes the names were linked to, as they were
+            ids = name_nodes(self.writer, xv, self.study_nodes)
+            return Candidates(self._embed_video(fv), ids,
+                              torch.full(ids.shape, ids.shape[1] ** -0.5, device=xv.device))
         prop = self.writer(torch.cat([xv, torch.zeros_like(xv)], dim=1))
         return Candidates(self._embed_video(fv), prop.ids, prop.alpha)
 
-    def addresses(self, clips: torch.Tensor, kind: str) -> torch.Tensor:
+    def addresses(self, clips: torch.Tensor, kind: str, nodes: int = 0) -> torch.Tensor:
         """The nodes ``[n, k_max]`` the writer addresses for clips seen or heard alone.
 
         Args:
             clips: video ``[n, F, 3, H, W]`` (``kind = "video"``) or log-mel
                 ``[n, n_mels, A]`` (``kind = "audio"``).
             kind: ``video`` or ``audio``.
+            nodes: the product keys' best ``nodes`` instead (``[n, nodes]``; the
+                ``name_links`` rule's, :func:`~obs_dist.model.name_links.name_nodes`).
         """
         if self.writer is None:
             raise ValueError("the dual encoder (state_path = false) addresses no nodes")
@@ -565,4 +582,6 @@ class AVStreamModel(nn.Module):
         else:
             raise ValueError(f"kind must be 'video' or 'audio', got {kind!r}")
         f = self._addressing(f, 0 if kind == "video" else 1)
+        if nodes:
+            return name_nodes(self.writer, f, nodes)
         return self.writer(torch.cat([f, torch.zeros_like(f)], dim=1)).ids

@@ -16,17 +16,36 @@ links.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from obs_dist.model.model import Carry, Memory
-from obs_dist.model.writer import Writer
+from obs_dist.model.writer import Writer, product_key_topk
 
 # How the state is written while the slow weights are frozen (a study pass, a
 # trial's query): "learnt", the rule trained; "name_links", :func:`name_link_step`.
 STUDY_RULES = ("learnt", "name_links")
 
 
+def name_nodes(writer: Writer, f: torch.Tensor, nodes: int) -> torch.Tensor:
+    """A clip's ``nodes`` best nodes ``[B, nodes]`` by the writer's product keys.
+
+    The first ``k_max`` are the writer's own addresses (the same query, the same
+    keys); more reach the nodes just below its cut.
+
+    Args:
+        writer: the trained writer.
+        f: the clip's addressing features ``[B, d]`` (seen or heard alone: the
+            carried half of the context is zero, as in training).
+        nodes: how many (0: the writer's ``k_max``).
+    """
+    ctx = torch.cat([f, torch.zeros_like(f)], dim=1)
+    query = F.linear(ctx, writer.query.weight, writer.query.bias)
+    return product_key_topk(query, writer.keys1, writer.keys2,
+                            nodes or writer.config.k_max)[1]
+
+
 def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
-                   carry: Carry, recall: bool, gate: torch.Tensor | None
+                   carry: Carry, recall: bool, gate: torch.Tensor | None, nodes: int = 0
                    ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
     """One hear or see step of the state that writes only the names' links.
 
@@ -45,26 +64,30 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
         carry: the nodes carried from the last heard step.
         recall: a heard step (True) or a seen one.
         gate: ``[B]`` which heard steps carried speech (None: a trial's query).
+        nodes: nodes per clip (0: ``k_max``); the carry must be at least as wide.
 
     Returns:
-        As :meth:`AVStreamModel._state_step`: ``(recall or None, carry, ids, alpha)``.
+        As :meth:`AVStreamModel._state_step`: ``(recall or None, carry, ids, weights)``,
+        the weights even (``nodes ** -0.5`` each).
     """
-    prop = writer(torch.cat([f, torch.zeros_like(f)], dim=1))
-    k = prop.ids.shape[1]
-    even = torch.full_like(prop.alpha, k ** -0.5)
+    ids = name_nodes(writer, f, nodes)
+    k = ids.shape[1]
+    even = torch.full(ids.shape, k ** -0.5, device=f.device, dtype=f.dtype)
     h0 = None
     if recall:
-        h0 = memory.read(prop.ids, even)
+        h0 = memory.read(ids, even)
         if recall_norm:
             h0 = h0 / (1.0 + memory.column_mass())
         if gate is not None:  # its own nodes are carried, padded to m at weight 0
             m = carry.ids.shape[1]
-            pad = max(m - k, 0)
-            ids = torch.cat([prop.ids, prop.ids[:, :1].expand(-1, pad)], 1)[:, :m]
-            vals = torch.cat([even, even.new_zeros(even.shape[0], pad)], 1)[:, :m]
+            assert m >= k, f"a carry of {m} nodes cannot hold a name's {k}"
+            pad = m - k
+            held = torch.cat([ids, ids[:, :1].expand(-1, pad)], 1)
+            vals = torch.cat([even, even.new_zeros(even.shape[0], pad)], 1)
             heard = gate[:, None] > 0
-            carry = Carry(torch.where(heard, ids, carry.ids), torch.where(heard, vals, carry.vals))
+            carry = Carry(torch.where(heard, held, carry.ids),
+                          torch.where(heard, vals, carry.vals))
     else:
-        memory.write("name_links", carry.ids, carry.vals, prop.ids, even)
+        memory.write("name_links", carry.ids, carry.vals, ids, even)
     memory.next_step()
-    return h0, carry, prop.ids, prop.alpha
+    return h0, carry, ids, even
