@@ -115,6 +115,35 @@ def test_address_centring_removes_what_every_picture_shares() -> None:
     assert torch.equal(centring.mean, before[0]) and torch.equal(centring.var, before[1])
 
 
+def test_stream_scope_centres_each_stream_by_its_own_clips() -> None:
+    """``centring_scope = "stream"``: each row of a training window is centred and
+    scaled by its own present clips (a row with fewer than two by the window's);
+    the running statistics are the window's, as with the window scope."""
+    from obs_dist.model.address_centring import AddressCentring
+
+    torch.manual_seed(0)
+    f = torch.randn(3, 6, 4)
+    f[0] += torch.tensor([50.0, -3.0, 0.0, 7.0])  # one room's look
+    f[1] = f[1] * 4 - 20.0                        # another's
+    present = torch.ones(3, 6, dtype=torch.bool)
+    present[1, 5] = False
+    f[1, 5] = 1e6                                 # an absent clip is not counted
+    present[2, 1:] = False                        # one clip: the window's statistics
+    window, stream = AddressCentring(4, momentum=1.0), AddressCentring(4, momentum=1.0,
+                                                                       per_stream=True)
+    out = stream.train()(f, present)
+    for row, n in ((0, 6), (1, 5)):
+        assert out[row, :n].mean(0).abs().max() < 1e-5
+        assert (out[row, :n].std(0, unbiased=False) - 1).abs().max() < 1e-3
+    whole = window.train()(f, present)
+    assert torch.allclose(out[2, 0], whole[2, 0]) and not torch.allclose(out[0], whole[0])
+    assert torch.equal(stream.mean, window.mean) and torch.equal(stream.var, window.var)
+    stream.eval()  # evaluation: the running statistics, one row or many alike
+    assert torch.allclose(stream(f), window.eval()(f))
+    with pytest.raises(ValueError, match="centring_scope"):
+        StreamConfig(centring_scope="batch")
+
+
 def test_neighbour_pictures_pair_clips_of_one_recording_within_reach() -> None:
     from obs_dist.model.video_ssl import sample_neighbour_clips
 

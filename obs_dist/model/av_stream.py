@@ -186,7 +186,9 @@ class AVStreamModel(nn.Module):
         self.writer: Writer | None = None
         self.centring: nn.ModuleList | None = None  # row 0 video, row 1 audio
         if config.stream.state_path and config.stream.address_centring:
-            self.centring = nn.ModuleList([AddressCentring(d), AddressCentring(d)])
+            per_stream = config.stream.centring_scope == "stream"
+            self.centring = nn.ModuleList([AddressCentring(d, per_stream=per_stream),
+                                           AddressCentring(d, per_stream=per_stream)])
         if config.stream.state_path:
             self.writer = Writer(config.writer, nodes, context_dim=2 * d)
             self.back_gain = nn.Parameter(torch.tensor(1.0))

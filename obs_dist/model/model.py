@@ -130,6 +130,11 @@ class StreamConfig:
         address_centring: centre and scale each modality's features (running
             statistics, no learned part) before they address nodes, so what all
             pictures or all sounds share does not send them to the same nodes.
+        centring_scope: in training, whose statistics centre a window's
+            features: ``window`` (all its streams' clips together) or ``stream``
+            (each stream's own clips, one recording's stretch: what every clip
+            of that recording shares is taken out as well, as the word–referent
+            suite's ``study_centring = "recording"`` does for a held-out one).
         recent: attention over earlier clips of the recording, the
             context-window peer of OBS (``obs_dist/model/recent_attention.py``;
             needs ``state_path = false``): in training up to ``recent`` clips
@@ -165,12 +170,16 @@ class StreamConfig:
     audio_ssl_clips: int = 128
     audio_pool: str = "mean"
     address_centring: bool = False
+    centring_scope: str = "window"
     recent: int = 0
     recent_match: str = "learnt"
 
     def __post_init__(self) -> None:
         if self.recent < 0:
             raise ValueError(f"model.stream.recent must be >= 0, got {self.recent}")
+        if self.centring_scope not in ("window", "stream"):
+            raise ValueError(f"model.stream.centring_scope must be 'window' or 'stream', "
+                             f"got {self.centring_scope!r}")
         if self.recent_match not in MATCHES:
             raise ValueError(f"model.stream.recent_match must be one of {list(MATCHES)}, "
                              f"got {self.recent_match!r}")
