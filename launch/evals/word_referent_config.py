@@ -96,6 +96,9 @@ class WordReferentConfig:
         study_nodes: with ``name_links``, how many nodes each clip addresses
             (its product keys' best; 0: the writer's ``k_max``). More nodes make
             two pictures of one object at different moments share more of them.
+        study_lookback: with ``name_links``, how many pictures before a heard
+            name it is linked to as well (0: only those after it, until the next
+            speech).
         study_centring: the statistics that centre OBS's addresses while it
             studies a held-out recording and answers its trials: ``running``
             (training's) or ``recording`` (the recording's own, from all its
@@ -152,6 +155,7 @@ class WordReferentConfig:
     study: str = "apart"
     study_rule: str = "learnt"
     study_nodes: int = 0
+    study_lookback: int = 0
     study_centring: str = "running"
     candidate_norm: str = "none"
     study_streams: int = 0
@@ -183,7 +187,8 @@ class WordReferentConfig:
         if self.attention_match not in MATCHES:
             raise ValueError(f"attention_match must be one of {list(MATCHES)}, "
                              f"got {self.attention_match!r}")
-        for name in ("steps", "rehearsal_ratio", "study_streams", "study_nodes", "min_gap",
+        for name in ("steps", "rehearsal_ratio", "study_streams", "study_nodes",
+                     "study_lookback", "min_gap",
                      "attention_context"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -200,9 +205,10 @@ class WordReferentConfig:
         if self.study_rule not in STUDY_RULES:
             raise ValueError(f"study_rule must be one of {list(STUDY_RULES)}, "
                              f"got {self.study_rule!r}")
-        if self.study_nodes and self.study_rule != "name_links":
-            raise ValueError(f"study_nodes sets the nodes of study_rule = 'name_links', "
-                             f"got study_rule = {self.study_rule!r}")
+        for name in ("study_nodes", "study_lookback"):
+            if getattr(self, name) and self.study_rule != "name_links":
+                raise ValueError(f"{name} is a setting of study_rule = 'name_links', "
+                                 f"got study_rule = {self.study_rule!r}")
         if self.study_centring not in STUDY_CENTRINGS:
             raise ValueError(f"study_centring must be one of {list(STUDY_CENTRINGS)}, "
                              f"got {self.study_centring!r}")

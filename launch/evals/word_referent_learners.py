@@ -170,6 +170,6 @@ def train(cfg: WordReferentConfig, setting: str, learner: str, source: str,
     load_weights(model, out / "model.safetensors")
     model.eval()
     if getattr(model, "writer", None) is not None:  # a state to study into
-        model.set_study_rule(cfg.study_rule, cfg.study_nodes)
+        model.set_study_rule(cfg.study_rule, cfg.study_nodes, cfg.study_lookback)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Trained(learner, model, run_cfg, int(metrics.get("step", 0)), params, seconds)

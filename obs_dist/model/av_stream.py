@@ -195,14 +195,16 @@ class AVStreamModel(nn.Module):
             self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.study_rule = "learnt"  # set by the evaluation (`set_study_rule`); not trained
         self.study_nodes = 0  # nodes per clip of the name_links rule (0: k_max)
+        self.study_lookback = 0  # pictures before a name that name_links links it to
 
     # ------------------------------------------------------------------ parts
     def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
         """No active nodes (zero weights) at the start of a stream (as wide as a
         name's nodes when studying with ``name_links``)."""
         m = self.config.writer.active
-        if self._name_links():
-            m = max(m, self.study_nodes)
+        if self._name_links():  # the name's nodes, then the last pictures' (lookback)
+            k = self.study_nodes or self.config.writer.k_max
+            m = max(m, k) + self.study_lookback * k
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
@@ -222,7 +224,7 @@ class AVStreamModel(nn.Module):
         assert self.writer is not None
         if self._name_links():
             return name_link_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
-                                  recall, gate, self.study_nodes)
+                                  recall, gate, self.study_nodes, self.study_lookback)
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
@@ -249,16 +251,19 @@ class AVStreamModel(nn.Module):
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
 
-    def set_study_rule(self, rule: str, nodes: int = 0) -> None:
+    def set_study_rule(self, rule: str, nodes: int = 0, lookback: int = 0) -> None:
         """How the state is written when not training: ``learnt`` (the rule trained)
         or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`), whose
-        clips each address their ``nodes`` best nodes (0: ``k_max``)."""
+        clips each address their ``nodes`` best nodes (0: ``k_max``) and whose names
+        link to the ``lookback`` pictures before them too."""
         if rule not in STUDY_RULES:
             raise ValueError(f"study rule must be one of {list(STUDY_RULES)}, got {rule!r}")
         if not 0 <= nodes <= self.num_nodes:
             raise ValueError(f"study nodes must be in [0, {self.num_nodes}] "
                              f"(0: k_max), got {nodes}")
-        self.study_rule, self.study_nodes = rule, nodes
+        if lookback < 0:
+            raise ValueError(f"study lookback must be >= 0, got {lookback}")
+        self.study_rule, self.study_nodes, self.study_lookback = rule, nodes, lookback
 
     def _name_links(self) -> bool:
         return self.study_rule == "name_links" and not self.training

@@ -45,26 +45,32 @@ def name_nodes(writer: Writer, f: torch.Tensor, nodes: int) -> torch.Tensor:
 
 
 def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
-                   carry: Carry, recall: bool, gate: torch.Tensor | None, nodes: int = 0
+                   carry: Carry, recall: bool, gate: torch.Tensor | None, nodes: int = 0,
+                   lookback: int = 0
                    ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
     """One hear or see step of the state that writes only the names' links.
 
     A heard step (``recall``) reads as the trained model does (the recall
-    divided by the column mass with ``recall_norm``) and writes nothing; where
-    ``gate`` passes, its own nodes, equally weighted, become the carry. A seen
-    step links the carry to the picture's own nodes, equally weighted, and keeps
-    the carry, so a name binds to what is seen until the next speech. Nothing
-    else is written. The addresses are the writer's.
+    divided by the column mass with ``recall_norm``); where ``gate`` passes, its
+    own nodes, equally weighted, become the carry. A seen step links the carry
+    to the picture's own nodes, equally weighted, and keeps the carry, so a name
+    binds to what is seen until the next speech. With ``lookback`` L the carry
+    also holds the last L pictures' nodes, and a name heard links to them too: a
+    name is said near, not only after, the moment its object is in view.
+    Nothing else is written. The addresses are the writer's.
 
     Args:
         writer: the trained writer (addresses and coefficients).
         recall_norm: divide the recall by each node's column mass.
         f: the step's addressing features ``[B, d]``.
         memory: the window's view of the state.
-        carry: the nodes carried from the last heard step.
+        carry: the name's nodes carried from the last heard step, then (with
+            ``lookback``) the last pictures' nodes, most recent first.
         recall: a heard step (True) or a seen one.
         gate: ``[B]`` which heard steps carried speech (None: a trial's query).
-        nodes: nodes per clip (0: ``k_max``); the carry must be at least as wide.
+        nodes: nodes per clip (0: ``k_max``); the carry's name part must be at
+            least as wide.
+        lookback: pictures before a name that it is linked to.
 
     Returns:
         As :meth:`AVStreamModel._state_step`: ``(recall or None, carry, ids, weights)``,
@@ -73,21 +79,29 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
     ids = name_nodes(writer, f, nodes)
     k = ids.shape[1]
     even = torch.full(ids.shape, k ** -0.5, device=f.device, dtype=f.dtype)
+    m = carry.ids.shape[1] - lookback * k  # the name's part of the carry
+    assert m >= k, f"a carry of {m} nodes cannot hold a name's {k}"
+    name, seen = Carry(carry.ids[:, :m], carry.vals[:, :m]), Carry(carry.ids[:, m:],
+                                                                   carry.vals[:, m:])
     h0 = None
     if recall:
         h0 = memory.read(ids, even)
         if recall_norm:
             h0 = h0 / (1.0 + memory.column_mass())
         if gate is not None:  # its own nodes are carried, padded to m at weight 0
-            m = carry.ids.shape[1]
-            assert m >= k, f"a carry of {m} nodes cannot hold a name's {k}"
             pad = m - k
             held = torch.cat([ids, ids[:, :1].expand(-1, pad)], 1)
             vals = torch.cat([even, even.new_zeros(even.shape[0], pad)], 1)
             heard = gate[:, None] > 0
-            carry = Carry(torch.where(heard, held, carry.ids),
-                          torch.where(heard, vals, carry.vals))
+            if lookback:  # the name to the pictures just before it
+                memory.write("name_links_back", held, vals * heard.to(vals.dtype),
+                             seen.ids, seen.vals)
+            name = Carry(torch.where(heard, held, name.ids), torch.where(heard, vals, name.vals))
     else:
-        memory.write("name_links", carry.ids, carry.vals, ids, even)
+        memory.write("name_links", name.ids, name.vals, ids, even)
+        if lookback:
+            seen = Carry(torch.cat([ids, seen.ids[:, :-k]], 1),
+                         torch.cat([even, seen.vals[:, :-k]], 1))
     memory.next_step()
-    return h0, carry, ids, even
+    return h0, Carry(torch.cat([name.ids, seen.ids], 1), torch.cat([name.vals, seen.vals], 1)), \
+        ids, even
