@@ -457,16 +457,18 @@ def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
         ModelConfig(encoder="av", video_width=7)
 
 
-@pytest.mark.parametrize("nodes", [0, 12])
-def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(nodes: int) -> None:
+@pytest.mark.parametrize(("nodes", "lookback"), [(0, 0), (12, 0), (0, 2)])
+def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(
+        nodes: int, lookback: int) -> None:
     """``study_rule = "name_links"``: a study window writes only links from a heard
     clip's own nodes to the pictures seen until the next speech, all of one
     weight; training is not affected. With ``nodes`` (here more than k_max = 4 and
     than the carry's 8 active nodes) each clip links its product keys' best
     ``nodes``, the first k_max of them the writer's own, and a candidate picture
-    is scored on the same nodes."""
+    is scored on the same nodes. With ``lookback`` L a heard name also links to
+    the L pictures seen before it."""
     model = _model(recall_norm=True).eval()
-    model.set_study_rule("name_links", nodes)
+    model.set_study_rule("name_links", nodes, lookback)
     batch = _batch(b=1, t=4)  # clips 0 and 2 are heard (speech), 1 and 3 silent
     state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
     with torch.no_grad():
@@ -481,8 +483,9 @@ def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(nodes:
     assert k == (nodes or 4) and torch.equal(cands.ids, seen)
     assert cands.alpha is not None and torch.allclose(cands.alpha, torch.full((4, k), k ** -0.5))
     want: dict[tuple[int, int], float] = {}
-    for heard, pictures in ((0, (0, 1)), (2, (2, 3))):  # a silent second keeps the carry
-        for t in pictures:
+    for heard, after in ((0, (0, 1)), (2, (2, 3))):  # a silent second keeps the carry
+        before = tuple(t for t in range(heard - lookback, heard) if t >= 0)
+        for t in after + before:
             for r in sound[heard].tolist():
                 for c in seen[t].tolist():
                     want[(r, c)] = want.get((r, c), 0.0) + 1.0 / k
@@ -510,3 +513,5 @@ def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(nodes:
         model.set_study_rule("oja")
     with pytest.raises(ValueError, match="study nodes"):
         model.set_study_rule("name_links", NODES + 1)
+    with pytest.raises(ValueError, match="lookback"):
+        model.set_study_rule("name_links", 0, -1)

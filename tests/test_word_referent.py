@@ -472,12 +472,14 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
     plain = study_apart(linked, heldout, 2)
     assert all(float(plain[n].matrix().abs().sum()) > 0 for n in plain)
     assert not any(torch.equal(plain[n].matrix(), states[n].matrix()) for n in plain)
-    # Adapted to each recording (word_referent_adapt): 16 nodes a clip, each
-    # recording's own statistics centring it, candidates z-scored over its speech.
+    # Adapted to each recording (word_referent_adapt): 16 nodes a clip, names linked
+    # to the 2 pictures before them too, each recording's own statistics centring
+    # it, candidates z-scored over its speech.
     adapted = train(dataclasses.replace(cfg, study_rule="name_links", study_nodes=16,
-                                        study_centring="recording", candidate_norm="speech",
-                                        reuse_trained=True), "class", "obs", train_source, 2)
-    assert adapted.model.study_nodes == 16
+                                        study_lookback=2, study_centring="recording",
+                                        candidate_norm="speech", reuse_trained=True),
+                    "class", "obs", train_source, 2)
+    assert (adapted.model.study_nodes, adapted.model.study_lookback) == (16, 2)
     centring = recording_statistics(adapted.model, media)
     wide = study_apart(adapted, heldout, 2)
     centred = study_apart(adapted, heldout, 2, centring)

@@ -99,11 +99,15 @@ def test_normalised_discounts_a_picture_that_every_name_recalls() -> None:
 def test_the_suite_refuses_adaptations_it_cannot_apply() -> None:
     with pytest.raises(ValueError, match="study_nodes"):
         WordReferentConfig(study_nodes=32)  # the learnt rule has the writer's k_max
+    with pytest.raises(ValueError, match="study_lookback"):
+        WordReferentConfig(study_lookback=3)
+    with pytest.raises(ValueError, match="study_lookback"):
+        WordReferentConfig(study_rule="name_links", study_lookback=-1)
     with pytest.raises(ValueError, match="study = 'apart'"):
         WordReferentConfig(study="together", study_centring="recording")
     with pytest.raises(ValueError, match="study_centring"):
         WordReferentConfig(study_centring="batch")
     with pytest.raises(ValueError, match="candidate_norm"):
         WordReferentConfig(candidate_norm="softmax")
-    WordReferentConfig(study_rule="name_links", study_nodes=32, study_centring="recording",
-                       candidate_norm="speech")
+    WordReferentConfig(study_rule="name_links", study_nodes=32, study_lookback=3,
+                       study_centring="recording", candidate_norm="speech")
