@@ -203,7 +203,7 @@ def study_apart(learner: Trained, source: str, streams: int,
                 row = {k: v[r:r + 1].to(device) if isinstance(v, torch.Tensor)
                        else [v[r]] if isinstance(v, list) and len(v) == rows else v
                        for k, v in batch.items()}
-                with centred_on(model, centring[name] if centring else None):
+                with centred_on(model, centring.get(name) if centring else None):
                     carries[name] = study_batch(model, row, states[name], carries[name],
                                                 run_cfg.train.window)
     return states
@@ -218,7 +218,7 @@ def choose_apart(learner: Trained, states: dict[str, Any], trials: list[Trial], 
     for name, state in states.items():
         mine = [i for i, t in enumerate(trials) if t.recording == name]
         if mine:
-            with centred_on(learner.model, centring[name] if centring else None):
+            with centred_on(learner.model, centring.get(name) if centring else None):
                 chosen = choose(learner, state, [trials[i] for i in mine], media, query_batch,
                                 reference=reference)
             for i, pick in zip(mine, chosen):

@@ -14,6 +14,7 @@ steers every clip's address the same way (docs/decisions.md §25).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 
 from launch.evals.word_referent_data import Media, heard_audio
+
+log = logging.getLogger("obs.eval.word_referent")
 
 # ``study_centring``: "running", the statistics training left; "recording", the
 # held-out recording's own.
@@ -44,11 +47,12 @@ def recording_statistics(model: Any, media: Media, batch: int = 256) -> dict[str
 
     Returns:
         ``{recording: ((video mean, video var), (audio mean, audio var))}``, the
-        features as they enter the centring (encoder output plus modality).
+        features as they enter the centring (encoder output plus modality). A
+        recording of one clip has no variance to measure: it is left out (logged),
+        and is studied with the running statistics.
 
     Raises:
-        ValueError: the model has no address centring to adapt, or a recording
-            has fewer than two clips.
+        ValueError: the model has no address centring to adapt.
     """
     if getattr(model, "centring", None) is None:
         raise ValueError("study_centring = 'recording' needs a model trained with "
@@ -60,8 +64,9 @@ def recording_statistics(model: Any, media: Media, batch: int = 256) -> dict[str
     with torch.no_grad():
         for recording, indices in sorted(by_recording.items()):
             if len(indices) < 2:
-                raise ValueError(f"held-out recording {recording!r} has {len(indices)} clip: "
-                                 f"its statistics need two or more")
+                log.warning("held-out recording %r has %d clip: it is studied with the "
+                            "running statistics", recording, len(indices))
+                continue
             indices.sort()
             video, audio = [], []
             for i in range(0, len(indices), batch):

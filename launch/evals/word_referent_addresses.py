@@ -141,7 +141,7 @@ def clip_addresses(model: Any, media: Media, nodes: int = 0,
     with torch.no_grad():
         for recording in recordings:
             keys = sorted(k for k in media if k[0] == recording)
-            with centred_on(model, centring[recording] if centring else None):
+            with centred_on(model, centring.get(recording) if centring else None):
                 for i in range(0, len(keys), 256):
                     part = keys[i:i + 256]
                     v = model.addresses(torch.stack([media[k][1] for k in part]), "video", nodes)
