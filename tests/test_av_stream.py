@@ -13,6 +13,7 @@ import torch
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.av_stream import AVStreamModel, WindowResult, clip_positions, with_neighbours
 from obs_dist.model.model import ModelConfig, StreamConfig
+from obs_dist.model.name_links import NameLinks
 from obs_dist.model.state import BigState, StateConfig
 from obs_dist.model.window import WindowMemory
 from obs_dist.model.writer import WriterConfig
@@ -457,18 +458,20 @@ def test_video_width_sizes_the_picture_encoder_for_both_learners() -> None:
         ModelConfig(encoder="av", video_width=7)
 
 
-@pytest.mark.parametrize(("nodes", "lookback"), [(0, 0), (12, 0), (0, 2)])
+@pytest.mark.parametrize(("nodes", "lookback", "decay"),
+                         [(0, 0, 1.0), (12, 0, 1.0), (0, 2, 1.0), (0, 1, 0.5)])
 def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(
-        nodes: int, lookback: int) -> None:
+        nodes: int, lookback: int, decay: float) -> None:
     """``study_rule = "name_links"``: a study window writes only links from a heard
     clip's own nodes to the pictures seen until the next speech, all of one
     weight; training is not affected. With ``nodes`` (here more than k_max = 4 and
     than the carry's 8 active nodes) each clip links its product keys' best
     ``nodes``, the first k_max of them the writer's own, and a candidate picture
     is scored on the same nodes. With ``lookback`` L a heard name also links to
-    the L pictures seen before it."""
+    the L pictures seen before it; with ``decay`` the j-th picture after a name
+    is linked at ``decay ** j`` of the weight."""
     model = _model(recall_norm=True).eval()
-    model.set_study_rule("name_links", nodes, lookback)
+    model.set_study_rule("name_links", NameLinks(nodes, lookback, decay))
     batch = _batch(b=1, t=4)  # clips 0 and 2 are heard (speech), 1 and 3 silent
     state = BigState(StateConfig(nodes=NODES, partitions=2, init_std=0.0))
     with torch.no_grad():
@@ -486,9 +489,10 @@ def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(
     for heard, after in ((0, (0, 1)), (2, (2, 3))):  # a silent second keeps the carry
         before = tuple(t for t in range(heard - lookback, heard) if t >= 0)
         for t in after + before:
+            weight = decay ** max(t - heard, 0) / k
             for r in sound[heard].tolist():
                 for c in seen[t].tolist():
-                    want[(r, c)] = want.get((r, c), 0.0) + 1.0 / k
+                    want[(r, c)] = want.get((r, c), 0.0) + weight
     got = {(int(r), int(c)): float(v)
            for r, c, v in zip(delta.rows, delta.cols, delta.values, strict=True)}
     assert got.keys() == want.keys()
@@ -512,6 +516,8 @@ def test_name_links_rule_links_each_name_to_what_is_seen_and_nothing_else(
     with pytest.raises(ValueError, match="study rule"):
         model.set_study_rule("oja")
     with pytest.raises(ValueError, match="study nodes"):
-        model.set_study_rule("name_links", NODES + 1)
+        model.set_study_rule("name_links", NameLinks(NODES + 1))
     with pytest.raises(ValueError, match="lookback"):
-        model.set_study_rule("name_links", 0, -1)
+        NameLinks(0, -1)
+    with pytest.raises(ValueError, match="decay"):
+        NameLinks(decay=0.0)

@@ -432,6 +432,7 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
     from launch.evals.word_referent_addresses import clip_addresses
     from launch.evals.word_referent_data import collect
     from launch.evals.word_referent_trials import Trial
+    from obs_dist.model.name_links import NameLinks
 
     cfg = suite_config("word-referent", None, [
         *QUICK, f"work_dir={json.dumps(str(tmp_path / 'work'))}", "models=['obs']",
@@ -479,7 +480,7 @@ def test_apart_studies_each_held_out_recording_in_a_state_of_its_own(tmp_path: P
                                         study_lookback=2, study_centring="recording",
                                         candidate_norm="speech", reuse_trained=True),
                     "class", "obs", train_source, 2)
-    assert (adapted.model.study_nodes, adapted.model.study_lookback) == (16, 2)
+    assert adapted.model.name_links == NameLinks(16, 2)
     centring = recording_statistics(adapted.model, media)
     wide = study_apart(adapted, heldout, 2)
     centred = study_apart(adapted, heldout, 2, centring)

@@ -103,6 +103,10 @@ def test_the_suite_refuses_adaptations_it_cannot_apply() -> None:
         WordReferentConfig(study_lookback=3)
     with pytest.raises(ValueError, match="study_lookback"):
         WordReferentConfig(study_rule="name_links", study_lookback=-1)
+    with pytest.raises(ValueError, match="study_decay"):
+        WordReferentConfig(study_decay=0.8)
+    with pytest.raises(ValueError, match="study_decay"):
+        WordReferentConfig(study_rule="name_links", study_decay=0.0)
     with pytest.raises(ValueError, match="study = 'apart'"):
         WordReferentConfig(study="together", study_centring="recording")
     with pytest.raises(ValueError, match="study_centring"):
@@ -110,4 +114,4 @@ def test_the_suite_refuses_adaptations_it_cannot_apply() -> None:
     with pytest.raises(ValueError, match="candidate_norm"):
         WordReferentConfig(candidate_norm="softmax")
     WordReferentConfig(study_rule="name_links", study_nodes=32, study_lookback=3,
-                       study_centring="recording", candidate_norm="speech")
+                       study_decay=0.8, study_centring="recording", candidate_norm="speech")

@@ -99,6 +99,8 @@ class WordReferentConfig:
         study_lookback: with ``name_links``, how many pictures before a heard
             name it is linked to as well (0: only those after it, until the next
             speech).
+        study_decay: with ``name_links``, the name's weight kept after each
+            picture it is linked to (1: held at full weight until the next speech).
         study_centring: the statistics that centre OBS's addresses while it
             studies a held-out recording and answers its trials: ``running``
             (training's) or ``recording`` (the recording's own, from all its
@@ -156,6 +158,7 @@ class WordReferentConfig:
     study_rule: str = "learnt"
     study_nodes: int = 0
     study_lookback: int = 0
+    study_decay: float = 1.0
     study_centring: str = "running"
     candidate_norm: str = "none"
     study_streams: int = 0
@@ -205,10 +208,12 @@ class WordReferentConfig:
         if self.study_rule not in STUDY_RULES:
             raise ValueError(f"study_rule must be one of {list(STUDY_RULES)}, "
                              f"got {self.study_rule!r}")
-        for name in ("study_nodes", "study_lookback"):
-            if getattr(self, name) and self.study_rule != "name_links":
+        for name, off in (("study_nodes", 0), ("study_lookback", 0), ("study_decay", 1.0)):
+            if getattr(self, name) != off and self.study_rule != "name_links":
                 raise ValueError(f"{name} is a setting of study_rule = 'name_links', "
                                  f"got study_rule = {self.study_rule!r}")
+        if not 0.0 < self.study_decay <= 1.0:
+            raise ValueError(f"study_decay must be in (0, 1], got {self.study_decay}")
         if self.study_centring not in STUDY_CENTRINGS:
             raise ValueError(f"study_centring must be one of {list(STUDY_CENTRINGS)}, "
                              f"got {self.study_centring!r}")

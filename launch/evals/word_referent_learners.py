@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from launch.evals.word_referent_config import WordReferentConfig
+from obs_dist.model.name_links import NameLinks
 
 TRAINED_FILE = "word_referent_trained.json"  # beside the run's weights: its training time
 
@@ -170,6 +171,7 @@ def train(cfg: WordReferentConfig, setting: str, learner: str, source: str,
     load_weights(model, out / "model.safetensors")
     model.eval()
     if getattr(model, "writer", None) is not None:  # a state to study into
-        model.set_study_rule(cfg.study_rule, cfg.study_nodes, cfg.study_lookback)
+        model.set_study_rule(cfg.study_rule, NameLinks(cfg.study_nodes, cfg.study_lookback,
+                                                       cfg.study_decay))
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Trained(learner, model, run_cfg, int(metrics.get("step", 0)), params, seconds)

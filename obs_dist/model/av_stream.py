@@ -64,7 +64,7 @@ from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
-from obs_dist.model.name_links import STUDY_RULES, name_link_step, name_nodes
+from obs_dist.model.name_links import STUDY_RULES, NameLinks, name_link_step, name_nodes
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
     PictureContrast,
@@ -194,8 +194,7 @@ class AVStreamModel(nn.Module):
             self.back_gain = nn.Parameter(torch.tensor(1.0))
             self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.study_rule = "learnt"  # set by the evaluation (`set_study_rule`); not trained
-        self.study_nodes = 0  # nodes per clip of the name_links rule (0: k_max)
-        self.study_lookback = 0  # pictures before a name that name_links links it to
+        self.name_links = NameLinks()  # how the name_links rule studies
 
     # ------------------------------------------------------------------ parts
     def initial_carry(self, batch: int, device: torch.device | str) -> Carry:
@@ -203,8 +202,7 @@ class AVStreamModel(nn.Module):
         name's nodes when studying with ``name_links``)."""
         m = self.config.writer.active
         if self._name_links():  # the name's nodes, then the last pictures' (lookback)
-            k = self.study_nodes or self.config.writer.k_max
-            m = max(m, k) + self.study_lookback * k
+            m = self.name_links.carry_width(m, self.config.writer.k_max)
         return Carry(torch.zeros(batch, m, dtype=torch.long, device=device),
                      torch.zeros(batch, m, device=device))
 
@@ -224,7 +222,7 @@ class AVStreamModel(nn.Module):
         assert self.writer is not None
         if self._name_links():
             return name_link_step(self.writer, self.stream_cfg.recall_norm, f, memory, carry,
-                                  recall, gate, self.study_nodes, self.study_lookback)
+                                  recall, gate, self.name_links)
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
@@ -251,19 +249,17 @@ class AVStreamModel(nn.Module):
             vals = torch.where(heard, vals, carry.vals)
         return h0, Carry(ids, vals), prop.ids, prop.alpha
 
-    def set_study_rule(self, rule: str, nodes: int = 0, lookback: int = 0) -> None:
+    def set_study_rule(self, rule: str, links: NameLinks | None = None) -> None:
         """How the state is written when not training: ``learnt`` (the rule trained)
-        or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`), whose
-        clips each address their ``nodes`` best nodes (0: ``k_max``) and whose names
-        link to the ``lookback`` pictures before them too."""
+        or ``name_links`` (:func:`~obs_dist.model.name_links.name_link_step`, as
+        ``links`` says: nodes a clip, pictures back, fading)."""
         if rule not in STUDY_RULES:
             raise ValueError(f"study rule must be one of {list(STUDY_RULES)}, got {rule!r}")
-        if not 0 <= nodes <= self.num_nodes:
+        links = links or NameLinks()
+        if links.nodes > self.num_nodes:
             raise ValueError(f"study nodes must be in [0, {self.num_nodes}] "
-                             f"(0: k_max), got {nodes}")
-        if lookback < 0:
-            raise ValueError(f"study lookback must be >= 0, got {lookback}")
-        self.study_rule, self.study_nodes, self.study_lookback = rule, nodes, lookback
+                             f"(0: k_max), got {links.nodes}")
+        self.study_rule, self.name_links = rule, links
 
     def _name_links(self) -> bool:
         return self.study_rule == "name_links" and not self.training
@@ -564,7 +560,7 @@ class AVStreamModel(nn.Module):
             return Candidates(self._embed_video(fv), None, None)
         xv = self._addressing(fv, 0)
         if self._name_links():  # the nodes the names were linked to, as they were
-            ids = name_nodes(self.writer, xv, self.study_nodes)
+            ids = name_nodes(self.writer, xv, self.name_links.nodes)
             return Candidates(self._embed_video(fv), ids,
                               torch.full(ids.shape, ids.shape[1] ** -0.5, device=xv.device))
         prop = self.writer(torch.cat([xv, torch.zeros_like(xv)], dim=1))

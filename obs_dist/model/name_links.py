@@ -15,6 +15,8 @@ links.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,37 @@ from obs_dist.model.writer import Writer, product_key_topk
 # How the state is written while the slow weights are frozen (a study pass, a
 # trial's query): "learnt", the rule trained; "name_links", :func:`name_link_step`.
 STUDY_RULES = ("learnt", "name_links")
+
+
+@dataclass(frozen=True)
+class NameLinks:
+    """How the ``name_links`` rule studies (the word–referent suite's ``study_nodes``,
+    ``study_lookback`` and ``study_decay``; docs/decisions.md §25–§26).
+
+    Attributes:
+        nodes: nodes per clip, the product keys' best (0: the writer's ``k_max``).
+        lookback: pictures before a heard name that it is linked to as well.
+        decay: the name's weight kept after each picture it is linked to (1: held
+            until the next speech).
+    """
+
+    nodes: int = 0
+    lookback: int = 0
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 0:
+            raise ValueError(f"study nodes must be >= 0 (0: k_max), got {self.nodes}")
+        if self.lookback < 0:
+            raise ValueError(f"study lookback must be >= 0, got {self.lookback}")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"study decay must be in (0, 1], got {self.decay}")
+
+    def carry_width(self, active: int, k_max: int) -> int:
+        """Nodes of a study carry: the name's (at least ``active``), then the last
+        ``lookback`` pictures'."""
+        k = self.nodes or k_max
+        return max(active, k) + self.lookback * k
 
 
 def name_nodes(writer: Writer, f: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -45,8 +78,8 @@ def name_nodes(writer: Writer, f: torch.Tensor, nodes: int) -> torch.Tensor:
 
 
 def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
-                   carry: Carry, recall: bool, gate: torch.Tensor | None, nodes: int = 0,
-                   lookback: int = 0
+                   carry: Carry, recall: bool, gate: torch.Tensor | None,
+                   links: NameLinks = NameLinks()
                    ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
     """One hear or see step of the state that writes only the names' links.
 
@@ -54,10 +87,13 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
     divided by the column mass with ``recall_norm``); where ``gate`` passes, its
     own nodes, equally weighted, become the carry. A seen step links the carry
     to the picture's own nodes, equally weighted, and keeps the carry, so a name
-    binds to what is seen until the next speech. With ``lookback`` L the carry
-    also holds the last L pictures' nodes, and a name heard links to them too: a
-    name is said near, not only after, the moment its object is in view.
-    Nothing else is written. The addresses are the writer's.
+    binds to what is seen until the next speech. With ``links.lookback`` L the
+    carry also holds the last L pictures' nodes, and a name heard links to them
+    too: a name is said near, not only after, the moment its object is in view.
+    With ``links.decay`` below 1 the name's weight is multiplied by it after each
+    picture it is linked to, so the pictures right after a name weigh most (a
+    trace that fades, not a switch held until the next speech). Nothing else is
+    written. The addresses are the writer's best ``links.nodes``.
 
     Args:
         writer: the trained writer (addresses and coefficients).
@@ -68,17 +104,17 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
             ``lookback``) the last pictures' nodes, most recent first.
         recall: a heard step (True) or a seen one.
         gate: ``[B]`` which heard steps carried speech (None: a trial's query).
-        nodes: nodes per clip (0: ``k_max``); the carry's name part must be at
-            least as wide.
-        lookback: pictures before a name that it is linked to.
+        links: how many nodes a clip, pictures back, fading
+            (:class:`NameLinks`); the carry is :meth:`NameLinks.carry_width` wide.
 
     Returns:
         As :meth:`AVStreamModel._state_step`: ``(recall or None, carry, ids, weights)``,
         the weights even (``nodes ** -0.5`` each).
     """
-    ids = name_nodes(writer, f, nodes)
+    ids = name_nodes(writer, f, links.nodes)
     k = ids.shape[1]
     even = torch.full(ids.shape, k ** -0.5, device=f.device, dtype=f.dtype)
+    lookback = links.lookback
     m = carry.ids.shape[1] - lookback * k  # the name's part of the carry
     assert m >= k, f"a carry of {m} nodes cannot hold a name's {k}"
     name, seen = Carry(carry.ids[:, :m], carry.vals[:, :m]), Carry(carry.ids[:, m:],
@@ -99,6 +135,8 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
             name = Carry(torch.where(heard, held, name.ids), torch.where(heard, vals, name.vals))
     else:
         memory.write("name_links", name.ids, name.vals, ids, even)
+        if links.decay != 1.0:
+            name = Carry(name.ids, name.vals * links.decay)
         if lookback:
             seen = Carry(torch.cat([ids, seen.ids[:, :-k]], 1),
                          torch.cat([even, seen.vals[:, :-k]], 1))
