@@ -349,10 +349,11 @@ class _FakeAddresses:
     def __init__(self, collapsed: bool = False) -> None:
         self.collapsed = collapsed
 
-    def addresses(self, clips: torch.Tensor, kind: str) -> torch.Tensor:
+    def addresses(self, clips: torch.Tensor, kind: str, nodes: int = 0) -> torch.Tensor:
+        k = nodes or 4
         code = clips.flatten(1)[:, 0].round().long()  # the clip's identity, planted below
-        base = torch.zeros_like(code) if self.collapsed else code * 4
-        return base[:, None] + torch.arange(4)[None, :] + (100 if kind == "audio" else 0)
+        base = torch.zeros_like(code) if self.collapsed else code * k
+        return base[:, None] + torch.arange(k)[None, :] + (100 if kind == "audio" else 0)
 
 
 def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
@@ -383,6 +384,9 @@ def test_hebbian_ceiling_binds_good_addresses_and_not_collapsed_ones() -> None:
                            addresses=nodes) == video_only
     good = clip_addresses(_FakeAddresses(), media)
     assert hebbian_ceiling(fake, clips, media, trials, addresses=good) == 1.0  # they are used
+    wide = clip_addresses(_FakeAddresses(), media, nodes=8)  # study_nodes' addresses
+    assert {len(v) for v in wide[0].values()} == {8}
+    assert hebbian_ceiling(fake, clips, media, trials, addresses=wide) == 1.0
     with pytest.raises(ValueError, match="perfect"):
         hebbian_ceiling(fake, clips, media, trials, perfect=("smell",))
 

@@ -284,7 +284,7 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
 
     def scores(clips: list[tuple[str, int]]) -> torch.Tensor:
         """``[len(clips), len(keys)]``: each heard clip's logits of every candidate."""
-        out = []
+        out = [torch.zeros(0, len(keys))]
         for i in range(0, len(clips), query_batch):
             chunk = clips[i:i + query_batch]
             audio = torch.stack([heard_audio(media, r, c, model.audio_context)
@@ -314,7 +314,7 @@ def choose(learner: Trained, state: Any, trials: list[Trial], media: Media,
             logits = normalised(logits, owner, {
                 r: scores([(r, c) for c in reference.get(r, [])]) for r in set(owner)})
     cols = torch.tensor([[column[(trials[j].recording, c)] for c in trials[j].candidates]
-                         for j, _ in heard], dtype=torch.long).view(len(heard), -1)
+                         for j, _ in heard], dtype=torch.long).view(len(heard), totals.shape[1])
     logp = logits.gather(1, cols).log_softmax(1)
     totals.index_add_(0, torch.tensor([j for j, _ in heard], dtype=torch.long), logp)
     return totals.argmax(1).tolist()
