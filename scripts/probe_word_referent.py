@@ -68,21 +68,10 @@ def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
 
 def gated_labels(model: Any, labels: list[Any], media: dict[Any, Any]) -> list[Any]:
     """The labels with ``word`` set where the speech gate passes (per 64-clip window)."""
-    from obs_dist.model.audio_floor import speech_gate
+    from launch.evals.word_referent_adapt import speech_clips
 
-    by_rec: dict[str, list[Any]] = {}
-    for c in labels:
-        by_rec.setdefault(c.recording, []).append(c)
-    passed: dict[tuple[str, int], bool] = {}
-    for clips in by_rec.values():
-        clips = sorted((c for c in clips if (c.recording, c.index) in media),
-                       key=lambda c: c.index)
-        for i in range(0, len(clips), 64):
-            part = clips[i:i + 64]
-            audio = torch.stack([media[(c.recording, c.index)][0] for c in part])[None]
-            gate = speech_gate(audio, torch.ones(1, len(part)), model.stream_cfg.gate)[0]
-            passed.update({(c.recording, c.index): g > 0 for c, g in zip(part, gate.tolist())})
-    return [dataclasses.replace(c, word="x" if passed.get((c.recording, c.index)) else "")
+    passed = {(r, i) for r, clips in speech_clips(model, media, 64).items() for i in clips}
+    return [dataclasses.replace(c, word="x" if (c.recording, c.index) in passed else "")
             for c in labels]
 
 

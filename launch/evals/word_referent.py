@@ -73,6 +73,7 @@ from launch.evals.word_referent_config import (
 )
 from launch.evals.word_referent_data import (
     Media,
+    clips_by_recording,
     collect,
     count_recordings,
     heard_audio,
@@ -239,13 +240,10 @@ def recent_context(learner: Trained, media: Media, span: int
     """
     model = learner.model
     device = torch.device(learner.run_cfg.train.device)
-    last: dict[str, list[int]] = {}
-    for recording, index in media:
-        last.setdefault(recording, []).append(index)
     context = {}
     with torch.no_grad():
-        for recording, indices in sorted(last.items()):
-            kept = sorted(indices)[-span:] if span else sorted(indices)
+        for recording, indices in clips_by_recording(media).items():
+            kept = indices[-span:] if span else indices
             audio = torch.stack([heard_audio(media, recording, i, model.audio_context)
                                  for i in kept]).to(device)
             video = torch.stack([media[(recording, i)][1] for i in kept]).to(device)

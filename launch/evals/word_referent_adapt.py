@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from launch.evals.word_referent_data import Media, heard_audio
+from launch.evals.word_referent_data import Media, clips_by_recording, heard_audio
 
 log = logging.getLogger("obs.eval.word_referent")
 
@@ -57,17 +57,13 @@ def recording_statistics(model: Any, media: Media, batch: int = 256) -> dict[str
     if getattr(model, "centring", None) is None:
         raise ValueError("study_centring = 'recording' needs a model trained with "
                          "model.stream.address_centring = true")
-    by_recording: dict[str, list[int]] = {}
-    for recording, index in media:
-        by_recording.setdefault(recording, []).append(index)
     out: dict[str, Statistics] = {}
     with torch.no_grad():
-        for recording, indices in sorted(by_recording.items()):
+        for recording, indices in clips_by_recording(media).items():
             if len(indices) < 2:
                 log.warning("held-out recording %r has %d clip: it is studied with the "
                             "running statistics", recording, len(indices))
                 continue
-            indices.sort()
             video, audio = [], []
             for i in range(0, len(indices), batch):
                 part = indices[i:i + batch]
@@ -113,12 +109,8 @@ def speech_clips(model: Any, media: Media, window: int) -> dict[str, list[int]]:
         raise ValueError(f"the speech gate's window must be >= 1 clip, got {window}")
     from obs_dist.model.audio_floor import speech_gate
 
-    by_recording: dict[str, list[int]] = {}
-    for recording, index in media:
-        by_recording.setdefault(recording, []).append(index)
     out: dict[str, list[int]] = {}
-    for recording, indices in sorted(by_recording.items()):
-        indices.sort()
+    for recording, indices in clips_by_recording(media).items():
         passed: list[int] = []
         for i in range(0, len(indices), window):
             part = indices[i:i + window]

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from launch.evals.word_referent_adapt import Statistics, centred_on
+from launch.evals.word_referent_data import Media, clips_by_recording
 from launch.evals.word_referent_trials import ClipLabel
 from obs_dist.model.av_stream import with_neighbours
-
-Media = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _groups(labels: Sequence[ClipLabel], media: Media, kind: str
@@ -137,10 +136,9 @@ def clip_addresses(model: Any, media: Media, nodes: int = 0,
     context = getattr(model, "audio_context", 0)
     video: dict[tuple[str, int], list[int]] = {}
     audio: dict[tuple[str, int], list[int]] = {}
-    recordings = sorted({r for r, _ in media})
     with torch.no_grad():
-        for recording in recordings:
-            keys = sorted(k for k in media if k[0] == recording)
+        for recording, indices in clips_by_recording(media).items():
+            keys = [(recording, i) for i in indices]
             with centred_on(model, centring.get(recording) if centring else None):
                 for i in range(0, len(keys), 256):
                     part = keys[i:i + 256]

@@ -80,6 +80,14 @@ def usable(trials: list[Trial], media: Media) -> list[Trial]:
             and all((t.recording, c) in media for c in t.candidates)]
 
 
+def clips_by_recording(media: Media) -> dict[str, list[int]]:
+    """Each held-out recording's clip indices in ``media``, in time order (recordings sorted)."""
+    out: dict[str, list[int]] = {}
+    for recording, index in media:
+        out.setdefault(recording, []).append(index)
+    return {recording: sorted(out[recording]) for recording in sorted(out)}
+
+
 def heard_audio(media: Media, recording: str, index: int, context: int) -> torch.Tensor:
     """A held-out clip's log-mel as the model hears it (with ``context`` neighbours)."""
     from obs_dist.model.av_stream import with_neighbours

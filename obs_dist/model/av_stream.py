@@ -64,7 +64,13 @@ from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
-from obs_dist.model.name_links import STUDY_RULES, NameLinks, name_link_step, name_nodes
+from obs_dist.model.name_links import (
+    STUDY_RULES,
+    NameLinks,
+    even_weights,
+    name_link_step,
+    name_nodes,
+)
 from obs_dist.model.recent_attention import RecentAttention
 from obs_dist.model.video_ssl import (
     PictureContrast,
@@ -561,8 +567,7 @@ class AVStreamModel(nn.Module):
         xv = self._addressing(fv, 0)
         if self._name_links():  # the nodes the names were linked to, as they were
             ids = name_nodes(self.writer, xv, self.name_links.nodes)
-            return Candidates(self._embed_video(fv), ids,
-                              torch.full(ids.shape, ids.shape[1] ** -0.5, device=xv.device))
+            return Candidates(self._embed_video(fv), ids, even_weights(ids, xv))
         prop = self.writer(torch.cat([xv, torch.zeros_like(xv)], dim=1))
         return Candidates(self._embed_video(fv), prop.ids, prop.alpha)
 

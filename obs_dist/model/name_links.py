@@ -77,6 +77,11 @@ def name_nodes(writer: Writer, f: torch.Tensor, nodes: int) -> torch.Tensor:
                             nodes or writer.config.k_max)[1]
 
 
+def even_weights(ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Weights ``k ** -0.5`` for each of ``ids``' ``[B, k]`` nodes (unit norm), as ``like``'s."""
+    return torch.full(ids.shape, ids.shape[1] ** -0.5, device=like.device, dtype=like.dtype)
+
+
 def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: Memory,
                    carry: Carry, recall: bool, gate: torch.Tensor | None,
                    links: NameLinks = NameLinks()
@@ -113,7 +118,7 @@ def name_link_step(writer: Writer, recall_norm: bool, f: torch.Tensor, memory: M
     """
     ids = name_nodes(writer, f, links.nodes)
     k = ids.shape[1]
-    even = torch.full(ids.shape, k ** -0.5, device=f.device, dtype=f.dtype)
+    even = even_weights(ids, f)
     lookback = links.lookback
     m = carry.ids.shape[1] - lookback * k  # the name's part of the carry
     assert m >= k, f"a carry of {m} nodes cannot hold a name's {k}"
