@@ -25,10 +25,20 @@ Probes (one or more per run):
 * ``centre``: the ceiling with each held-out recording's own feature statistics
   centring its addresses (mean and variance, or the mean alone), at 8 and 32 nodes;
 * ``pcs``: the same at 32 nodes with the first 1–8 principal directions of the
-  recording's centred pictures also removed from its pictures.
+  recording's centred pictures also removed from its pictures;
+* ``moments``: how the pictures' nodes agree by object and by time apart
+  (``moment_agreement``), as trained and as studied;
+* ``knn``: the ceiling with each picture's feature averaged with its most
+  similar pictures of the recording (all, or only those 8 or more clips away);
+* ``pool``: the ceiling with the encoder's pool changed (its mean or its max held
+  at the recording's average, the max taken over the cells less the picture's
+  mean), and with each picture's feature averaged with its neighbours in time;
+* ``local``: the ceiling and ``moment_agreement`` with a running average over the
+  neighbouring 2w + 1 clips (a scene's look) subtracted from each picture.
 
-The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) come from
-these probes on the same models.
+The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
+eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
+the same models.
 
 Usage (``SEED`` and the overrides are the suite's ``seed`` and ``train_set`` of
 the run, so the learner is found and loaded as trained)::
@@ -316,9 +326,147 @@ def probe_pcs(s: Setup) -> None:
                   addresses=(without_directions(s.model, s.media, stats, pcs), audio))
 
 
+def studied_pictures(model: Any, media: Any, stats: Any,
+                     change: Callable[[torch.Tensor, list[Any]], torch.Tensor]
+                     ) -> dict[Any, list[int]]:
+    """32 nodes a picture, centred by its recording, from ``change(x, keys)`` of the
+    recording's addressing features ``x`` (its clips ``keys`` in order)."""
+    from launch.evals.word_referent_adapt import centred_on
+
+    out: dict[Any, list[int]] = {}
+    with torch.no_grad():
+        for rec in sorted({r for r, _ in media}):
+            keys = sorted(q for q in media if q[0] == rec)
+            f = torch.cat([model.video(torch.stack([media[q][1] for q in keys[i:i + 256]]))
+                           for i in range(0, len(keys), 256)]) + model.modality[0]
+            with centred_on(model, stats[rec]):
+                x = model._addressing(f, 0)
+            ids = name_nodes(model.writer, change(x, keys), 32)
+            out.update({q: row for q, row in zip(keys, ids.tolist(), strict=True)})
+    return out
+
+
+def with_similar(k: int, gap: int) -> Callable[[torch.Tensor, list[Any]], torch.Tensor]:
+    """Each feature plus the mean of its ``k`` most similar (cosine) of the recording,
+    leaving out those under ``gap`` clips away (and itself)."""
+    def change(x: torch.Tensor, keys: list[Any]) -> torch.Tensor:
+        if not k:
+            return x
+        u = torch.nn.functional.normalize(x, dim=1)
+        idx = torch.tensor([q[1] for q in keys], dtype=torch.float)
+        near = (idx[:, None] - idx[None, :]).abs() < max(gap, 1)
+        top = (u @ u.t()).masked_fill(near, -2.0).topk(min(k, len(keys) - 1), dim=1).indices
+        return x + x[top].mean(1)
+    return change
+
+
+def less_local(w: int, beta: float) -> Callable[[torch.Tensor, list[Any]], torch.Tensor]:
+    """Each feature less ``beta`` times the mean over the clips ``w`` either side."""
+    def change(x: torch.Tensor, keys: list[Any]) -> torch.Tensor:
+        if not w:
+            return x
+        c = torch.cumsum(torch.cat([torch.zeros(1, x.shape[1]), x]), 0)
+        lo = torch.clamp(torch.arange(len(keys)) - w, min=0)
+        hi = torch.clamp(torch.arange(len(keys)) + w + 1, max=len(keys))
+        return x - beta * (c[hi] - c[lo]) / (hi - lo)[:, None]
+    return change
+
+
+def moments_line(s: Setup, video: dict[Any, list[int]]) -> str:
+    from launch.evals.word_referent_addresses import moment_agreement
+
+    m = moment_agreement(video, s.labels)
+    return (f"same object near {m['same_near']:.3f} / far {m['same_far']:.3f}, "
+            f"different objects near {m['different_near']:.3f} / far {m['different_far']:.3f}")
+
+
+def probe_moments(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    video, _ = clip_addresses(s.model, s.media, 32, recording_statistics(s.model, s.media))
+    for name, nodes in (("the writer's 8, running statistics", s.addresses[0]),
+                        ("32, recording-centred (as studied)", video)):
+        print(f"moments  {name:44s}", moments_line(s, nodes), flush=True)
+
+
+def probe_knn(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    stats = recording_statistics(s.model, s.media)
+    _, audio = clip_addresses(s.model, s.media, 32, stats)
+    for k, gap in ((0, 0), (3, 0), (8, 0), (16, 0), (8, 8), (16, 8), (32, 8)):
+        video = studied_pictures(s.model, s.media, stats, with_similar(k, gap))
+        s.ceiling(f"32 studied, + {k} most similar, {gap}+ apart", addresses=(video, audio))
+
+
+def pooled_pictures(model: Any, media: Any, stats: Any) -> dict[str, dict[Any, list[int]]]:
+    """32 nodes a picture, centred by its recording, with the encoder's pool changed."""
+    from launch.evals.word_referent_adapt import centred_on
+
+    enc = model.video
+    out: dict[str, dict[Any, list[int]]] = {}
+    with torch.no_grad():
+        for rec in sorted({r for r, _ in media}):
+            keys = sorted(q for q in media if q[0] == rec)
+            clips = torch.stack([media[q][1] for q in keys])
+            n, f = clips.shape[:2]
+            picks = torch.linspace(0, f - 1, min(f, enc.frames_used) + 1)[:-1] \
+                if f > 1 else torch.zeros(1)
+            x = clips[:, picks.round().long().clamp(0, f - 1)].float() / 255.0
+            h = enc.convs(((x - 0.5) / 0.25).reshape(n, -1, x.shape[-2], x.shape[-1]))
+            mean, top = h.mean((2, 3)), h.amax((2, 3))
+            salient = (h - h.mean((2, 3), keepdim=True)).amax((2, 3)) + (top - mean).mean(0)
+            average_mean = mean.mean(0).expand_as(mean)
+            variants = {"as trained": torch.cat([mean, top], 1),
+                        "mean at the recording's": torch.cat([average_mean, top], 1),
+                        "max at the recording's": torch.cat([mean, top.mean(0).expand_as(top)], 1),
+                        "max over cells less the picture's mean":
+                            torch.cat([average_mean, salient], 1)}
+            for name, pooled in variants.items():
+                g = enc.proj(pooled) + model.modality[0]
+                # Each variant centred by its own statistics, as study_centring does.
+                with centred_on(model, ((g.mean(0), g.var(0, unbiased=False)), stats[rec][1])):
+                    xg = model._addressing(g, 0)
+                changes = {name: xg}
+                if name == "as trained":
+                    for w in (1, 2):
+                        changes[f"mean over {w} clips either side"] = torch.stack(
+                            [xg[max(0, i - w):i + w + 1].mean(0) for i in range(n)])
+                for label, feats in changes.items():
+                    out.setdefault(label, {}).update({q: row for q, row in zip(
+                        keys, name_nodes(model.writer, feats, 32).tolist(), strict=True)})
+    return out
+
+
+def probe_pool(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    stats = recording_statistics(s.model, s.media)
+    _, audio = clip_addresses(s.model, s.media, 32, stats)
+    for name, video in pooled_pictures(s.model, s.media, stats).items():
+        s.ceiling(f"32 studied, {name}", addresses=(video, audio))
+
+
+def probe_local(s: Setup) -> None:
+    from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_addresses import clip_addresses
+
+    stats = recording_statistics(s.model, s.media)
+    _, audio = clip_addresses(s.model, s.media, 32, stats)
+    for w, beta in ((0, 0.0), (4, 0.5), (16, 0.5), (16, 1.0), (64, 0.5), (64, 1.0)):
+        video = studied_pictures(s.model, s.media, stats, less_local(w, beta))
+        s.ceiling(f"32 studied, less {beta} x mean of {w} either side", addresses=(video, audio))
+        print(f"moments  {'':44s}", moments_line(s, video), flush=True)
+
+
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "read": probe_read, "answer": probe_answer, "study": probe_study,
-                   "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs}
+                   "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
+                   "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
+                   "local": probe_local}
 
 
 def main(argv: list[str]) -> None:

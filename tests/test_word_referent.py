@@ -326,6 +326,9 @@ def test_cli_quick_runs_every_learner_and_draws(tmp_path: Path) -> None:
     assert set(learners["obs"]["addresses"]) == {"video", "audio"}  # OBS's addresses measured
     assert 0.0 <= learners["obs"]["hebbian_ceiling"] <= 1.0
     assert learners["dual"]["addresses"] is None and learners["dual"]["hebbian_ceiling"] is None
+    moments = learners["obs"]["moments"]  # the studied picture nodes, by object and time apart
+    assert moments["same_near_pairs"] > 0 and 0.0 <= moments["same_near"] <= 1.0
+    assert learners["dual"]["moments"] is None
     assert Path(result["figure"]).is_file() and result["figure"].endswith(".png")
 
 
@@ -341,6 +344,28 @@ def test_address_agreement_tells_collapse_from_naming() -> None:
     assert collapsed["same"] == collapsed["different"] == 1.0 and collapsed["distinct_nodes"] == 2
     with pytest.raises(ValueError, match="rows"):
         pair_agreement(naming[:2], items)
+
+
+def test_moment_agreement_tells_the_scene_from_the_object() -> None:
+    from launch.evals.word_referent_addresses import moment_agreement
+
+    # One recording: a ball at clips 0-1 (scene A) and 40 (scene B), a cup at 2 (scene A).
+    # The nodes follow the scene: {1, 2} in scene A, {5, 6} in scene B.
+    labels = [ClipLabel("r", i, "", o) for i, o in ((0, "ball"), (1, "ball"), (2, "cup"),
+                                                    (10, "cup"), (40, "ball"))]
+    labels += [ClipLabel("r", 41, "", None), ClipLabel("s", 0, "", "ball")]
+    video = {("r", 0): [1, 2], ("r", 1): [1, 2], ("r", 2): [1, 2], ("r", 10): [9],
+             ("r", 40): [5, 6], ("r", 41): [1, 2], ("s", 0): [1, 2]}
+    m = moment_agreement(video, labels, near=4, far=24)
+    assert m["same_near"] == 1.0 and m["same_near_pairs"] == 1  # clips 0 and 1
+    assert m["different_near"] == 1.0 and m["different_near_pairs"] == 2  # 2 with 0 and 1
+    assert m["same_far"] == 0.0 and m["same_far_pairs"] == 2  # 40 with 0 and 1
+    assert m["different_far"] == 0.0 and m["different_far_pairs"] == 2  # 40 with 2 and 10
+    # Pairs 4-23 apart (10 with 0, 1, 2), an unlabelled clip (41) and another
+    # recording (s) are left out.
+    assert sum(v for k, v in m.items() if k.endswith("_pairs")) == 7
+    with pytest.raises(ValueError, match="near"):
+        moment_agreement(video, labels, near=5, far=4)
 
 
 class _FakeAddresses:

@@ -57,9 +57,12 @@ from launch.evals.word_referent_adapt import (
     speech_clips,
 )
 from launch.evals.word_referent_addresses import (
+    FAR_CLIPS,
+    NEAR_CLIPS,
     address_agreement,
     clip_addresses,
     hebbian_ceiling,
+    moment_agreement,
 )
 from launch.evals.word_referent_config import (
     CHANCE,
@@ -379,6 +382,8 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
                                  "addresses": address_agreement(learner.model, labels, media),
+                                 "moments": (moment_agreement(nodes[0], labels)
+                                             if nodes is not None else None),
                                  "hebbian_ceiling": hebbian_ceiling(learner.model, labels, media,
                                                                     trials, addresses=nodes),
                                  "hebbian_ceiling_perfect": {
@@ -468,6 +473,18 @@ def extras(result: dict[str, Any]) -> list[str]:
                          "addresses would reach; `launch/evals/word_referent_addresses.py`):"
                          "\n\n"
                          + markdown_table(agree))
+        moments = [{"model": name, "same object, near": m["same_near"],
+                    "same object, far": m["same_far"],
+                    "different objects, near": m["different_near"],
+                    "different objects, far": m["different_far"]}
+                   for name, d in info.get("learners", {}).items()
+                   if (m := d.get("moments"))]
+        if moments:
+            parts.append(f"\nPicture nodes across moments ({setting} names; node-set overlap "
+                         "of two held-out pictures of one recording, with the nodes OBS "
+                         f"studies with: near is under {NEAR_CLIPS} clips apart, far "
+                         f"{FAR_CLIPS} or more; binding needs one object far apart to share "
+                         "more than different objects near):\n\n" + markdown_table(moments))
     return parts
 
 

@@ -10,7 +10,12 @@ labels used only to group them:
   addressed nodes two clips have in common (Jaccard of the node sets), averaged
   over pairs showing the same object and over pairs showing different objects;
 * the same for spoken clips, grouped by transcript text;
-* how many distinct nodes all those clips address together.
+* how many distinct nodes all those clips address together;
+* for the pictures OBS studies with, the same overlap split by time
+  (:func:`moment_agreement`): one object in another scene must share nodes, while
+  another object in the same scene must not. A picture's addresses that follow
+  the scene more than the object show as different objects near in time sharing
+  more than one object far apart (docs/results/notes.md, "eighteenth round").
 
 Same-label agreement well above different-label agreement is what binding
 needs. Both high and few distinct nodes is *address collapse*: everything
@@ -105,6 +110,53 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
                     for r, i, _ in items])
             ids = model.addresses(x, kind)
             out[kind] = pair_agreement(ids, items)
+    return out
+
+
+# Clips apart that count as "the same moment" (a scene lasts seconds) and as "another
+# moment": the recipe's ``negative_gap``, beyond which training contrasts pictures.
+NEAR_CLIPS = 4
+FAR_CLIPS = 24
+
+
+def moment_agreement(video: dict[tuple[str, int], list[int]], labels: Sequence[ClipLabel],
+                     near: int = NEAR_CLIPS, far: int = FAR_CLIPS) -> dict[str, float]:
+    """Node-set overlap of two pictures of one recording, by object and by time apart.
+
+    Args:
+        video: each clip's picture nodes (:func:`clip_addresses`' first part).
+        labels: the held-out clips' labels (only ``object`` is used).
+        near: pairs fewer than this many clips apart are "near".
+        far: pairs this many or more clips apart are "far".
+
+    Returns:
+        Mean Jaccard overlap and pair count of each of ``same_near``, ``same_far``,
+        ``different_near`` and ``different_far`` (pairs ``near``..``far`` apart are
+        left out); an overlap is 0.0 where no pair of its kind exists.
+    """
+    if not 0 < near <= far:
+        raise ValueError(f"need 0 < near <= far, got near={near}, far={far}")
+    by_recording: dict[str, list[tuple[int, str, set[int]]]] = {}
+    for c in labels:
+        if c.object and (c.recording, c.index) in video:
+            by_recording.setdefault(c.recording, []).append(
+                (c.index, c.object, set(video[(c.recording, c.index)])))
+    sums = {f"{same}_{when}": [0.0, 0] for same in ("same", "different")
+            for when in ("near", "far")}
+    for clips in by_recording.values():
+        for a, (ia, oa, na) in enumerate(clips):
+            for ib, ob, nb in clips[a + 1:]:
+                gap = abs(ia - ib)
+                if near <= gap < far:
+                    continue
+                entry = sums[f"{'same' if oa == ob else 'different'}_"
+                             f"{'near' if gap < near else 'far'}"]
+                entry[0] += len(na & nb) / max(len(na | nb), 1)
+                entry[1] += 1
+    out: dict[str, float] = {}
+    for key, (total, count) in sums.items():
+        out[key] = total / count if count else 0.0
+        out[f"{key}_pairs"] = count
     return out
 
 
