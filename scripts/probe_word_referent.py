@@ -269,24 +269,13 @@ def probe_study(s: Setup) -> None:
     s.model.set_study_rule("learnt")
 
 
-def without_directions(model: Any, media: Any, stats: Any, pcs: int
-                       ) -> dict[Any, list[int]]:
-    """32 nodes a picture, centred by its recording, less the recording's first ``pcs``
-    principal directions of the centred pictures."""
-    from launch.evals.word_referent_adapt import centred_on
-
-    out: dict[Any, list[int]] = {}
-    with torch.no_grad():
-        for rec in sorted({r for r, _ in media}):
-            keys = sorted(k for k in media if k[0] == rec)
-            f = torch.cat([model.video(torch.stack([media[q][1] for q in keys[i:i + 256]]))
-                           for i in range(0, len(keys), 256)]) + model.modality[0]
-            with centred_on(model, stats[rec]):
-                x = model._addressing(f, 0)
-            top = torch.linalg.svd(x, full_matrices=False)[2][:pcs]
-            ids = name_nodes(model.writer, x - (x @ top.t()) @ top, 32)
-            out.update({q: row for q, row in zip(keys, ids.tolist(), strict=True)})
-    return out
+def without_directions(pcs: int) -> Callable[[torch.Tensor, list[Any]], torch.Tensor]:
+    """Each centred picture less the recording's first ``pcs`` principal directions
+    (for :func:`studied_pictures`)."""
+    def change(x: torch.Tensor, keys: list[Any]) -> torch.Tensor:
+        top = torch.linalg.svd(x, full_matrices=False)[2][:pcs]
+        return x - (x @ top.t()) @ top
+    return change
 
 
 def probe_topk(s: Setup) -> None:
@@ -323,7 +312,8 @@ def probe_pcs(s: Setup) -> None:
     _, audio = clip_addresses(s.model, s.media, 32, stats)
     for pcs in (0, 1, 2, 4, 8):
         s.ceiling(f"top 32, recording-centred, pictures less {pcs} PCs",
-                  addresses=(without_directions(s.model, s.media, stats, pcs), audio))
+                  addresses=(studied_pictures(s.model, s.media, stats,
+                                                   without_directions(pcs)), audio))
 
 
 def studied_pictures(model: Any, media: Any, stats: Any,

@@ -483,8 +483,9 @@ def extras(result: dict[str, Any]) -> list[str]:
             parts.append(f"\nPicture nodes across moments ({setting} names; node-set overlap "
                          "of two held-out pictures of one recording, with the nodes OBS "
                          f"studies with: near is under {NEAR_CLIPS} clips apart, far "
-                         f"{FAR_CLIPS} or more; binding needs one object far apart to share "
-                         "more than different objects near):\n\n" + markdown_table(moments))
+                         f"{FAR_CLIPS} or more; a name heard in one scene finds its object in "
+                         "another only where one object far apart shares more than different "
+                         "objects near):\n\n" + markdown_table(moments))
     return parts
 
 
