@@ -366,6 +366,14 @@ def test_moment_agreement_tells_the_scene_from_the_object() -> None:
     assert sum(v for k, v in m.items() if k.endswith("_pairs")) == 7
     with pytest.raises(ValueError, match="near"):
         moment_agreement(video, labels, near=5, far=4)
+    # A long recording's far pairs are a seeded draw of far_pairs; its near ones all count.
+    long = [ClipLabel("r", i, "", "ball" if i % 100 < 50 else "cup") for i in range(2000)]
+    nodes = {("r", i): [i // 10] for i in range(2000)}  # ten clips a scene
+    m = moment_agreement(nodes, long, far_pairs=500)
+    assert m["same_far_pairs"] + m["different_far_pairs"] == 500
+    assert m["same_far"] == m["different_far"] == 0.0  # never one scene
+    assert m["same_near_pairs"] + m["different_near_pairs"] == 3 * 2000 - 6
+    assert m == moment_agreement(nodes, long, far_pairs=500)  # the same draw
 
 
 class _FakeAddresses:

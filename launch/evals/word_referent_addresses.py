@@ -24,6 +24,7 @@ lands on a handful of hub nodes and the state cannot tell anything apart.
 
 from __future__ import annotations
 
+import bisect
 import random
 import zlib
 from collections.abc import Sequence
@@ -117,17 +118,26 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
 # moment": the recipe's ``negative_gap``, beyond which training contrasts pictures.
 NEAR_CLIPS = 4
 FAR_CLIPS = 24
+# Far pairs measured per recording at most (a seeded draw beyond).
+FAR_PAIRS = 50_000
 
 
 def moment_agreement(video: dict[tuple[str, int], list[int]], labels: Sequence[ClipLabel],
-                     near: int = NEAR_CLIPS, far: int = FAR_CLIPS) -> dict[str, float]:
+                     near: int = NEAR_CLIPS, far: int = FAR_CLIPS,
+                     far_pairs: int = FAR_PAIRS, seed: int = 0) -> dict[str, float]:
     """Node-set overlap of two pictures of one recording, by object and by time apart.
+
+    Every near pair is measured. Far pairs grow with the square of a recording's
+    length (an hour of 1-second clips has six million), so a recording with more
+    than ``far_pairs`` of them is measured on that many drawn at random.
 
     Args:
         video: each clip's picture nodes (:func:`clip_addresses`' first part).
         labels: the held-out clips' labels (only ``object`` is used).
         near: pairs fewer than this many clips apart are "near".
         far: pairs this many or more clips apart are "far".
+        far_pairs: at most this many far pairs per recording.
+        seed: seed of the draw.
 
     Returns:
         Mean Jaccard overlap and pair count of each of ``same_near``, ``same_far``,
@@ -136,6 +146,8 @@ def moment_agreement(video: dict[tuple[str, int], list[int]], labels: Sequence[C
     """
     if not 0 < near <= far:
         raise ValueError(f"need 0 < near <= far, got near={near}, far={far}")
+    if far_pairs < 1:
+        raise ValueError(f"far_pairs must be >= 1, got {far_pairs}")
     by_recording: dict[str, list[tuple[int, str, set[int]]]] = {}
     for c in labels:
         if c.object and (c.recording, c.index) in video:
@@ -143,21 +155,46 @@ def moment_agreement(video: dict[tuple[str, int], list[int]], labels: Sequence[C
                 (c.index, c.object, set(video[(c.recording, c.index)])))
     sums = {f"{same}_{when}": [0.0, 0] for same in ("same", "different")
             for when in ("near", "far")}
-    for clips in by_recording.values():
-        for a, (ia, oa, na) in enumerate(clips):
-            for ib, ob, nb in clips[a + 1:]:
-                gap = abs(ia - ib)
-                if near <= gap < far:
-                    continue
-                entry = sums[f"{'same' if oa == ob else 'different'}_"
-                             f"{'near' if gap < near else 'far'}"]
-                entry[0] += len(na & nb) / max(len(na | nb), 1)
-                entry[1] += 1
+
+    def add(first: tuple[int, str, set[int]], second: tuple[int, str, set[int]],
+            when: str) -> None:
+        entry = sums[f"{'same' if first[1] == second[1] else 'different'}_{when}"]
+        entry[0] += len(first[2] & second[2]) / max(len(first[2] | second[2]), 1)
+        entry[1] += 1
+
+    rng = random.Random(seed)
+    for name in sorted(by_recording):
+        clips = sorted(by_recording[name], key=lambda c: c[0])
+        index = [c[0] for c in clips]
+        far_list: list[tuple[int, int]] = []
+        for a, clip in enumerate(clips):
+            for b in range(a + 1, bisect.bisect_left(index, clip[0] + near)):
+                add(clip, clips[b], "near")
+            # Clips from here on are ``far`` or more after this one.
+            start = bisect.bisect_left(index, clip[0] + far)
+            if len(far_list) <= far_pairs:
+                far_list += [(a, b) for b in range(start, len(clips))][:far_pairs + 1]
+        if len(far_list) > far_pairs:  # too many to measure all: a seeded draw
+            far_list = _draw_far(index, far, far_pairs, rng)
+        for a, b in far_list:
+            add(clips[a], clips[b], "far")
     out: dict[str, float] = {}
     for key, (total, count) in sums.items():
         out[key] = total / count if count else 0.0
         out[f"{key}_pairs"] = count
     return out
+
+
+def _draw_far(index: list[int], far: int, count: int, rng: random.Random
+              ) -> list[tuple[int, int]]:
+    """``count`` distinct pairs of positions in ``index`` (sorted clip indices) ``far``
+    or more clips apart, drawn uniformly (there are more than ``count`` of them)."""
+    drawn: set[tuple[int, int]] = set()
+    while len(drawn) < count:
+        a, b = sorted(rng.sample(range(len(index)), 2))
+        if index[b] - index[a] >= far:
+            drawn.add((a, b))
+    return sorted(drawn)
 
 
 def label_nodes(name: str, k: int, nodes: int) -> list[int]:
