@@ -34,7 +34,11 @@ Probes (one or more per run):
   at the recording's average, the max taken over the cells less the picture's
   mean), and with each picture's feature averaged with its neighbours in time;
 * ``local``: the ceiling and ``moment_agreement`` with a running average over the
-  neighbouring 2w + 1 clips (a scene's look) subtracted from each picture.
+  neighbouring 2w + 1 clips (a scene's look) subtracted from each picture;
+* ``split``: OBS's answer as the config studies (32 nodes, the recording's
+  statistics, lookback 3), split by how far the referent's picture is from the
+  nearest clip where its text was spoken (under 4 clips, 4–23, 24 or more): how
+  much of the score could come from the scene the name was heard in.
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -452,11 +456,39 @@ def probe_local(s: Setup) -> None:
         print(f"moments  {'':44s}", moments_line(s, video), flush=True)
 
 
+def probe_split(s: Setup) -> None:
+    from launch.evals import word_referent as wr
+    from launch.evals.word_referent_adapt import recording_statistics
+    from obs_dist.model.name_links import NameLinks
+
+    stats = recording_statistics(s.model, s.media)
+    s.model.set_study_rule("name_links", NameLinks(32, 3))
+    states = wr.study_apart(s.learner, s.heldout, s.streams, stats)
+    picks = wr.choose_apart(s.learner, states, s.trials, s.media, 256, stats)
+    s.model.set_study_rule("learnt")
+    spoken: dict[tuple[str, str], list[int]] = {}
+    for c in s.labels:
+        if c.word:
+            spoken.setdefault((c.recording, c.word), []).append(c.index)
+    bands: dict[str, list[int]] = {}
+    for t, pick in zip(s.trials, picks, strict=True):
+        ref = t.candidates[t.answer]
+        d = min(abs(ref - i) for i in spoken[(t.recording, t.text)])
+        band = "under 4" if d < 4 else "4-23" if d < 24 else "24 or more"
+        bands.setdefault(band, []).append(int(pick == t.answer))
+    print(f"split    {'all trials':44s} {sum(map(sum, bands.values())) / len(s.trials):.3f} "
+          f"({len(s.trials)})", flush=True)
+    for band in ("under 4", "4-23", "24 or more"):
+        right = bands.get(band, [])
+        print(f"split    {'referent ' + band + ' clips from its name':44s} "
+              f"{sum(right) / max(len(right), 1):.3f} ({len(right)})", flush=True)
+
+
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "read": probe_read, "answer": probe_answer, "study": probe_study,
                    "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
                    "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
-                   "local": probe_local}
+                   "local": probe_local, "split": probe_split}
 
 
 def main(argv: list[str]) -> None:
