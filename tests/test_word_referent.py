@@ -329,6 +329,9 @@ def test_cli_quick_runs_every_learner_and_draws(tmp_path: Path) -> None:
     moments = learners["obs"]["moments"]  # the studied picture nodes, by object and time apart
     assert moments["same_near_pairs"] > 0 and 0.0 <= moments["same_near"] <= 1.0
     assert learners["dual"]["moments"] is None
+    for name in ("obs", "dual"):  # every learner's accuracy by the referent's distance
+        bands = learners[name]["by_distance"]
+        assert sum(b["trials"] for b in bands.values()) == rows[0]["trials"]
     assert Path(result["figure"]).is_file() and result["figure"].endswith(".png")
 
 
@@ -374,6 +377,30 @@ def test_moment_agreement_tells_the_scene_from_the_object() -> None:
     assert m["same_far"] == m["different_far"] == 0.0  # never one scene
     assert m["same_near_pairs"] + m["different_near_pairs"] == 3 * 2000 - 6
     assert m == moment_agreement(nodes, long, far_pairs=500)  # the same draw
+
+
+def test_accuracy_by_distance_splits_near_from_far_referents() -> None:
+    from launch.evals.word_referent_trials import Trial, accuracy_by_distance
+
+    # "ball" said at clip 10 ("look a ball") and 100; "cup" said at clip 50 only.
+    clips = [ClipLabel("r", 10, "look a ball", "ball"), ClipLabel("r", 100, "ball", "ball"),
+             ClipLabel("r", 50, "cup", "cup"), ClipLabel("s", 5, "cup", "cup")]
+
+    def trial(text: str, referent_at: int) -> Trial:
+        return Trial("r", text, text, 0, (referent_at, 200), (text, "x"), 0)
+
+    trials = [trial("ball", 12), trial("ball", 90), trial("ball", 130), trial("cup", 53),
+              trial("cup", 80)]
+    out = accuracy_by_distance(trials, [0, 1, 0, 1, 0], clips)
+    # 12: 2 from "look a ball" (the name inside a line counts); 90: 10 from 100;
+    # 130 and 80: 30 from the nearest; 53: 3.
+    assert out["near"] == {"accuracy": 0.5, "trials": 2}
+    assert out["between"] == {"accuracy": 0.0, "trials": 1}
+    assert out["far"] == {"accuracy": 1.0, "trials": 2}
+    with pytest.raises(ValueError, match="never spoken"):
+        accuracy_by_distance([trial("dog", 1)], [0], clips)
+    with pytest.raises(ValueError, match="entries"):
+        accuracy_by_distance(trials, [0], clips)
 
 
 class _FakeAddresses:

@@ -57,8 +57,6 @@ from launch.evals.word_referent_adapt import (
     speech_clips,
 )
 from launch.evals.word_referent_addresses import (
-    FAR_CLIPS,
-    NEAR_CLIPS,
     address_agreement,
     clip_addresses,
     hebbian_ceiling,
@@ -85,7 +83,14 @@ from launch.evals.word_referent_data import (
     usable,
 )
 from launch.evals.word_referent_learners import Trained, learner_overrides, train
-from launch.evals.word_referent_trials import Trial, build_trials, tally
+from launch.evals.word_referent_trials import (
+    FAR_CLIPS,
+    NEAR_CLIPS,
+    Trial,
+    accuracy_by_distance,
+    build_trials,
+    tally,
+)
 
 log = logging.getLogger("obs.eval.word_referent")
 
@@ -381,6 +386,7 @@ def run_setting(cfg: WordReferentConfig, setting: str) -> tuple[list[dict[str, A
                  if has_state else None)
         details[learner.name] = {"per_word": scores["per_word"],
                                  "confusion": scores["confusion"],
+                                 "by_distance": accuracy_by_distance(trials, picks, labels),
                                  "addresses": address_agreement(learner.model, labels, media),
                                  "moments": (moment_agreement(nodes[0], labels)
                                              if nodes is not None else None),
@@ -473,6 +479,18 @@ def extras(result: dict[str, Any]) -> list[str]:
                          "addresses would reach; `launch/evals/word_referent_addresses.py`):"
                          "\n\n"
                          + markdown_table(agree))
+        distance = [{"model": name, **{
+                        f"{title} ({d[band]['trials']} trials)": d[band]["accuracy"]
+                        for band, title in (("near", f"under {NEAR_CLIPS} clips"),
+                                            ("between", f"{NEAR_CLIPS}–{FAR_CLIPS - 1}"),
+                                            ("far", f"{FAR_CLIPS} or more"))}}
+                    for name, entry in info.get("learners", {}).items()
+                    if (d := entry.get("by_distance"))]
+        if distance:
+            parts.append(f"\nAccuracy by how far the referent's picture is from the nearest "
+                         f"clip where its name was said ({setting} names; a near referent "
+                         "can be found by the scene the name was heard in, a far one only by "
+                         "the object):\n\n" + markdown_table(distance))
         moments = [{"model": name, "same object, near": m["same_near"],
                     "same object, far": m["same_far"],
                     "different objects, near": m["different_near"],

@@ -34,7 +34,7 @@ import torch
 
 from launch.evals.word_referent_adapt import Statistics, centred_on
 from launch.evals.word_referent_data import Media, clips_by_recording
-from launch.evals.word_referent_trials import ClipLabel
+from launch.evals.word_referent_trials import FAR_CLIPS, NEAR_CLIPS, ClipLabel
 from obs_dist.model.av_stream import with_neighbours
 
 
@@ -114,10 +114,6 @@ def address_agreement(model: Any, labels: Sequence[ClipLabel], media: Media,
     return out
 
 
-# Clips apart that count as "the same moment" (a scene lasts seconds) and as "another
-# moment": the recipe's ``negative_gap``, beyond which training contrasts pictures.
-NEAR_CLIPS = 4
-FAR_CLIPS = 24
 # Far pairs measured per recording at most (a seeded draw beyond).
 FAR_PAIRS = 50_000
 

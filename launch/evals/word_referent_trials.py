@@ -320,6 +320,59 @@ def wilson(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+# Clips apart that count as "the same moment" (a scene lasts seconds) and as "another
+# moment": the recipe's ``negative_gap``, beyond which training contrasts pictures.
+NEAR_CLIPS = 4
+FAR_CLIPS = 24
+
+
+def accuracy_by_distance(trials: Sequence[Trial], chosen: Sequence[int],
+                         clips: Sequence[ClipLabel], near: int = NEAR_CLIPS,
+                         far: int = FAR_CLIPS) -> dict[str, dict[str, float]]:
+    """Accuracy split by how far the referent's picture is from its text's nearest
+    spoken clip (any occurrence, the query's own included).
+
+    A referent within ``near`` clips of where its name was said can be found by the
+    scene the name was heard in; one ``far`` or more clips away must be found by the
+    object itself, in another scene.
+
+    Args:
+        trials: the trials.
+        chosen: the candidate position each trial's learner chose.
+        clips: the held-out clips' labels (where each text was spoken).
+        near: referents fewer than this many clips away are "near".
+        far: referents this many or more clips away are "far" (between: "between").
+
+    Returns:
+        ``{"near" | "between" | "far": {"accuracy", "trials"}}`` (accuracy NaN
+        where a band has no trial).
+
+    Raises:
+        ValueError: ``chosen`` does not match ``trials``, or a trial's text was
+            never spoken in its recording.
+    """
+    if len(chosen) != len(trials):
+        raise ValueError(f"chosen has {len(chosen)} entries for {len(trials)} trials")
+    if not 0 < near <= far:
+        raise ValueError(f"need 0 < near <= far, got near={near}, far={far}")
+    lines: dict[str, list[tuple[int, str]]] = {}
+    for c in clips:
+        if c.word:
+            lines.setdefault(c.recording, []).append((c.index, f" {c.word} "))
+    counts = {band: [0, 0] for band in ("near", "between", "far")}
+    for trial, pick in zip(trials, chosen):
+        said = [i for i, line in lines.get(trial.recording, ()) if f" {trial.text} " in line]
+        if not said:
+            raise ValueError(f"text {trial.text!r} of a trial is never spoken in "
+                             f"recording {trial.recording!r}")
+        d = min(abs(trial.candidates[trial.answer] - i) for i in said)
+        entry = counts["near" if d < near else "between" if d < far else "far"]
+        entry[0] += int(pick == trial.answer)
+        entry[1] += 1
+    return {band: {"accuracy": right / n if n else float("nan"), "trials": n}
+            for band, (right, n) in counts.items()}
+
+
 def tally(trials: Sequence[Trial], chosen: Sequence[int]) -> dict[str, Any]:
     """Grade chosen candidate positions: accuracy, trials, interval, per text, confusion.
 
