@@ -37,8 +37,9 @@ Probes (one or more per run):
   neighbouring 2w + 1 clips (a scene's look) subtracted from each picture;
 * ``split``: OBS's answer as the config studies (32 nodes, the recording's
   statistics, lookback 3), split by how far the referent's picture is from the
-  nearest clip where its text was spoken (under 4 clips, 4–23, 24 or more): how
-  much of the score could come from the scene the name was heard in.
+  nearest clip where its text was spoken (``accuracy_by_distance``: near, under 4
+  clips; between; far, 24 or more): how much of the score could come from the
+  scene the name was heard in.
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -459,6 +460,7 @@ def probe_local(s: Setup) -> None:
 def probe_split(s: Setup) -> None:
     from launch.evals import word_referent as wr
     from launch.evals.word_referent_adapt import recording_statistics
+    from launch.evals.word_referent_trials import accuracy_by_distance, tally
     from obs_dist.model.name_links import NameLinks
 
     stats = recording_statistics(s.model, s.media)
@@ -466,22 +468,11 @@ def probe_split(s: Setup) -> None:
     states = wr.study_apart(s.learner, s.heldout, s.streams, stats)
     picks = wr.choose_apart(s.learner, states, s.trials, s.media, 256, stats)
     s.model.set_study_rule("learnt")
-    spoken: dict[tuple[str, str], list[int]] = {}
-    for c in s.labels:
-        if c.word:
-            spoken.setdefault((c.recording, c.word), []).append(c.index)
-    bands: dict[str, list[int]] = {}
-    for t, pick in zip(s.trials, picks, strict=True):
-        ref = t.candidates[t.answer]
-        d = min(abs(ref - i) for i in spoken[(t.recording, t.text)])
-        band = "under 4" if d < 4 else "4-23" if d < 24 else "24 or more"
-        bands.setdefault(band, []).append(int(pick == t.answer))
-    print(f"split    {'all trials':44s} {sum(map(sum, bands.values())) / len(s.trials):.3f} "
+    print(f"split    {'all trials':44s} {tally(s.trials, picks)['accuracy']:.3f} "
           f"({len(s.trials)})", flush=True)
-    for band in ("under 4", "4-23", "24 or more"):
-        right = bands.get(band, [])
-        print(f"split    {'referent ' + band + ' clips from its name':44s} "
-              f"{sum(right) / max(len(right), 1):.3f} ({len(right)})", flush=True)
+    for band, result in accuracy_by_distance(s.trials, picks, s.labels).items():
+        print(f"split    {'referent ' + band + ' of its name':44s} {result['accuracy']:.3f} "
+              f"({result['trials']})", flush=True)
 
 
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
