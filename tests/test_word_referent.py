@@ -382,20 +382,22 @@ def test_moment_agreement_tells_the_scene_from_the_object() -> None:
 def test_accuracy_by_distance_splits_near_from_far_referents() -> None:
     from launch.evals.word_referent_trials import Trial, accuracy_by_distance
 
-    # "ball" said at clip 10 ("look a ball") and 100; "cup" said at clip 50 only.
-    clips = [ClipLabel("r", 10, "look a ball", "ball"), ClipLabel("r", 100, "ball", "ball"),
+    # "ball" said at clip 10 ("look a  ball") and 100; "cup" said at clip 50 only.
+    clips = [ClipLabel("r", 10, "look a  ball", "ball"), ClipLabel("r", 100, "ball", "ball"),
+             ClipLabel("r", 20, "balloon", "balloon"),
              ClipLabel("r", 50, "cup", "cup"), ClipLabel("s", 5, "cup", "cup")]
 
     def trial(text: str, referent_at: int) -> Trial:
         return Trial("r", text, text, 0, (referent_at, 200), (text, "x"), 0)
 
     trials = [trial("ball", 12), trial("ball", 90), trial("ball", 130), trial("cup", 53),
-              trial("cup", 80)]
-    out = accuracy_by_distance(trials, [0, 1, 0, 1, 0], clips)
-    # 12: 2 from "look a ball" (the name inside a line counts); 90: 10 from 100;
-    # 130 and 80: 30 from the nearest; 53: 3.
+              trial("cup", 80), trial("ball", 23)]
+    out = accuracy_by_distance(trials, [0, 1, 0, 1, 0, 0], clips)
+    # 12: 2 from "look a  ball" (the name inside a line counts, whole words only:
+    # not "balloon" at 20); 90: 10 from 100;
+    # 130 and 80: 30 from the nearest; 53: 3; 23: 13 from 10 ("balloon" is 3 away).
     assert out["near"] == {"accuracy": 0.5, "trials": 2}
-    assert out["between"] == {"accuracy": 0.0, "trials": 1}
+    assert out["between"] == {"accuracy": 0.5, "trials": 2}
     assert out["far"] == {"accuracy": 1.0, "trials": 2}
     with pytest.raises(ValueError, match="never spoken"):
         accuracy_by_distance([trial("dog", 1)], [0], clips)

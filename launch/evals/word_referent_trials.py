@@ -358,10 +358,12 @@ def accuracy_by_distance(trials: Sequence[Trial], chosen: Sequence[int],
     lines: dict[str, list[tuple[int, str]]] = {}
     for c in clips:
         if c.word:
-            lines.setdefault(c.recording, []).append((c.index, f" {c.word} "))
+            # Padded words, so a text matches whole words only, whatever the spacing.
+            lines.setdefault(c.recording, []).append((c.index, f" {' '.join(c.word.split())} "))
     counts = {band: [0, 0] for band in ("near", "between", "far")}
     for trial, pick in zip(trials, chosen):
-        said = [i for i, line in lines.get(trial.recording, ()) if f" {trial.text} " in line]
+        text = f" {' '.join(trial.text.split())} "
+        said = [i for i, line in lines.get(trial.recording, ()) if text in line]
         if not said:
             raise ValueError(f"text {trial.text!r} of a trial is never spoken in "
                              f"recording {trial.recording!r}")
