@@ -90,16 +90,18 @@ def gated_labels(model: Any, labels: list[Any], media: dict[Any, Any]) -> list[A
             for c in labels]
 
 
+def feature_map(enc: Any, clips: torch.Tensor) -> torch.Tensor:
+    """The video encoder's last feature map of ``clips`` (``VideoClipEncoder.forward``'s start)."""
+    n, f = clips.shape[:2]
+    picks = torch.linspace(0, f - 1, min(f, enc.frames_used) + 1)[:-1] if f > 1 \
+        else torch.zeros(1)
+    x = clips[:, picks.round().long().clamp(0, f - 1)].float() / 255.0
+    return enc.convs(((x - 0.5) / 0.25).reshape(n, -1, x.shape[-2], x.shape[-1]))
+
+
 def cell_addresses(model: Any, media: dict[Any, Any]) -> dict[str, dict[Any, list[int]]]:
     """Picture addresses from the encoder's cells and quadrants (the union per picture)."""
     enc, keys = model.video, sorted(media)
-
-    def feature_map(clips: torch.Tensor) -> torch.Tensor:  # VideoClipEncoder.forward's start
-        n, f = clips.shape[:2]
-        picks = torch.linspace(0, f - 1, min(f, enc.frames_used) + 1)[:-1] if f > 1 \
-            else torch.zeros(1)
-        x = clips[:, picks.round().long().clamp(0, f - 1)].float() / 255.0
-        return enc.convs(((x - 0.5) / 0.25).reshape(n, -1, x.shape[-2], x.shape[-1]))
 
     def nodes(pooled: torch.Tensor) -> torch.Tensor:
         g = model._addressing(enc.proj(pooled) + model.modality[0], 0, track=False)
@@ -107,7 +109,7 @@ def cell_addresses(model: Any, media: dict[Any, Any]) -> dict[str, dict[Any, lis
 
     out: dict[str, dict[Any, list[int]]] = {}
     with torch.no_grad():
-        h = torch.cat([feature_map(torch.stack([media[k][1] for k in keys[i:i + 256]]))
+        h = torch.cat([feature_map(enc, torch.stack([media[k][1] for k in keys[i:i + 256]]))
                        for i in range(0, len(keys), 256)])
         n, w = h.shape[:2]
         cells = h.flatten(2).transpose(1, 2).reshape(-1, w)
@@ -405,12 +407,8 @@ def pooled_pictures(model: Any, media: Any, stats: Any) -> dict[str, dict[Any, l
     with torch.no_grad():
         for rec in sorted({r for r, _ in media}):
             keys = sorted(q for q in media if q[0] == rec)
-            clips = torch.stack([media[q][1] for q in keys])
-            n, f = clips.shape[:2]
-            picks = torch.linspace(0, f - 1, min(f, enc.frames_used) + 1)[:-1] \
-                if f > 1 else torch.zeros(1)
-            x = clips[:, picks.round().long().clamp(0, f - 1)].float() / 255.0
-            h = enc.convs(((x - 0.5) / 0.25).reshape(n, -1, x.shape[-2], x.shape[-1]))
+            h = feature_map(enc, torch.stack([media[q][1] for q in keys]))
+            n = h.shape[0]
             mean, top = h.mean((2, 3)), h.amax((2, 3))
             salient = (h - h.mean((2, 3), keepdim=True)).amax((2, 3)) + (top - mean).mean(0)
             average_mean = mean.mean(0).expand_as(mean)

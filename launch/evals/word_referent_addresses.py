@@ -162,16 +162,16 @@ def moment_agreement(video: dict[tuple[str, int], list[int]], labels: Sequence[C
     for name in sorted(by_recording):
         clips = sorted(by_recording[name], key=lambda c: c[0])
         index = [c[0] for c in clips]
-        far_list: list[tuple[int, int]] = []
+        # Where the clips ``far`` or more after each clip begin.
+        far_from = [bisect.bisect_left(index, i + far) for i in index]
         for a, clip in enumerate(clips):
             for b in range(a + 1, bisect.bisect_left(index, clip[0] + near)):
                 add(clip, clips[b], "near")
-            # Clips from here on are ``far`` or more after this one.
-            start = bisect.bisect_left(index, clip[0] + far)
-            if len(far_list) <= far_pairs:
-                far_list += [(a, b) for b in range(start, len(clips))][:far_pairs + 1]
-        if len(far_list) > far_pairs:  # too many to measure all: a seeded draw
+        if sum(len(clips) - start for start in far_from) > far_pairs:  # a seeded draw
             far_list = _draw_far(index, far, far_pairs, rng)
+        else:
+            far_list = [(a, b) for a, start in enumerate(far_from)
+                        for b in range(start, len(clips))]
         for a, b in far_list:
             add(clips[a], clips[b], "far")
     out: dict[str, float] = {}
