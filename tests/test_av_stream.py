@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from obs_dist.model.alike_clips import alike_sounds
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.av_stream import AVStreamModel, WindowResult, clip_positions, with_neighbours
 from obs_dist.model.model import ModelConfig, StreamConfig
@@ -90,16 +92,22 @@ def test_negatives_of_the_same_recording_only() -> None:
     assert everyone[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
+def _two_recordings() -> dict[str, Any]:
+    """Two recordings of 6 clips, every clip loud, clip 1 of the first without a picture."""
+    batch: dict[str, Any] = dict(_batch(2, 6))
+    batch["audio"][:, :] += torch.linspace(0, 6, 6)[None, :, None, None]  # every clip loud
+    batch["keys"] = [[f"rec_{r}/{i:06d}" for i in range(6)] for r in range(2)]
+    batch["video_mask"][0, 1] = False  # no picture: never a positive, never scored
+    return batch
+
+
 def _objective_with_logits(window: int, **stream: object
                            ) -> tuple[WindowResult, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 2-recording window's result, the logits it scored, which clips have a picture
     and which are scored (a picture and speech)."""
     model = _model(False, negatives="recording", negative_gap=3, positive_window=window,
                    **stream)
-    batch = _batch(2, 6)
-    batch["audio"][:, :] += torch.linspace(0, 6, 6)[None, :, None, None]  # every clip loud
-    batch["keys"] = [[f"rec_{r}/{i:06d}" for i in range(6)] for r in range(2)]
-    batch["video_mask"][0, 1] = False  # no picture: never a positive, never scored
+    batch = _two_recordings()
     seen: list[torch.Tensor] = []
     scores = model.scores
 
@@ -130,7 +138,7 @@ def test_positive_window_scores_any_nearby_picture_as_the_answer(window: int) ->
         want += torch.logsumexp(row[pool], 0) - torch.logsumexp(row[pos], 0)
         correct += int(pool[int(row[pool].argmax())] in pos)
     assert result.scored == int(scored.sum())
-    torch.testing.assert_close(result.loss_sum.double(), want)
+    torch.testing.assert_close(result.loss_sum.double(), want, rtol=1e-5, atol=1e-6)  # float32 sums
     assert result.correct == correct
 
 
@@ -148,9 +156,58 @@ def test_false_negatives_leave_out_the_negatives_whose_pictures_look_most_alike(
         alike = max(negatives, key=lambda c: float(pictures[q] @ pictures[c]))
         pool = [q] + [c for c in negatives if c != alike]
         want += torch.logsumexp(logits[q].double()[pool], 0) - logits[q, q].double()
-    torch.testing.assert_close(result.loss_sum.double(), want)
+    torch.testing.assert_close(result.loss_sum.double(), want, rtol=1e-5, atol=1e-6)  # float32 sums
     with pytest.raises(ValueError, match="false_negatives must be >= 0"):
         StreamConfig(false_negatives=-1)
+
+
+@pytest.mark.parametrize("use", ["exclude", "positive"])
+def test_heard_alike_pairs_the_far_clips_that_sound_alike(use: str) -> None:
+    """Mutual nearest sounds among a query's negatives: left out, or each its own target."""
+    result, logits, pictured, scored = _objective_with_logits(0, heard_alike=1,
+                                                              heard_alike_use=use)
+    model = _model(False)  # the same initial weights (seed 0) and no augmentation
+    with torch.no_grad():
+        fa = model._features(_two_recordings())[0].flatten(0, 1)
+    sounds = torch.nn.functional.normalize(fa, dim=-1)
+
+    def negatives(q: int) -> list[int]:
+        rec = q // 6
+        return [c for c in range(rec * 6, rec * 6 + 6) if scored[c] and abs(c - q) >= 3]
+
+    def nearest(q: int) -> int | None:
+        return max(negatives(q), key=lambda c: float(sounds[q] @ sounds[c]), default=None)
+
+    want, pairs = torch.tensor(0.0, dtype=torch.float64), 0
+    for q in scored.nonzero().flatten().tolist():
+        rec = q // 6
+        pool = [q] + [c for c in range(rec * 6, rec * 6 + 6) if pictured[c] and abs(c - q) >= 3]
+        c = nearest(q)
+        bridged = [c] if c is not None and nearest(c) == q else []
+        pairs += len(bridged)
+        if use == "exclude":
+            pool = [p for p in pool if p not in bridged]
+        row = logits[q].double()
+        for target in [q] + (bridged if use == "positive" else []):
+            want += torch.logsumexp(row[pool], 0) - row[target]
+    assert pairs >= 2  # the case is not empty: some clips are each other's nearest
+    torch.testing.assert_close(result.loss_sum.double(), want, rtol=1e-5, atol=1e-6)  # float32 sums
+    with pytest.raises(ValueError, match="heard_alike_use must be one of"):
+        StreamConfig(heard_alike=1, heard_alike_use="both")
+    with pytest.raises(ValueError, match="heard_alike must be >= 0"):
+        StreamConfig(heard_alike=-1)
+
+
+def test_alike_sounds_are_mutual_and_only_where_allowed() -> None:
+    # Clips 0 and 1 sound alike, 2 is nearest to 1 but 1 prefers 0; 3 is allowed nothing.
+    fa = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.5, 0.5], [0.0, 1.0]]])
+    allowed = ~torch.eye(4, dtype=torch.bool)
+    allowed[3, :] = allowed[:, 3] = False
+    pairs = alike_sounds(fa, allowed, 1)
+    assert pairs.nonzero().tolist() == [[0, 1], [1, 0]]
+    assert alike_sounds(fa, allowed, 2)[1, 2] and not alike_sounds(fa, allowed, 2)[3].any()
+    with pytest.raises(ValueError, match="k >= 1"):
+        alike_sounds(fa, allowed, 0)
 
 
 def test_positive_window_is_refused_where_it_would_meet_the_negatives() -> None:

@@ -59,6 +59,7 @@ from torch import nn
 
 from obs_dist.model.address_centring import AddressCentring
 from obs_dist.model.address_ssl import address_agreement
+from obs_dist.model.alike_clips import alike_pictures, alike_sounds, extra_positive_loss
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
@@ -441,8 +442,12 @@ class AVStreamModel(nn.Module):
         if self.stream_cfg.negatives == "recording":
             invalid = invalid | ~same
         if self.stream_cfg.false_negatives:
-            invalid = invalid | self._likely_same(fv, invalid | eye)
-        positive = eye
+            invalid = invalid | alike_pictures(fv, invalid | eye, self.stream_cfg.false_negatives)
+        keep = (gate * batch["video_mask"].float()).reshape(-1) > 0
+        bridged = self._heard_alike(fa, keep, invalid | eye)
+        if bridged is not None and self.stream_cfg.heard_alike_use == "exclude":
+            invalid, bridged = invalid | bridged, None
+        positive = eye if bridged is None else eye | bridged
         window = self.stream_cfg.positive_window
         if window:
             # The clips around the heard one are positives too (MIL-NCE): a name is
@@ -450,7 +455,6 @@ class AVStreamModel(nn.Module):
             close = (when[:, None] - when[None, :]).abs() <= window
             positive = eye | (same & close & ~no_picture)
         logits = logits.masked_fill(invalid & ~positive, NEG_INF)
-        keep = (gate * batch["video_mask"].float()).reshape(-1) > 0
         if bool(keep.any()) and window:
             kept = logits[keep]
             loss = (torch.logsumexp(kept, 1)
@@ -460,6 +464,8 @@ class AVStreamModel(nn.Module):
             target = torch.arange(b * t, device=fa.device)
             loss = F.cross_entropy(logits[keep], target[keep], reduction="sum")
             correct = int((logits[keep].argmax(1) == target[keep]).sum())
+            if bridged is not None:
+                loss = loss + extra_positive_loss(logits, bridged)
         else:
             loss = (fa.sum() + fv.sum()) * 0.0  # logits hold -inf: their sum is not 0
             correct = 0
@@ -510,20 +516,14 @@ class AVStreamModel(nn.Module):
         s, w = stream[clips], when[clips]
         return (s[:, None] == s[None, :]) & ((w[:, None] - w[None, :]).abs() < gap)
 
-    def _likely_same(self, fv: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
-        """``[Q, C]``: each query's ``stream.false_negatives`` negatives whose pictures
-        look most like its own (cosine of the video features, no gradient).
-
-        A recording shows each object again and again, so some of a heard clip's
-        negatives show the very object its word names: a contrastive loss pushes the
-        word away from them, against what it should learn. They are left out.
-        """
-        pictures = F.normalize(fv.detach().flatten(0, 1), dim=-1)
-        alike = (pictures @ pictures.t()).masked_fill(excluded, NEG_INF)
-        k = min(self.stream_cfg.false_negatives, alike.shape[1])
-        top = alike.topk(k, dim=1).indices
-        drop = torch.zeros_like(excluded).scatter_(1, top, True)
-        return drop & ~excluded
+    def _heard_alike(self, fa: torch.Tensor, heard: torch.Tensor, excluded: torch.Tensor
+                     ) -> torch.Tensor | None:
+        """``[Q, C]``: negatives that sound like their query (``stream.heard_alike``
+        mutual nearest over the scored clips; :func:`alike_sounds`), or None when off."""
+        k = self.stream_cfg.heard_alike
+        if not k:
+            return None
+        return alike_sounds(fa, heard[:, None] & heard[None, :] & ~excluded, k)
 
     # -------------------------------------------------------------- trials
     def probe(self, audio: torch.Tensor, memory: Memory | None,

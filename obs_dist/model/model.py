@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from obs_dist.model.address_ssl import ADDRESS_LOSSES
+from obs_dist.model.alike_clips import HEARD_ALIKE_USES
 from obs_dist.model.av_encoders import AUDIO_POOLS
 from obs_dist.model.encoders import build_encoder
 from obs_dist.model.recent_attention import MATCHES
@@ -65,6 +66,15 @@ class StreamConfig:
             whose pictures look most like its own (the video features' cosine):
             a recording shows its objects again and again, and a negative showing
             the named object teaches the word away from it. 0: none left out.
+        heard_alike: pair each scored clip with the negatives that *sound* most like
+            it, each among the other's this-many nearest (mutual nearest neighbours,
+            cosine of the audio features, no gradient;
+            ``obs_dist/model/alike_clips.py``): within a recording two clips sound
+            alike mostly when one name is said in both, so their pictures likely
+            show one object, in two scenes. 0: off.
+        heard_alike_use: what a pair found by ``heard_alike`` becomes: ``positive``
+            (the other clip's picture is a second target of the heard clip,
+            its own cross-entropy term) or ``exclude`` (left out of the negatives).
         negatives: ``all`` (other recordings' clips too) or ``recording`` (only
             the same recording's clips ``negative_gap`` or more apart). Other
             recordings differ in voice, room and scenery, so telling them apart
@@ -152,6 +162,8 @@ class StreamConfig:
     negative_gap: int = 8
     positive_window: int = 0
     false_negatives: int = 0
+    heard_alike: int = 0
+    heard_alike_use: str = "positive"
     negatives: str = "all"
     augment: bool = False
     audio_floor: bool = False
@@ -197,6 +209,7 @@ class StreamConfig:
                                  f"got {value}")
         for name, low in (("audio_ssl_clips", 2), ("video_ssl_pictures", 2), ("embed", 2),
                           ("negative_gap", 0), ("false_negatives", 0), ("positive_window", 0),
+                          ("heard_alike", 0),
                           ("video_ssl_neighbour", 0), ("address_ssl_gap", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"model.stream.{name} must be >= {low}, "
@@ -228,6 +241,9 @@ class StreamConfig:
         if self.audio_pool not in AUDIO_POOLS:
             raise ValueError(f"model.stream.audio_pool must be one of {list(AUDIO_POOLS)}, "
                              f"got {self.audio_pool!r}")
+        if self.heard_alike_use not in HEARD_ALIKE_USES:
+            raise ValueError(f"model.stream.heard_alike_use must be one of "
+                             f"{list(HEARD_ALIKE_USES)}, got {self.heard_alike_use!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
