@@ -39,7 +39,10 @@ Probes (one or more per run):
   statistics, lookback 3), split by how far the referent's picture is from the
   nearest clip where its text was spoken (``accuracy_by_distance``: near, under 4
   clips; between; far, 24 or more): how much of the score could come from the
-  scene the name was heard in.
+  scene the name was heard in;
+* ``bridges``: how often the pairs ``model.stream.heard_alike`` would choose (far
+  clips of one recording that sound alike, k = 1 and 2) show one object and had
+  one line said, against all the far pairs it chooses from.
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -67,6 +70,7 @@ from typing import Any
 
 import torch
 
+from obs_dist.model.alike_clips import alike_sounds
 from obs_dist.model.name_links import name_nodes
 
 
@@ -473,11 +477,44 @@ def probe_split(s: Setup) -> None:
               f"({result['trials']})", flush=True)
 
 
+def probe_bridges(s: Setup) -> None:
+    """How often ``model.stream.heard_alike``'s pairs (k = 1, 2) show one object, against
+    every pair it could choose from, on the held-out windows as training sees them."""
+    from launch.evals.word_referent_data import heldout_batches
+    from obs_dist.model.audio_floor import speech_gate
+    from obs_dist.model.av_stream import clip_positions
+
+    model, gap = s.model, s.model.stream_cfg.negative_gap
+    tally: dict[str, list[int]] = {}
+    with torch.no_grad():
+        for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
+            fa = model._features(batch)[0]
+            b, t = fa.shape[:2]
+            stream, when = clip_positions(batch, b, t, fa.device)
+            keep = (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
+                    * batch["video_mask"].float()).reshape(-1) > 0
+            far = (stream[:, None] == stream[None, :]) & (
+                (when[:, None] - when[None, :]).abs() >= gap)
+            shown = [o for row in batch["object_names"] for o in row]
+            said = [w for row in batch["words"] for w in row]
+            allowed = far & keep[:, None] & keep[None, :]
+            for name, pairs in [("any far pair", allowed)] + [
+                    (f"heard_alike = {k}", alike_sounds(fa, allowed, k)) for k in (1, 2)]:
+                for q, c in pairs.nonzero().tolist():
+                    counts = tally.setdefault(name, [0, 0, 0])
+                    counts[0] += 1
+                    counts[1] += int(shown[q] is not None and shown[q] == shown[c])
+                    counts[2] += int(bool(said[q]) and said[q] == said[c])
+    for name, (pairs, same_object, same_line) in tally.items():
+        print(f"bridges  {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
+              f"one line said {same_line / pairs:.3f}", flush=True)
+
+
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "read": probe_read, "answer": probe_answer, "study": probe_study,
                    "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
                    "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
-                   "local": probe_local, "split": probe_split}
+                   "local": probe_local, "split": probe_split, "bridges": probe_bridges}
 
 
 def main(argv: list[str]) -> None:

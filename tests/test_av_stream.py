@@ -191,6 +191,7 @@ def test_heard_alike_pairs_the_far_clips_that_sound_alike(use: str) -> None:
         for target in [q] + (bridged if use == "positive" else []):
             want += torch.logsumexp(row[pool], 0) - row[target]
     assert pairs >= 2  # the case is not empty: some clips are each other's nearest
+    assert result.stats["heard_alike"] == pairs  # reported, whichever use they are put to
     torch.testing.assert_close(result.loss_sum.double(), want, rtol=1e-5, atol=1e-6)  # float32 sums
     with pytest.raises(ValueError, match="heard_alike_use must be one of"):
         StreamConfig(heard_alike=1, heard_alike_use="both")

@@ -445,6 +445,7 @@ class AVStreamModel(nn.Module):
             invalid = invalid | alike_pictures(fv, invalid | eye, self.stream_cfg.false_negatives)
         keep = (gate * batch["video_mask"].float()).reshape(-1) > 0
         bridged = self._heard_alike(fa, keep, invalid | eye)
+        stats: dict[str, float] = {} if bridged is None else {"heard_alike": float(bridged.sum())}
         if bridged is not None and self.stream_cfg.heard_alike_use == "exclude":
             invalid, bridged = invalid | bridged, None
         positive = eye if bridged is None else eye | bridged
@@ -472,7 +473,6 @@ class AVStreamModel(nn.Module):
         balance = self.writer.pop_balance() if self.writer is not None else None
         if balance is not None:  # per scored clip, as the loss is summed over them
             loss = loss + balance * int(keep.sum())
-        stats: dict[str, float] = {}
         if self.training and self.picture_contrast is not None:
             reach = self.stream_cfg.video_ssl_neighbour
             if reach:
