@@ -161,10 +161,12 @@ def test_false_negatives_leave_out_the_negatives_whose_pictures_look_most_alike(
         StreamConfig(false_negatives=-1)
 
 
+@pytest.mark.parametrize("window", [0, 1])
 @pytest.mark.parametrize("use", ["exclude", "positive"])
-def test_heard_alike_pairs_the_far_clips_that_sound_alike(use: str) -> None:
-    """Mutual nearest sounds among a query's negatives: left out, or each its own target."""
-    result, logits, pictured, scored = _objective_with_logits(0, heard_alike=1,
+def test_heard_alike_pairs_the_far_clips_that_sound_alike(use: str, window: int) -> None:
+    """Mutual nearest sounds among a query's negatives: left out, or positives (each its
+    own target; with a positive window, more positives of the MIL-NCE)."""
+    result, logits, pictured, scored = _objective_with_logits(window, heard_alike=1,
                                                               heard_alike_use=use)
     model = _model(False)  # the same initial weights (seed 0) and no augmentation
     with torch.no_grad():
@@ -181,13 +183,19 @@ def test_heard_alike_pairs_the_far_clips_that_sound_alike(use: str) -> None:
     want, pairs = torch.tensor(0.0, dtype=torch.float64), 0
     for q in scored.nonzero().flatten().tolist():
         rec = q // 6
-        pool = [q] + [c for c in range(rec * 6, rec * 6 + 6) if pictured[c] and abs(c - q) >= 3]
+        cands = [c for c in range(rec * 6, rec * 6 + 6) if pictured[c]]
+        near = [c for c in cands if abs(c - q) <= window]
+        pool = near + [c for c in cands if abs(c - q) >= 3]
         c = nearest(q)
         bridged = [c] if c is not None and nearest(c) == q else []
         pairs += len(bridged)
         if use == "exclude":
             pool = [p for p in pool if p not in bridged]
         row = logits[q].double()
+        if window:  # MIL-NCE: -log of the positives' share
+            pos = near + (bridged if use == "positive" else [])
+            want += torch.logsumexp(row[pool], 0) - torch.logsumexp(row[pos], 0)
+            continue
         for target in [q] + (bridged if use == "positive" else []):
             want += torch.logsumexp(row[pool], 0) - row[target]
     assert pairs >= 2  # the case is not empty: some clips are each other's nearest

@@ -454,7 +454,7 @@ class AVStreamModel(nn.Module):
             # The clips around the heard one are positives too (MIL-NCE): a name is
             # said near, not always at, the moment its object is in view.
             close = (when[:, None] - when[None, :]).abs() <= window
-            positive = eye | (same & close & ~no_picture)
+            positive = positive | (same & close & ~no_picture)
         logits = logits.masked_fill(invalid & ~positive, NEG_INF)
         if bool(keep.any()) and window:
             kept = logits[keep]

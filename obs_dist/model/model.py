@@ -73,8 +73,9 @@ class StreamConfig:
             alike mostly when one name is said in both, so their pictures likely
             show one object, in two scenes. 0: off.
         heard_alike_use: what a pair found by ``heard_alike`` becomes: ``positive``
-            (the other clip's picture is a second target of the heard clip,
-            its own cross-entropy term) or ``exclude`` (left out of the negatives).
+            (the other clip's picture is a second target of the heard clip, its
+            own cross-entropy term; with ``positive_window``, one more positive of
+            the MIL-NCE) or ``exclude`` (left out of the negatives).
         negatives: ``all`` (other recordings' clips too) or ``recording`` (only
             the same recording's clips ``negative_gap`` or more apart). Other
             recordings differ in voice, room and scenery, so telling them apart
