@@ -59,7 +59,12 @@ from torch import nn
 
 from obs_dist.model.address_centring import AddressCentring
 from obs_dist.model.address_ssl import address_agreement
-from obs_dist.model.alike_clips import alike_pictures, alike_sounds, extra_positive_loss
+from obs_dist.model.alike_clips import (
+    NEG_INF,
+    alike_pictures,
+    alike_sounds,
+    extra_positive_loss,
+)
 from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
@@ -80,8 +85,6 @@ from obs_dist.model.video_ssl import (
     sample_pictured_clips,
 )
 from obs_dist.model.writer import Writer
-
-NEG_INF = float("-inf")
 
 
 class WindowResult(NamedTuple):
