@@ -204,11 +204,12 @@ def build_trainer(cfg: RunConfig, model: OBSModel, state: BigState | ShardedStat
     sync: DeltaSync | ShardedDeltaSync
     sharded: dict[str, Any] = {}
     if isinstance(state, ShardedState):
-        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active)
+        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active,
+                                rule=cfg.model.writer.rule)
         sync = engine.sync
         sharded = {"deferred": engine.deferred, "make_memory": engine.make_memory}
     else:
-        sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync)
+        sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync, cfg.model.writer.rule)
     scheduler = PhaseScheduler(cfg.scheduler, device) if cfg.task.commits else None
     trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits,
                       penalty=cfg.state.penalty, slow=slow, sync=sync,
@@ -475,7 +476,8 @@ def run_eval(config_path: str | None, overrides: list[str], batches: int) -> dic
     load_weights(model, Path(cfg.out_dir) / "model.safetensors")
     sharded: dict[str, Any] = {}
     if isinstance(state, ShardedState):  # one process: one slice, all of X
-        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active)
+        engine = sharded_engine(state, cfg.sync, cfg.model.writer.active,
+                                rule=cfg.model.writer.rule)
         sharded = {"deferred": engine.deferred, "make_memory": engine.make_memory}
     trainer = Trainer(cfg.train, model, state, commit=cfg.task.commits, **sharded)
     evals = build_data(cfg).evals

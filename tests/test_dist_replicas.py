@@ -136,6 +136,16 @@ def test_dense_path_gives_the_same_bits_as_the_sparse_path(world_run) -> None:
                 for m in ("sparse", "dense", "auto")}
         assert len(crcs) == 1, (name, crcs)
     first = ranks[0]["dense_vs_sparse"]
+    for name in ("mixed", "uneven"):
+        # Averaged over the ranks that wrote each entry: the same bits on every
+        # path and rank, and those of the rank-order reference.
+        crcs = {r["dense_vs_sparse"][f"{name}.mean.{m}"]["crc"] for r in ranks
+                for m in ("sparse", "dense", "auto")}
+        assert crcs == {first[f"{name}.mean.reference"]["crc"]}, (name, crcs)
+        assert first[f"{name}.sparse"]["crc"] == first[f"{name}.sum.reference"]["crc"]
+    # The dense partitions overlap across ranks, so there the mean is not the sum.
+    assert first["mixed.mean.reference"]["crc"] != first["mixed.sum.reference"]["crc"]
+    assert first["mixed.mean.dense"]["bytes"] > first["mixed.dense"]["bytes"]  # counts travel
     assert first["mixed.dense"]["dense_partitions"] == 4
     assert 0 < first["mixed.auto"]["dense_partitions"] < 4  # auto mixed both paths
     assert first["mixed.sparse"]["nnz"] > 0

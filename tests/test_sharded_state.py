@@ -13,25 +13,22 @@ dot product over all N columns in one layout and over the ``W·m`` candidates in
 the other (the same non-zero terms, grouped differently), so the slow weights
 differ in the last bits and the losses by ~1e-6 relative; over 100 steps the
 committed states stay within 1e-4 of each other relative to the state's largest
-entry for the Hebbian rule (measured: at most 1e-5), and for the delta rule at
-W = 2 (measured: 3e-7).
+entry for the Hebbian rule (measured: at most 1e-5) and for the delta rule
+(measured: 3e-7).
 
-The delta rule at W = 4 over-corrects: four ranks correct the same entries at
-once, and the state grows ~50x every 25 steps in both layouts (to ~1e8 by step
-100). With frozen slow weights the layouts still agree (losses to 1e-6, the state
-to 8e-7 of its largest entry: the overlay's ulps). With trained weights the
-last-bit differences of the slow weights grow with the state until, at some step,
-they reorder two near-equal writer scores (measured: two candidates 4e-6 apart
-at step 24 on rank 2), and the runs make a different write from then on: a
-chaotic regime, not a wrong sum. It moved with the summation order of E's
-gradient (decisions §11), so there only the slow weights' agreement across ranks
-and finite losses are checked; the delta rule's sums are compared frozen at
-W = 4 and trained at W = 2.
+The delta rule's writes are corrections computed by every rank against the same
+state, so the sync averages each entry over the ranks that wrote it
+(``sync.combine = "auto"`` → ``mean``, decisions §28). Summed, four ranks
+over-corrected the same entries and the state grew ~50x every 25 steps (to ~2e8
+by step 100, where one process stays below 1); the layouts' last-bit differences
+then grew with it until two writer scores swapped (decisions §11). Averaged, the
+state stays the size one process gives, and the delta rule is compared frozen
+and trained at W = 2 and 4 (measured at W = 4: the state to 3e-7 of its largest
+entry, losses to 3e-7).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -176,38 +173,38 @@ def test_frozen_weights_commit_the_replicated_state(shard_run, phase: str) -> No
 
 
 @pytest.mark.slow
-def test_delta_rule_with_frozen_weights_commits_the_replicated_state(shard_run) -> None:
+@pytest.mark.parametrize("trained", [False, True], ids=["frozen", "trained"])
+def test_delta_rule_commits_the_replicated_state_and_stays_bounded(shard_run, trained: bool
+                                                                    ) -> None:
     world, out, ranks = shard_run
-    name = "parallel_delta_frozen"
+    name = f"parallel_delta_{'trained' if trained else 'frozen'}"
     for r in ranks:
         rep, sh = r[f"replicated_{name}"]["losses"], r[f"sharded_{name}"]["losses"]
         assert len(rep) == len(sh) == STEPS
         for a, b in zip(rep, sh):
             assert abs(a - b) <= LOSS_RTOL * abs(a)
+        assert r[f"sharded_{name}"]["mismatches"] == 0
     full, sharded = _states(out, world, name)
-    # K = 4 held-back windows read as an overlay (a few ulps; measured 8e-7 at W = 4).
-    assert float((full - sharded).abs().max()) <= 2e-6 * float(full.abs().max())
+    assert float((full - sharded).abs().max()) <= STATE_RTOL["delta"] * float(full.abs().max())
+    # Averaged over the writing ranks, the state keeps one process's size (|X| ≤ 0.8
+    # measured at W = 1, 2 and 4). Summed, it reached 2e8 at W = 4.
+    assert float(full.abs().max()) < 5.0
     init = ShardedState(StateConfig(nodes=full.shape[0], partitions=4, init_std=0.02, seed=5),
                         0, 1).matrix()
     assert bool(((full - init).abs() > 1e-3).any())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sequential_hebbian_trained", "parallel_hebbian_trained",
-                                  "parallel_delta_trained"])
+@pytest.mark.parametrize("name", ["sequential_hebbian_trained", "parallel_hebbian_trained"])
 def test_training_gives_the_same_losses_and_state(shard_run, name: str) -> None:
     world, out, ranks = shard_run
     for r in ranks:
         rep, sh = r[f"replicated_{name}"]["losses"], r[f"sharded_{name}"]["losses"]
         assert len(rep) == len(sh) == STEPS
-        if not (name == "parallel_delta_trained" and world == 4):
-            for a, b in zip(rep, sh):
-                assert abs(a - b) <= LOSS_RTOL * abs(a)
+        for a, b in zip(rep, sh):
+            assert abs(a - b) <= LOSS_RTOL * abs(a)
         assert r[f"sharded_{name}"]["mismatches"] == 0  # slow weights identical on all ranks
         assert r[f"sharded_{name}"]["checks"] == STEPS // 25
-    if name == "parallel_delta_trained" and world == 4:  # chaotic (module docstring)
-        assert all(math.isfinite(x) for r in ranks for x in r[f"sharded_{name}"]["losses"])
-        return
     full, sharded = _states(out, world, name)
     rtol = STATE_RTOL[name.split("_")[1]]
     assert float((full - sharded).abs().max()) <= rtol * float(full.abs().max())

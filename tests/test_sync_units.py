@@ -42,10 +42,33 @@ def test_sync_of_one_process_is_the_coalesced_delta_and_counts() -> None:
 @pytest.mark.parametrize("bad,match", [({"dense_above": -1.0}, "dense_above"),
                                        ({"mode": "fast"}, "mode"),
                                        ({"parallel_every": 0}, "parallel_every"),
-                                       ({"check_every": -2}, "check_every")])
+                                       ({"check_every": -2}, "check_every"),
+                                       ({"combine": "max"}, "combine")])
 def test_sync_config_rejects_bad_values(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SyncConfig(**bad)
+
+
+def test_combine_follows_the_writer_rule_unless_set() -> None:
+    assert SyncConfig().combine_for("delta") == "mean"
+    assert SyncConfig().combine_for("hebbian") == "sum"
+    assert SyncConfig(combine="sum").combine_for("delta") == "sum"
+    assert SyncConfig(combine="mean").combine_for("hebbian") == "mean"
+    with pytest.raises(ValueError, match="'oja'"):
+        SyncConfig().combine_for("oja")
+    assert DeltaSync([0, 8], 8, rule="delta").combine == "mean"
+
+
+def test_coalesce_mean_divides_each_key_by_its_copies() -> None:
+    # Key (0, 1) three times, (2, 3) once, (1, 0) twice; order of arrival kept per key.
+    d = SparseDelta.from_indices(torch.tensor([0, 2, 0, 1, 0, 1]), torch.tensor([1, 3, 1, 0, 1, 0]),
+                                 torch.tensor([1.0, 5.0, 2.0, -4.0, 6.0, 2.0]), 4)
+    got = d.coalesce("mean")
+    assert got.rows.tolist() == [0, 1, 2] and got.cols.tolist() == [1, 0, 3]
+    assert got.values.tolist() == [3.0, -1.0, 5.0]
+    assert d.coalesce().values.tolist() == [9.0, -2.0, 5.0]
+    with pytest.raises(ValueError, match="reduce"):
+        d.coalesce("max")
 
 
 def test_collectives_in_a_world_of_one() -> None:

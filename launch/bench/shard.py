@@ -89,12 +89,13 @@ def _measure(params: dict[str, Any], layout: str, phase: str, device: Any) -> di
     state: Any
     reader = None
     if layout == "sharded":
-        engine = build_sharded(cfg.state, cfg.sync, cfg.model.writer.active, device, read_meter)
+        engine = build_sharded(cfg.state, cfg.sync, cfg.model.writer.active, device, read_meter,
+                               rule=cfg.model.writer.rule)
         state, sync, reader = engine.state, engine.sync, engine.reader
         extra = {"deferred": engine.deferred, "make_memory": engine.make_memory}
     else:
         state = BigState(cfg.state, device=device)
-        sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync)
+        sync = DeltaSync(state.bounds, state.num_nodes, cfg.sync, cfg.model.writer.rule)
     exchange_meter = ByteMeter()
     trainer = Trainer(cfg.train, model, state, commit=True,
                       slow=AllReduceSlowWeights(model, cfg.train), sync=sync,

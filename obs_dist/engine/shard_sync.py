@@ -12,7 +12,9 @@ In ``state.layout = "sharded"`` (decisions §5b) each rank owns a column slice o
 4. every owner concatenates what it received **in rank order** and coalesces it
    with the deterministic :meth:`~obs_dist.model.delta.SparseDelta.coalesce`.
 
-Per entry this is the sum the replicated :class:`~obs_dist.engine.sync.DeltaSync`
+With ``combine = "mean"`` (the delta rule's default, decisions §28) the owner
+divides each entry's sum by the number of ranks that sent it. Per entry this is
+the sum (or mean) the replicated :class:`~obs_dist.engine.sync.DeltaSync`
 computes (the same values, added in rank order), so the owner's slice gets the
 same bits a replica's columns would. Bytes per rank: ``12`` per entry sent to
 another owner, plus ``8·(W−1)`` for the counts: ``≈ (W−1)/W · nnz · 12``, a
@@ -110,14 +112,18 @@ class ShardedDeltaSync:
 
     Args:
         state: this rank's slice (column bounds, owners).
-        cfg: the sync settings (``parallel_every`` and checks; the dense path of
-            the replicated sync has no counterpart: each entry goes to one owner).
+        cfg: the sync settings (``parallel_every``, ``combine`` and checks; the
+            dense path of the replicated sync has no counterpart: each entry
+            goes to one owner).
+        rule: the writer rule (resolves ``cfg.combine = "auto"``).
     """
 
-    def __init__(self, state: ShardedState, cfg: SyncConfig | None = None) -> None:
+    def __init__(self, state: ShardedState, cfg: SyncConfig | None = None,
+                 rule: str = "hebbian") -> None:
         self.state = state
         self.num_nodes = state.num_nodes
         self.cfg = cfg if cfg is not None else SyncConfig()
+        self.combine = self.cfg.combine_for(rule)
         self.meter = ByteMeter()
         self.last = SyncStats()
         self.routed_sent = 0  # committed entries sent to another owner
@@ -143,7 +149,7 @@ class ShardedDeltaSync:
         got, counts_in = route(packed, split_counts(owner, world), self.meter)
         merged = SparseDelta(got[:, 0].contiguous(), got[:, 1].contiguous(),
                              got[:, 2].contiguous().view(torch.float32), self.num_nodes
-                             ).coalesce()
+                             ).coalesce(self.combine)
         totals = all_sum(torch.tensor([sum(counts_in), merged.nnz], dtype=torch.int64,
                                       device=d.values.device))
         self.last = SyncStats(gathered_nnz=int(totals[0]), union_nnz=int(totals[1]))

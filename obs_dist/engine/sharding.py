@@ -47,7 +47,7 @@ class ShardedEngine:
 
 def build_sharded(config: StateConfig, sync: SyncConfig, candidates: int,
                   device: torch.device | str = "cpu", meter: ByteMeter | None = None,
-                  init: bool = True) -> ShardedEngine:
+                  init: bool = True, rule: str = "hebbian") -> ShardedEngine:
     """This rank's slice and the sharded engine around it (inside the joined world).
 
     Args:
@@ -58,16 +58,17 @@ def build_sharded(config: StateConfig, sync: SyncConfig, candidates: int,
         meter: accounts the reads' bytes (default: the sync's meter, so
             ``sync_bytes_total`` counts reads and writes).
         init: fill the slice with the seeded Gaussian.
+        rule: the writer rule (``model.writer.rule``; how writes combine).
     """
     world = get_world_size() if is_initialized() else 1
     rank = get_rank() if is_initialized() else 0
     state = ShardedState(config, rank, world, device=device, init=init, all_sum=all_sum)
-    return sharded_engine(state, sync, candidates, meter)
+    return sharded_engine(state, sync, candidates, meter, rule)
 
 
 def sharded_engine(state: ShardedState, sync: SyncConfig, candidates: int,
-                   meter: ByteMeter | None = None) -> ShardedEngine:
+                   meter: ByteMeter | None = None, rule: str = "hebbian") -> ShardedEngine:
     """The engine around an existing slice (see :func:`build_sharded`)."""
-    delta_sync = ShardedDeltaSync(state, sync)
+    delta_sync = ShardedDeltaSync(state, sync, rule)
     reader = ShardReader(state, meter if meter is not None else delta_sync.meter)
     return ShardedEngine(state, delta_sync, reader, ShardedDeferredCommits(state), candidates)

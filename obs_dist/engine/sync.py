@@ -26,6 +26,16 @@ so the sum is our own collective, built from operations every backend has:
 
 Values are sent as fp32 (the state adds in fp32 anyway).
 
+**Sum or mean** (``SyncConfig.combine``, decisions §28). Hebbian writes are
+independent associations and add up. The delta rule's writes are corrections
+``η (v − X_S k) kᵀ`` that every rank computed against the *same* ``X``: summing
+W of them on one entry moves it W times too far, and at W = 4 the state grew
+~50× every 25 steps (to 2·10⁸ in 100 steps, where one process stays below 1).
+So by default (``auto``) the delta rule's commits take each entry's **mean over
+the ranks that wrote it** (the count travels with the values: the sparse path
+counts each key's copies, the dense path sums a block of ones beside the
+values); an entry one rank wrote gets that rank's full correction.
+
 Bytes per rank: sparse ``(W−1)·nnz·12`` plus ``(W−1)·P·8`` for the counts;
 dense ``2·(W−1)/W·rows_p·N·4``. Dense is smaller once the gathered density
 passes ``2·4/12 = 2/3`` whatever ``W``; the measured time crossover on CPU
@@ -55,6 +65,7 @@ DENSE_GROUP_BYTES = 256 * 2**20
 # P = 8: gathered density 0.18 at W = 2 and 0.21 at W = 4 (`obs bench sync`,
 # docs/distributed.md); the byte crossover is 2/3.
 DEFAULT_DENSE_ABOVE = 0.2
+COMBINES = ("auto", "sum", "mean")
 
 
 @dataclass
@@ -69,6 +80,9 @@ class SyncConfig:
             rank applies its own deltas at once and the K-window sum is synced).
         check_every: optimizer steps between replica checksum comparisons (0: never).
         check_slow_weights: also compare the slow weights' checksums across ranks.
+        combine: how the ranks' writes to one entry combine: ``sum``, ``mean``
+            (over the ranks that wrote it), or ``auto``: ``mean`` for the delta
+            rule, ``sum`` for the Hebbian one (see :meth:`combine_for`).
     """
 
     dense_above: float = DEFAULT_DENSE_ABOVE
@@ -76,6 +90,7 @@ class SyncConfig:
     parallel_every: int = 4
     check_every: int = 50
     check_slow_weights: bool = True
+    combine: Literal["auto", "sum", "mean"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.dense_above >= 0:  # NaN too
@@ -86,6 +101,20 @@ class SyncConfig:
             raise ValueError(f"parallel_every must be >= 1, got {self.parallel_every}")
         if self.check_every < 0:
             raise ValueError(f"check_every must be >= 0, got {self.check_every}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+
+    def combine_for(self, rule: str) -> Literal["sum", "mean"]:
+        """How writes of the writer rule ``rule`` combine across ranks.
+
+        Raises:
+            ValueError: for an unknown rule under ``auto``.
+        """
+        if self.combine != "auto":
+            return self.combine
+        if rule not in ("hebbian", "delta"):
+            raise ValueError(f"combine 'auto' knows the rules 'hebbian' and 'delta', got {rule!r}")
+        return "mean" if rule == "delta" else "sum"
 
 
 @dataclass
@@ -118,14 +147,18 @@ class DeltaSync:
         bounds: the state's row-partition offsets ``[0, …, N]``.
         num_nodes: N.
         cfg: thresholds and mode.
+        rule: the writer rule whose deltas are summed (``model.writer.rule``):
+            resolves ``cfg.combine = "auto"``.
     """
 
-    def __init__(self, bounds: list[int], num_nodes: int, cfg: SyncConfig | None = None) -> None:
+    def __init__(self, bounds: list[int], num_nodes: int, cfg: SyncConfig | None = None,
+                 rule: str = "hebbian") -> None:
         if bounds[0] != 0 or bounds[-1] != num_nodes:
             raise ValueError(f"partition bounds must run from 0 to {num_nodes}: {bounds}")
         self.bounds = list(bounds)
         self.num_nodes = num_nodes
         self.cfg = cfg if cfg is not None else SyncConfig()
+        self.combine = self.cfg.combine_for(rule)
         self.meter = ByteMeter()
         self.last = SyncStats()
         self.counters: dict[str, float] = {"sync_bytes_total": 0.0, "sync_seconds_total": 0.0,
@@ -146,7 +179,9 @@ class DeltaSync:
                 for p in range(self.partitions)]
 
     def __call__(self, delta: SparseDelta) -> SparseDelta:
-        """Sum ``delta`` over all ranks; every rank gets the same coalesced result.
+        """Combine ``delta`` over all ranks (sum or mean: ``combine``), the same everywhere.
+
+        The result is coalesced, and bit-identical on every rank.
 
         Every rank must call this the same number of times (it is a collective).
 
@@ -223,7 +258,7 @@ class DeltaSync:
             buf = torch.cat(chunks)
             return SparseDelta(buf[:, 0].contiguous(), buf[:, 1].contiguous(),
                                buf[:, 2].contiguous().view(torch.float32), self.num_nodes
-                               ).coalesce()
+                               ).coalesce(self.combine)
 
         if total <= ONE_SORT_MAX:
             merged = coalesce(got)
@@ -244,21 +279,33 @@ class DeltaSync:
         return out
 
     def _block_bytes(self, parts: list[int]) -> int:
-        return sum(self.bounds[p + 1] - self.bounds[p] for p in parts) * self.num_nodes * 4
+        rows = sum(self.bounds[p + 1] - self.bounds[p] for p in parts)
+        return rows * self.num_nodes * 4 * (2 if self.combine == "mean" else 1)
 
     def _sum_dense(self, d: SparseDelta, offsets: list[int],
                    parts: list[int]) -> list[tuple[int, SparseDelta]]:
-        """Sum partitions ``parts`` as dense blocks (one collective pair), the same everywhere."""
+        """Sum partitions ``parts`` as dense blocks (one collective pair), the same everywhere.
+
+        With ``combine = "mean"`` a block of ones marking each rank's entries is
+        summed beside the values (one collective, twice the bytes) and divides them.
+        """
         n = self.num_nodes
         sizes = [(self.bounds[p + 1] - self.bounds[p]) * n for p in parts]
-        block = torch.zeros(sum(sizes), dtype=torch.float32, device=d.values.device)
+        total = sum(sizes)
+        mean = self.combine == "mean"
+        block = torch.zeros(total * (2 if mean else 1), dtype=torch.float32,
+                            device=d.values.device)
         start = 0
         for p, size in zip(parts, sizes):
             lo, a, b = self.bounds[p], offsets[p], offsets[p + 1]
             flat = (d.rows[a:b].long() - lo) * n + d.cols[a:b].long() + start
             block[flat] = d.values[a:b]  # coalesced: unique indices, plain stores are exact
+            if mean:
+                block[flat + total] = 1.0
             start += size
         summed = sum_in_rank_order(block, self.meter)
+        if mean:
+            summed = summed[:total] / summed[total:].clamp_min(1.0)
         out = []
         start = 0
         for p, size in zip(parts, sizes):

@@ -127,13 +127,22 @@ class SparseDelta:
         return self.rows.long() * self.num_nodes + self.cols.long()
 
     # ---------------------------------------------------------------- operations
-    def coalesce(self) -> SparseDelta:
-        """Sort by (row, col) and sum duplicates in a fixed order.
+    def coalesce(self, reduce: str = "sum") -> SparseDelta:
+        """Sort by (row, col) and combine duplicates in a fixed order.
 
         The sort is stable, and duplicates are summed by a sequential scan on CPU
         (``index_add_``) or a segment reduction elsewhere, so the same input gives
         bit-identical output on every process.
+
+        Args:
+            reduce: ``"sum"``, or ``"mean"``: each key's sum divided by how many
+                times the key occurs (the sync's per-entry average over ranks).
+
+        Raises:
+            ValueError: for another ``reduce``.
         """
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"coalesce: reduce must be 'sum' or 'mean', got {reduce!r}")
         if self.coalesced:
             return self
         if self.nnz == 0:
@@ -147,6 +156,8 @@ class SparseDelta:
             summed = torch.zeros(uniq.numel(), dtype=vals.dtype).index_add_(0, inverse, vals)
         else:  # atomics-free, deterministic reduction on accelerators
             summed = torch.segment_reduce(vals, "sum", lengths=counts)
+        if reduce == "mean":
+            summed = summed / counts.to(summed.dtype)
         n = self.num_nodes
         return SparseDelta(
             (uniq // n).to(INDEX_DTYPE),

@@ -34,7 +34,7 @@ from obs_dist.engine.dist import barrier, destroy, get_rank, get_world_size
 from obs_dist.engine.replica import ReplicaChecker, ReplicaDivergenceError, slow_weights_checksum
 from obs_dist.engine.scheduler import PhaseScheduler, SchedulerConfig, WindowSignals
 from obs_dist.engine.slow_weights import AllReduceSlowWeights, DistConfig, init_distributed
-from obs_dist.engine.sync import DeltaSync, SyncConfig
+from obs_dist.engine.sync import DeltaSync, SyncConfig, coalesced_f32
 from obs_dist.model.delta import SparseDelta
 from obs_dist.model.model import OBSModel
 from obs_dist.model.state import BigState
@@ -133,7 +133,12 @@ def replicas(phase: str, out: Path, device: torch.device) -> dict[str, Any]:
 
 
 def equivalence(phase: str, device: torch.device, windows: int = 3) -> dict[str, Any]:
-    """Frozen weights, K = 1: W ranks on slices of a global batch vs one process on all of it."""
+    """Frozen weights, K = 1: W ranks on slices of a global batch vs one process on all of it.
+
+    The ranks' deltas are summed (``combine = "sum"``): that sum is what must equal
+    one process's sum over its streams. (The delta rule's default averages each
+    entry over the ranks that wrote it, decisions §28.)
+    """
     world, rank = get_world_size(), get_rank()
     cfg = small_config(batch=3 * world, rule="delta", device=device.type)
     cfg.train.steps = windows
@@ -141,7 +146,7 @@ def equivalence(phase: str, device: torch.device, windows: int = 3) -> dict[str,
     mine = [{k: v[rank * 3:(rank + 1) * 3] for k, v in b.items()} for b in batches]
     model, state = _model(cfg, device)
     before = state.matrix().clone()
-    sync = DeltaSync(state.bounds, state.num_nodes, SyncConfig())
+    sync = DeltaSync(state.bounds, state.num_nodes, SyncConfig(combine="sum"), "delta")
     trainer = _trainer(cfg, model, state, sync, phase, FrozenSlowWeights(), every=1)
     trainer.fit(iter(mine))
     result: dict[str, Any] = {"checksums": state.checksums()}
@@ -175,10 +180,9 @@ def visibility(device: torch.device) -> dict[str, Any]:
     return {"before": before, "after": after}
 
 
-def dense_vs_sparse(device: torch.device) -> dict[str, Any]:
-    """The same random deltas summed by the sparse, dense and auto paths (and unevenly)."""
-    world, rank = get_world_size(), get_rank()
-    n, parts = 512, 4
+def _random_deltas(rank: int, device: torch.device) -> tuple[SparseDelta, SparseDelta]:
+    """Rank ``rank``'s two test deltas: four partitions of mixed density, and an uneven one."""
+    n = 512
     bounds = [0, 128, 256, 384, 512]
     gen = torch.Generator().manual_seed(100 + rank)
     pieces = []
@@ -194,17 +198,40 @@ def dense_vs_sparse(device: torch.device) -> dict[str, Any]:
                                       torch.randint(0, n, (40 if rank else 4000,), generator=gen),
                                       torch.randn(40 if rank else 4000, generator=gen),
                                       n).to(device)
+    return delta, uneven
+
+
+def _crc(d: SparseDelta) -> int:
+    raw = torch.cat([d.rows.cpu().view(torch.uint8), d.cols.cpu().view(torch.uint8),
+                     d.values.cpu().view(torch.uint8)])
+    return zlib.crc32(raw.numpy().tobytes())
+
+
+def dense_vs_sparse(device: torch.device) -> dict[str, Any]:
+    """The same random deltas summed (and averaged) by the sparse, dense and auto paths.
+
+    ``<name>.<combine>.reference`` is the crc of every rank's delta, rebuilt here
+    from its seed and coalesced in rank order with ``reduce=combine``.
+    """
+    world, rank = get_world_size(), get_rank()
+    n, parts = 512, 4
+    bounds = [0, 128, 256, 384, 512]
+    mine = _random_deltas(rank, device)
+    everyone = [_random_deltas(r, device) for r in range(world)]
     out: dict[str, Any] = {"world": world}
-    for name, d in (("mixed", delta), ("uneven", uneven)):
-        for mode in ("sparse", "dense", "auto"):
-            sync = DeltaSync(bounds, n, SyncConfig(mode=mode, dense_above=0.1))
-            got = sync(d)
-            raw = torch.cat([got.rows.cpu().view(torch.uint8), got.cols.cpu().view(torch.uint8),
-                             got.values.cpu().view(torch.uint8)])
-            out[f"{name}.{mode}"] = {
-                "crc": zlib.crc32(raw.numpy().tobytes()), "nnz": got.nnz,
-                "dense_partitions": sync.last.dense_partitions,
-                "bytes": sync.last.bytes_sent, "kinds": dict(sync.meter.per_kind)}
+    for i, name in enumerate(("mixed", "uneven")):
+        for combine in ("sum", "mean"):
+            ref = SparseDelta.cat([coalesced_f32(e[i], n) for e in everyone]).coalesce(combine)
+            out[f"{name}.{combine}.reference"] = {"crc": _crc(ref), "nnz": ref.nnz}
+            for mode in ("sparse", "dense", "auto"):
+                sync = DeltaSync(bounds, n, SyncConfig(mode=mode, dense_above=0.1,
+                                                       combine=combine))
+                got = sync(mine[i])
+                # "mixed.sparse" and the like: the sums (their names before "mean" came).
+                key = f"{name}.{mode}" if combine == "sum" else f"{name}.mean.{mode}"
+                out[key] = {"crc": _crc(got), "nnz": got.nnz,
+                            "dense_partitions": sync.last.dense_partitions,
+                            "bytes": sync.last.bytes_sent, "kinds": dict(sync.meter.per_kind)}
     out["partitions"] = parts
     return out
 

@@ -8,6 +8,11 @@ with the replicated state (:class:`DeltaSync`) and once with the sharded one
 compares them. Usable under torchrun too::
 
     torchrun --nproc_per_node 2 tests/support/shard_harness.py OUT --device cuda --backend nccl
+
+``state_abs_max`` is the largest |X| at the end (over all slices when sharded);
+``--combine sum`` runs the delta rule summed across ranks (decisions §28)::
+
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 4 tests/support/shard_harness.py OUT --combine sum
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from safetensors.torch import save_file
 from launch.jobs.spawn import spawn_local
 from launch.run_config import RunConfig
 from obs_dist.config import from_dict
-from obs_dist.engine.collectives import make_block_exchange
+from obs_dist.engine.collectives import gather_equal, make_block_exchange
 from obs_dist.engine.dist import barrier, destroy, get_rank, get_world_size
 from obs_dist.engine.replica import ReplicaChecker
 from obs_dist.engine.scheduler import PhaseScheduler, SchedulerConfig
@@ -74,25 +79,27 @@ def tiny_config(rule: str = "hebbian", device: str = "cpu", nodes: int = 128) ->
 
 
 def run(layout: str, phase: str, rule: str, frozen: bool, out: Path, device: torch.device,
-        steps: int = STEPS, penalty: float = 0.0) -> dict[str, Any]:
+        steps: int = STEPS, penalty: float = 0.0, combine: str = "auto", batch: int = 2
+        ) -> dict[str, Any]:
     """One training run of ``steps`` steps in one layout and phase; what it saw."""
     cfg = tiny_config(rule, device.type)
     cfg.train.steps = steps
+    cfg.task.batch = batch
     world = get_world_size()
     torch.manual_seed(cfg.train.seed)
     model = OBSModel(cfg.model, cfg.state.nodes).to(device)
     slow: Any = FrozenSlowWeights() if frozen else AllReduceSlowWeights(model, cfg.train)
     scheduler = PhaseScheduler(SchedulerConfig(policy=f"always-{phase}"), device)
-    sync_cfg = SyncConfig(parallel_every=PARALLEL_EVERY)
+    sync_cfg = from_dict(SyncConfig, {"parallel_every": PARALLEL_EVERY, "combine": combine})
     extra: dict[str, Any] = {}
     state: Any
     if layout == "sharded":
-        engine = build_sharded(cfg.state, sync_cfg, cfg.model.writer.active, device)
+        engine = build_sharded(cfg.state, sync_cfg, cfg.model.writer.active, device, rule=rule)
         state, sync = engine.state, engine.sync
         extra = {"deferred": engine.deferred, "make_memory": engine.make_memory}
     else:
         state = BigState(cfg.state, device=device)
-        sync = DeltaSync(state.bounds, state.num_nodes, sync_cfg)
+        sync = DeltaSync(state.bounds, state.num_nodes, sync_cfg, rule)
     trainer = Trainer(cfg.train, model, state, commit=True, penalty=penalty, slow=slow,
                       sync=sync, scheduler=scheduler,
                       exchange=make_block_exchange(sync.meter) if world > 1 else None,
@@ -116,7 +123,10 @@ def run(layout: str, phase: str, rule: str, frozen: bool, out: Path, device: tor
     if layout == "sharded" or get_rank() == 0:
         save_file({"x": state.matrix().detach().cpu().contiguous()},
                   str(out / f"{name}_rank{get_rank()}.safetensors"))
+    local_max = state.matrix().detach().abs().max().reshape(1).cpu()
     return {"losses": losses, "moments": moments, "checksums": state.checksums(),
+            "state_abs_max": float(local_max if layout == "replicated"
+                                   else gather_equal(local_max).max()),
             "mismatches": checker.mismatches, "checks": checker.checks,
             "state_bytes": state.nbytes, "sync_bytes": sync.meter.bytes_sent,
             "seconds": seconds, "name": name}
@@ -136,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--combine", default="auto", choices=["auto", "sum", "mean"],
+                        help="sync.combine (decisions §28: 'sum' shows the delta rule's "
+                             "over-correction at W = 4)")
+    parser.add_argument("--batch", type=int, default=2, help="streams per rank")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     for phase, rule, frozen in SCENARIOS:
         penalty = 0.1 if rule == "delta" else 0.0
         for layout in ("replicated", "sharded"):
-            got = run(layout, phase, rule, frozen, args.out, device, args.steps, penalty)
+            got = run(layout, phase, rule, frozen, args.out, device, args.steps, penalty,
+                      args.combine, args.batch)
             results[got["name"]] = got
             barrier()
     (args.out / f"rank{get_rank()}.json").write_text(json.dumps(results, indent=1))
