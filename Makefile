@@ -36,8 +36,9 @@ typecheck: $(STAMP)
 
 # One intra-op thread per process: tests start several ranks and services at
 # once, and torch's default (every core in every process) oversubscribes.
+# The 30 slowest tests are listed, so a CI log shows where its time went.
 unit: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q --durations=30
 
 # Every test but the ones marked slow (over 30 s each, or an end-to-end run of
 # several processes: SLURM, Prometheus, kill-and-resume, multi-rank); under 3
