@@ -42,7 +42,10 @@ Probes (one or more per run):
   scene the name was heard in;
 * ``bridges``: how often the pairs ``model.stream.heard_alike`` would choose (far
   clips of one recording that sound alike, k = 1 and 2) show one object and had
-  one line said, against all the far pairs it chooses from.
+  one line said, against all the far pairs it chooses from;
+* ``horizon``: the same counts with the pairs chosen over each whole held-out
+  recording instead of one window (what a bank of a recording's heard clips,
+  kept through the pass, would pair).
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -510,11 +513,51 @@ def probe_bridges(s: Setup) -> None:
               f"one line said {same_line / pairs:.3f}", flush=True)
 
 
+def probe_horizon(s: Setup) -> None:
+    """``bridges`` over each whole held-out recording: far pairs and mutual nearest sounds
+    (k = 1, 2) among every heard clip of the recording, not only the window's."""
+    from launch.evals.word_referent_data import heldout_batches
+    from obs_dist.model.audio_floor import speech_gate
+
+    model, gap = s.model, s.model.stream_cfg.negative_gap
+    clips: dict[str, dict[int, tuple[torch.Tensor, Any, Any]]] = {}
+    with torch.no_grad():
+        for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
+            fa = model._features(batch)[0]
+            keep = (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
+                    * batch["video_mask"].float()) > 0
+            for b, row in enumerate(batch["keys"]):
+                for j, key in enumerate(row):
+                    stream, _, index = key.rpartition("/")
+                    if stream and index.isdigit() and bool(keep[b, j]):
+                        clips.setdefault(stream, {})[int(index)] = (
+                            fa[b, j], batch["object_names"][b][j], batch["words"][b][j])
+    tally: dict[str, list[int]] = {}
+    for heard in clips.values():
+        when = torch.tensor(list(heard))
+        fa = torch.stack([v[0] for v in heard.values()])[None]
+        shown = [v[1] for v in heard.values()]
+        said = [v[2] for v in heard.values()]
+        far = (when[:, None] - when[None, :]).abs() >= gap
+        for name, pairs in [("any far pair, whole recording", far)] + [
+                (f"mutual nearest {k}, whole recording", alike_sounds(fa, far, k))
+                for k in (1, 2)]:
+            for q, c in pairs.nonzero().tolist():
+                counts = tally.setdefault(name, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += int(shown[q] is not None and shown[q] == shown[c])
+                counts[2] += int(bool(said[q]) and said[q] == said[c])
+    for name, (pairs, same_object, same_line) in tally.items():
+        print(f"horizon  {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
+              f"one line said {same_line / pairs:.3f}", flush=True)
+
+
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "read": probe_read, "answer": probe_answer, "study": probe_study,
                    "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
                    "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
-                   "local": probe_local, "split": probe_split, "bridges": probe_bridges}
+                   "local": probe_local, "split": probe_split, "bridges": probe_bridges,
+                   "horizon": probe_horizon}
 
 
 def main(argv: list[str]) -> None:
