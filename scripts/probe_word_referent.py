@@ -480,6 +480,22 @@ def probe_split(s: Setup) -> None:
               f"({result['trials']})", flush=True)
 
 
+def count_pairs(tally: dict[str, list[int]], name: str, pairs: torch.Tensor,
+                shown: list[Any], said: list[Any]) -> None:
+    """Add ``pairs``' count, and how many show one object and had one line said."""
+    for q, c in pairs.nonzero().tolist():
+        counts = tally.setdefault(name, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += int(shown[q] is not None and shown[q] == shown[c])
+        counts[2] += int(bool(said[q]) and said[q] == said[c])
+
+
+def print_pairs(probe: str, tally: dict[str, list[int]]) -> None:
+    for name, (pairs, same_object, same_line) in tally.items():
+        print(f"{probe:8s} {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
+              f"one line said {same_line / pairs:.3f}", flush=True)
+
+
 def probe_bridges(s: Setup) -> None:
     """How often ``model.stream.heard_alike``'s pairs (k = 1, 2) show one object, against
     every pair it could choose from, on the held-out windows as training sees them."""
@@ -503,14 +519,8 @@ def probe_bridges(s: Setup) -> None:
             allowed = far & keep[:, None] & keep[None, :]
             for name, pairs in [("any far pair", allowed)] + [
                     (f"heard_alike = {k}", alike_sounds(fa, allowed, k)) for k in (1, 2)]:
-                for q, c in pairs.nonzero().tolist():
-                    counts = tally.setdefault(name, [0, 0, 0])
-                    counts[0] += 1
-                    counts[1] += int(shown[q] is not None and shown[q] == shown[c])
-                    counts[2] += int(bool(said[q]) and said[q] == said[c])
-    for name, (pairs, same_object, same_line) in tally.items():
-        print(f"bridges  {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
-              f"one line said {same_line / pairs:.3f}", flush=True)
+                count_pairs(tally, name, pairs, shown, said)
+    print_pairs("bridges", tally)
 
 
 def probe_horizon(s: Setup) -> None:
@@ -542,14 +552,8 @@ def probe_horizon(s: Setup) -> None:
         for name, pairs in [("any far pair, whole recording", far)] + [
                 (f"mutual nearest {k}, whole recording", alike_sounds(fa, far, k))
                 for k in (1, 2)]:
-            for q, c in pairs.nonzero().tolist():
-                counts = tally.setdefault(name, [0, 0, 0])
-                counts[0] += 1
-                counts[1] += int(shown[q] is not None and shown[q] == shown[c])
-                counts[2] += int(bool(said[q]) and said[q] == said[c])
-    for name, (pairs, same_object, same_line) in tally.items():
-        print(f"horizon  {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
-              f"one line said {same_line / pairs:.3f}", flush=True)
+            count_pairs(tally, name, pairs, shown, said)
+    print_pairs("horizon", tally)
 
 
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
