@@ -185,7 +185,9 @@ def test_delta_rule_commits_the_replicated_state_and_stays_bounded(shard_run, tr
             assert abs(a - b) <= LOSS_RTOL * abs(a)
         assert r[f"sharded_{name}"]["mismatches"] == 0
     full, sharded = _states(out, world, name)
-    assert float((full - sharded).abs().max()) <= STATE_RTOL["delta"] * float(full.abs().max())
+    # Frozen: K = 4 held-back windows read as an overlay (a few ulps; measured 3e-7).
+    rtol = STATE_RTOL["delta"] if trained else 2e-6
+    assert float((full - sharded).abs().max()) <= rtol * float(full.abs().max())
     # Averaged over the writing ranks, the state keeps one process's size (|X| ≤ 0.8
     # measured at W = 1, 2 and 4). Summed, it reached 2e8 at W = 4.
     assert float(full.abs().max()) < 5.0
