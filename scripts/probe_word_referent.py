@@ -490,6 +490,14 @@ def count_pairs(tally: dict[str, list[int]], name: str, pairs: torch.Tensor,
         counts[2] += int(bool(said[q]) and said[q] == said[c])
 
 
+def heard_clips(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """``[B, T]``: the clips the objective scores (speech heard, a picture shown)."""
+    from obs_dist.model.audio_floor import speech_gate
+
+    return (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
+            * batch["video_mask"].float()) > 0
+
+
 def print_pairs(probe: str, tally: dict[str, list[int]]) -> None:
     for name, (pairs, same_object, same_line) in tally.items():
         print(f"{probe:8s} {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
@@ -500,7 +508,6 @@ def probe_bridges(s: Setup) -> None:
     """How often ``model.stream.heard_alike``'s pairs (k = 1, 2) show one object, against
     every pair it could choose from, on the held-out windows as training sees them."""
     from launch.evals.word_referent_data import heldout_batches
-    from obs_dist.model.audio_floor import speech_gate
     from obs_dist.model.av_stream import clip_positions
 
     model, gap = s.model, s.model.stream_cfg.negative_gap
@@ -510,8 +517,7 @@ def probe_bridges(s: Setup) -> None:
             fa = model._features(batch)[0]
             b, t = fa.shape[:2]
             stream, when = clip_positions(batch, b, t, fa.device)
-            keep = (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
-                    * batch["video_mask"].float()).reshape(-1) > 0
+            keep = heard_clips(model, batch).reshape(-1)
             far = (stream[:, None] == stream[None, :]) & (
                 (when[:, None] - when[None, :]).abs() >= gap)
             shown = [o for row in batch["object_names"] for o in row]
@@ -527,15 +533,13 @@ def probe_horizon(s: Setup) -> None:
     """``bridges`` over each whole held-out recording: far pairs and mutual nearest sounds
     (k = 1, 2) among every heard clip of the recording, not only the window's."""
     from launch.evals.word_referent_data import heldout_batches
-    from obs_dist.model.audio_floor import speech_gate
 
     model, gap = s.model, s.model.stream_cfg.negative_gap
     clips: dict[str, dict[int, tuple[torch.Tensor, Any, Any]]] = {}
     with torch.no_grad():
         for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
             fa = model._features(batch)[0]
-            keep = (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
-                    * batch["video_mask"].float()) > 0
+            keep = heard_clips(model, batch)
             for b, row in enumerate(batch["keys"]):
                 for j, key in enumerate(row):
                     stream, _, index = key.rpartition("/")

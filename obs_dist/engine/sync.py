@@ -147,7 +147,7 @@ class DeltaSync:
         bounds: the state's row-partition offsets ``[0, …, N]``.
         num_nodes: N.
         cfg: thresholds and mode.
-        rule: the writer rule whose deltas are summed (``model.writer.rule``):
+        rule: the writer rule whose deltas are combined (``model.writer.rule``):
             resolves ``cfg.combine = "auto"``.
     """
 
