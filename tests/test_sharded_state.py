@@ -1,8 +1,11 @@
 """``state.layout = "sharded"``: column slices, reads at the owners, writes routed to them.
 
 The multi-rank tests run ``tests/support/shard_harness.py`` once per world (gloo,
-W = 2 and 4): every scenario trains 100 steps in the replicated layout and again
-in the sharded one, from the same seeds, and the two are compared.
+W = 2 and 4): every scenario trains 50 steps in the replicated layout and again
+in the sharded one, from the same seeds, and the two are compared. (The harness's
+own default, 100 steps, is what docs/distributed.md measures with; 50 keep every
+check able to fail: summed, the delta rule's state is already 1e3-5e3 at W = 4 by
+step 50, against the bound of 5 below.)
 
 Tolerances, and why (decisions §5b): with frozen slow weights the sharded layout
 commits the replicated layout's state *bit for bit* in the sequential phase and
@@ -11,10 +14,10 @@ overlay ``X + P`` summed in the read rather than rounded into ``X`` first (a few
 ulps). While training, the gradient with respect to the read coefficients is a
 dot product over all N columns in one layout and over the ``W·m`` candidates in
 the other (the same non-zero terms, grouped differently), so the slow weights
-differ in the last bits and the losses by ~1e-6 relative; over 100 steps the
+differ in the last bits and the losses by ~1e-6 relative; over 50 steps the
 committed states stay within 1e-4 of each other relative to the state's largest
-entry for the Hebbian rule (measured: at most 1e-5) and for the delta rule
-(measured: 3e-7).
+entry for the Hebbian rule and for the delta rule (measured at 50 steps, W = 2
+and 4: at most 2.3e-7 for either, losses 2.3e-7; at 100 steps 1e-5 and 3e-7).
 
 The delta rule's writes are corrections computed by every rank against the same
 state, so the sync averages each entry over the ranks that wrote it
@@ -23,8 +26,7 @@ over-corrected the same entries and the state grew ~50x every 25 steps (to ~2e8
 by step 100, where one process stays below 1); the layouts' last-bit differences
 then grew with it until two writer scores swapped (decisions §11). Averaged, the
 state stays the size one process gives, and the delta rule is compared frozen
-and trained at W = 2 and 4 (measured at W = 4: the state to 3e-7 of its largest
-entry, losses to 3e-7).
+and trained at W = 2 and 4 (|X| 0.52-0.72 at 50 steps).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from support.shard_harness import STEPS, run_world
+from support.shard_harness import run_world
 
 from obs_dist.config import from_dict
 from obs_dist.engine.shard_sync import ShardedDeferredCommits, ShardedDeltaSync
@@ -43,7 +45,8 @@ from obs_dist.model.delta import SparseDelta
 from obs_dist.model.sharded_state import ShardedState
 from obs_dist.model.state import BigState, StateConfig
 
-LOSS_RTOL = 1e-5  # measured ≤ 2e-6 (W = 2 and 4)
+STEPS = 50  # per scenario and layout (see above)
+LOSS_RTOL = 1e-5  # measured ≤ 2.3e-7 at 50 steps (W = 2 and 4)
 STATE_RTOL = {"hebbian": 1e-4, "delta": 1e-4}  # of the largest |X|; see above
 
 
@@ -149,7 +152,7 @@ def shard_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
               ) -> tuple[int, Path, list[dict[str, Any]]]:
     world = int(request.param)
     out = tmp_path_factory.mktemp(f"shard{world}")
-    return world, out, run_world(world, out)
+    return world, out, run_world(world, out, steps=STEPS)
 
 
 def _states(out: Path, world: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,11 +188,11 @@ def test_delta_rule_commits_the_replicated_state_and_stays_bounded(shard_run, tr
             assert abs(a - b) <= LOSS_RTOL * abs(a)
         assert r[f"sharded_{name}"]["mismatches"] == 0
     full, sharded = _states(out, world, name)
-    # Frozen: K = 4 held-back windows read as an overlay (a few ulps; measured 3e-7).
+    # Frozen: K = 4 held-back windows read as an overlay (a few ulps; 2.3e-7 at 50 steps).
     rtol = STATE_RTOL["delta"] if trained else 2e-6
     assert float((full - sharded).abs().max()) <= rtol * float(full.abs().max())
     # Averaged over the writing ranks, the state keeps one process's size (|X| ≤ 0.8
-    # measured at W = 1, 2 and 4). Summed, it reached 2e8 at W = 4.
+    # measured at W = 1, 2 and 4). Summed: 1e3-5e3 by step 50, 2e8 by 100 (W = 4).
     assert float(full.abs().max()) < 5.0
     init = ShardedState(StateConfig(nodes=full.shape[0], partitions=4, init_std=0.02, seed=5),
                         0, 1).matrix()
