@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -137,7 +138,7 @@ def test_two_concurrent_runs_on_one_store_second_refused_first_intact(
         where: str, tmp_path: Path, request: pytest.FixtureRequest,
         monkeypatch: pytest.MonkeyPatch) -> None:
     url, sets, store = _store(where, tmp_path, request)
-    steps = 600  # long enough that the first run is still training when the second starts
+    steps = 100
     args = [sys.executable, "-m", "launch.cli",
             *tiny_args(tmp_path / "a", steps, f"checkpoint.url={url}", "checkpoint.every=50",
                        *sets), "--resume", "never"]
@@ -150,16 +151,22 @@ def test_two_concurrent_runs_on_one_store_second_refused_first_intact(
             assert first.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the first run took no lease"
             time.sleep(0.1)
+        # Paused while the second run tries the store, so the first is surely still a
+        # live run then, however fast this machine trains (its lease stays valid for
+        # checkpoint.lease_s = 1800 s). Resumed, it must finish untouched.
+        first.send_signal(signal.SIGSTOP)
         monkeypatch.setenv("OBS_RUN_ID", "run-b")
         second = obs(*tiny_args(tmp_path / "b", steps, f"checkpoint.url={url}", *sets),
                      "--resume", "never")
         assert first.poll() is None, "the first run ended before the second was refused"
+        first.send_signal(signal.SIGCONT)
         assert second.returncode == 2, second.stderr
         assert "is in use by run 'run-a'" in second.stderr and "this run is 'run-b'" in \
             second.stderr
         assert first.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()[-3000:]
     finally:
         if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
             first.kill()
             first.wait()
     written = list_steps(store)
