@@ -45,7 +45,11 @@ Probes (one or more per run):
   one line said, against all the far pairs it chooses from;
 * ``horizon``: the same counts with the pairs chosen over each whole held-out
   recording instead of one window (what a bank of a recording's heard clips,
-  kept through the pass, would pair).
+  kept through the pass, would pair);
+* ``bands``: ``horizon``'s pairs split by how alike they sound (the cosine's
+  percentile bands), each pair once.
+
+``bridges``, ``horizon`` and ``bands`` live in ``scripts/probe_pairs.py``.
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -72,8 +76,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from probe_pairs import probe_bands, probe_bridges, probe_horizon
 
-from obs_dist.model.alike_clips import alike_sounds
 from obs_dist.model.name_links import name_nodes
 
 
@@ -480,92 +484,12 @@ def probe_split(s: Setup) -> None:
               f"({result['trials']})", flush=True)
 
 
-def count_pairs(tally: dict[str, list[int]], name: str, pairs: torch.Tensor,
-                shown: list[Any], said: list[Any]) -> None:
-    """Add ``pairs``' count, and how many show one object and had one line said."""
-    for q, c in pairs.nonzero().tolist():
-        counts = tally.setdefault(name, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += int(shown[q] is not None and shown[q] == shown[c])
-        counts[2] += int(bool(said[q]) and said[q] == said[c])
-
-
-def heard_clips(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """``[B, T]``: the clips the objective scores (speech heard, a picture shown)."""
-    from obs_dist.model.audio_floor import speech_gate
-
-    return (speech_gate(batch["audio"], batch["audio_mask"], model.stream_cfg.gate)
-            * batch["video_mask"].float()) > 0
-
-
-def print_pairs(probe: str, tally: dict[str, list[int]]) -> None:
-    for name, (pairs, same_object, same_line) in tally.items():
-        print(f"{probe:8s} {name:44s} {pairs:7d} pairs: one object {same_object / pairs:.3f}, "
-              f"one line said {same_line / pairs:.3f}", flush=True)
-
-
-def probe_bridges(s: Setup) -> None:
-    """How often ``model.stream.heard_alike``'s pairs (k = 1, 2) show one object, against
-    every pair it could choose from, on the held-out windows as training sees them."""
-    from launch.evals.word_referent_data import heldout_batches
-    from obs_dist.model.av_stream import clip_positions
-
-    model, gap = s.model, s.model.stream_cfg.negative_gap
-    tally: dict[str, list[int]] = {}
-    with torch.no_grad():
-        for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
-            fa = model._features(batch)[0]
-            b, t = fa.shape[:2]
-            stream, when = clip_positions(batch, b, t, fa.device)
-            keep = heard_clips(model, batch).reshape(-1)
-            far = (stream[:, None] == stream[None, :]) & (
-                (when[:, None] - when[None, :]).abs() >= gap)
-            shown = [o for row in batch["object_names"] for o in row]
-            said = [w for row in batch["words"] for w in row]
-            allowed = far & keep[:, None] & keep[None, :]
-            for name, pairs in [("any far pair", allowed)] + [
-                    (f"heard_alike = {k}", alike_sounds(fa, allowed, k)) for k in (1, 2)]:
-                count_pairs(tally, name, pairs, shown, said)
-    print_pairs("bridges", tally)
-
-
-def probe_horizon(s: Setup) -> None:
-    """``bridges`` over each whole held-out recording: far pairs and mutual nearest sounds
-    (k = 1, 2) among every heard clip of the recording, not only the window's."""
-    from launch.evals.word_referent_data import heldout_batches
-
-    model, gap = s.model, s.model.stream_cfg.negative_gap
-    clips: dict[str, dict[int, tuple[torch.Tensor, Any, Any]]] = {}
-    with torch.no_grad():
-        for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
-            fa = model._features(batch)[0]
-            keep = heard_clips(model, batch)
-            for b, row in enumerate(batch["keys"]):
-                for j, key in enumerate(row):
-                    stream, _, index = key.rpartition("/")
-                    if stream and index.isdigit() and bool(keep[b, j]):
-                        clips.setdefault(stream, {})[int(index)] = (
-                            fa[b, j], batch["object_names"][b][j], batch["words"][b][j])
-    tally: dict[str, list[int]] = {}
-    for heard in clips.values():
-        when = torch.tensor(list(heard))
-        fa = torch.stack([v[0] for v in heard.values()])[None]
-        shown = [v[1] for v in heard.values()]
-        said = [v[2] for v in heard.values()]
-        far = (when[:, None] - when[None, :]).abs() >= gap
-        for name, pairs in [("any far pair, whole recording", far)] + [
-                (f"mutual nearest {k}, whole recording", alike_sounds(fa, far, k))
-                for k in (1, 2)]:
-            count_pairs(tally, name, pairs, shown, said)
-    print_pairs("horizon", tally)
-
-
 PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "read": probe_read, "answer": probe_answer, "study": probe_study,
                    "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
                    "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
                    "local": probe_local, "split": probe_split, "bridges": probe_bridges,
-                   "horizon": probe_horizon}
+                   "horizon": probe_horizon, "bands": probe_bands}
 
 
 def main(argv: list[str]) -> None:

@@ -13,7 +13,8 @@ import torch
 
 from obs_dist.model.alike_clips import alike_sounds
 from obs_dist.model.audio_floor import above_floor, speech_gate
-from obs_dist.model.av_stream import AVStreamModel, WindowResult, clip_positions, with_neighbours
+from obs_dist.model.av_stream import AVStreamModel, WindowResult
+from obs_dist.model.clip_context import clip_positions, with_neighbours
 from obs_dist.model.model import ModelConfig, StreamConfig
 from obs_dist.model.name_links import NameLinks
 from obs_dist.model.state import BigState, StateConfig

@@ -35,7 +35,7 @@ import torch
 from launch.evals.word_referent_adapt import Statistics, centred_on
 from launch.evals.word_referent_data import Media, clips_by_recording
 from launch.evals.word_referent_trials import FAR_CLIPS, NEAR_CLIPS, ClipLabel
-from obs_dist.model.av_stream import with_neighbours
+from obs_dist.model.clip_context import with_neighbours
 
 
 def _groups(labels: Sequence[ClipLabel], media: Media, kind: str

@@ -90,7 +90,7 @@ def clips_by_recording(media: Media) -> dict[str, list[int]]:
 
 def heard_audio(media: Media, recording: str, index: int, context: int) -> torch.Tensor:
     """A held-out clip's log-mel as the model hears it (with ``context`` neighbours)."""
-    from obs_dist.model.av_stream import with_neighbours
+    from obs_dist.model.clip_context import with_neighbours
 
     def clip(i: int) -> torch.Tensor | None:
         entry = media.get((recording, i))

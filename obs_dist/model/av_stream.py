@@ -50,7 +50,6 @@ contrastive term (``video_ssl``, §13) and the agreement of two views' addresses
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -69,6 +68,8 @@ from obs_dist.model.audio_floor import above_floor, speech_gate
 from obs_dist.model.audio_ssl import SoundContrast, sample_sounds
 from obs_dist.model.augment import shift_and_flip, time_shift
 from obs_dist.model.av_encoders import AudioClipEncoder, VideoClipEncoder, encode_present
+from obs_dist.model.clip_context import clip_positions
+from obs_dist.model.lagged_recall import LaggedRecall
 from obs_dist.model.model import Carry, Memory, ModelConfig, StreamConfig
 from obs_dist.model.name_links import (
     STUDY_RULES,
@@ -112,49 +113,6 @@ class Candidates(NamedTuple):
     embed: torch.Tensor
     ids: torch.Tensor | None
     alpha: torch.Tensor | None
-
-
-def clip_positions(batch: dict[str, Any], b: int, t: int, device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clip's recording (an id) and time (clip index), flattened ``[B·T]``.
-
-    From the batch's ``keys`` (``<stream>/<index>``) when they cover the window,
-    so a row that moves on to the next recording mid-window is told apart;
-    otherwise the row and the position in the window.
-    """
-    keys = batch.get("keys")
-    if isinstance(keys, list) and len(keys) == b and all(len(r) == t for r in keys):
-        names: dict[str, int] = {}
-        rec, when = [], []
-        for r, row in enumerate(keys):
-            for j, key in enumerate(row):
-                stream, _, index = key.rpartition("/")
-                if not stream or not index.isdigit():  # padding: its own row, its position
-                    stream, index = f"\0row{r}", str(j)
-                rec.append(names.setdefault(stream, len(names)))
-                when.append(int(index))
-        return (torch.tensor(rec, device=device), torch.tensor(when, device=device))
-    return (torch.arange(b, device=device).repeat_interleave(t),
-            torch.arange(t, device=device).repeat(b))
-
-
-def with_neighbours(clip: Callable[[int], torch.Tensor | None], index: int,
-                    context: int) -> torch.Tensor:
-    """Clip ``index``'s log-mel ``[M, A]`` with ``context`` neighbours each side, ``[M, (2c+1)·A]``.
-
-    Args:
-        clip: a clip's log-mel by index, None where there is none (heard as the
-            quietest frame of the clips there are, as in training).
-        index: the clip heard.
-        context: neighbours on each side (``model.stream.audio_context``).
-    """
-    parts = [clip(index + j) for j in range(-context, context + 1)]
-    present = [p for p in parts if p is not None]
-    if not present:
-        raise ValueError(f"clip {index} has no audio")
-    quiet = torch.stack([p.amin() for p in present]).amin()
-    return torch.cat([p if p is not None else quiet.expand_as(present[0])
-                      for p in parts], dim=-1)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +162,8 @@ class AVStreamModel(nn.Module):
             self.back_gain = nn.Parameter(torch.tensor(1.0))
             self.state_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.study_rule = "learnt"  # set by the evaluation (`set_study_rule`); not trained
+        self.lagged_recall = (LaggedRecall() if config.stream.recall_from == "previous_window"
+                              else None)
         self.name_links = NameLinks()  # how the name_links rule studies
 
     # ------------------------------------------------------------------ parts
@@ -217,14 +177,15 @@ class AVStreamModel(nn.Module):
                      torch.zeros(batch, m, device=device))
 
     def _state_step(self, f: torch.Tensor, memory: Memory, carry: Carry, recall: bool,
-                    gate: torch.Tensor | None = None
+                    gate: torch.Tensor | None = None, lag: LaggedRecall | None = None
                     ) -> tuple[torch.Tensor | None, Carry, torch.Tensor, torch.Tensor]:
         """One step: address from the input, optionally read first, write, propagate.
 
         ``gate`` ``[B]`` (hearing steps): where it is 0 nothing was heard, so the
         step writes nothing and the carried activity stays as it was; otherwise
         every silent second would bind its (always the same) nodes to everything
-        seen, and those nodes would become hubs that recall everything.
+        seen, and those nodes would become hubs that recall everything. ``lag``:
+        the read is of the state one window old (``recall_from``).
 
         Returns:
             ``(recalled activity [B, N] or None, new carry, ids [B, k], alpha [B, k])``.
@@ -236,9 +197,11 @@ class AVStreamModel(nn.Module):
         # Addresses come from the input alone, so a sound or a picture lands on
         # the same nodes wherever it occurs; the carry enters only the links.
         prop = self.writer(torch.cat([f, torch.zeros_like(f)], dim=1))
-        h0 = memory.read(prop.ids, prop.alpha) if recall else None
+        h0 = memory.read(prop.ids, prop.alpha) if recall and lag is None else None
         if h0 is not None and self.stream_cfg.recall_norm:
             h0 = h0 / (1.0 + memory.column_mass())
+        if recall and lag is not None:
+            h0 = lag.read(prop.ids, prop.alpha, self.stream_cfg.recall_norm)
         rows = torch.cat([prop.ids, carry.ids], dim=1)
         key = _unit(torch.cat([prop.alpha, carry.vals], dim=1))
         eta = prop.eta if gate is None else prop.eta * gate
@@ -411,13 +374,16 @@ class AVStreamModel(nn.Module):
         ids: list[torch.Tensor] = []
         alphas: list[torch.Tensor] = []
         gate = speech_gate(batch["audio"], batch["audio_mask"], self.stream_cfg.gate)
+        lag = self.lagged_recall if self.training else None
+        if lag is not None:
+            lag.begin_window(getattr(memory, "base", None))
         if self.writer is not None:
             xa = self._addressing(fa, 1, batch["audio_mask"])
             xv = self._addressing(fv, 0, batch["video_mask"])
             # unbind, not [:, s]: a slice's backward fills a whole [B, T, ·] per step.
             for xa_s, xv_s, gate_s in zip(xa.unbind(1), xv.unbind(1), gate.unbind(1)):
                 h0, carry, _, _ = self._state_step(xa_s, memory, carry, recall=True,
-                                                   gate=gate_s)
+                                                   gate=gate_s, lag=lag)
                 assert h0 is not None
                 recalls.append(h0)
                 _, carry, v_ids, v_alpha = self._state_step(xv_s, memory, carry, False)
@@ -534,7 +500,7 @@ class AVStreamModel(nn.Module):
         """Hear ``audio`` ``[Q, n_mels, A]`` alone, from no carried activity, and recall.
 
         With ``audio_context`` c, each query is ``2c+1`` clips' log-mel in time
-        order, ``[Q, n_mels, (2c+1)·A]`` (:func:`with_neighbours`).
+        order, ``[Q, n_mels, (2c+1)·A]`` (:func:`~obs_dist.model.clip_context.with_neighbours`).
 
         Args:
             audio: log-mel clips.

@@ -33,6 +33,7 @@ from obs_dist.model.address_ssl import ADDRESS_LOSSES
 from obs_dist.model.alike_clips import HEARD_ALIKE_USES
 from obs_dist.model.av_encoders import AUDIO_POOLS
 from obs_dist.model.encoders import build_encoder
+from obs_dist.model.lagged_recall import RECALL_FROM
 from obs_dist.model.recent_attention import MATCHES
 from obs_dist.model.table_bag import TableBags
 from obs_dist.model.writer import Writer, WriterConfig
@@ -155,6 +156,12 @@ class StreamConfig:
             (the cosine similarity of the audio features themselves, centred over
             the context, at a learnt temperature: the same sound matches itself
             however little the projections were trained).
+        recall_from: what a hearing step reads in training: ``current`` (the
+            committed state and this window's writes so far) or
+            ``previous_window`` (a copy of the state taken when the previous
+            window began, so every link recalled is a window or more old: the
+            last seconds' scene cannot answer for the word;
+            ``obs_dist/model/lagged_recall.py``).
     """
 
     state_path: bool = True
@@ -186,6 +193,7 @@ class StreamConfig:
     centring_scope: str = "window"
     recent: int = 0
     recent_match: str = "learnt"
+    recall_from: str = "current"
 
     def __post_init__(self) -> None:
         if self.recent < 0:
@@ -245,6 +253,9 @@ class StreamConfig:
         if self.heard_alike_use not in HEARD_ALIKE_USES:
             raise ValueError(f"model.stream.heard_alike_use must be one of "
                              f"{list(HEARD_ALIKE_USES)}, got {self.heard_alike_use!r}")
+        if self.recall_from not in RECALL_FROM:
+            raise ValueError(f"model.stream.recall_from must be one of {list(RECALL_FROM)}, "
+                             f"got {self.recall_from!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"model.stream.negatives must be one of {list(NEGATIVES)}, "
                              f"got {self.negatives!r}")
