@@ -20,6 +20,10 @@ nodes with it (the same object): the cross-situational path the word–referent
 test needs. It changes training only; a study pass and a trial read the state
 as it is.
 
+Measured (docs/decisions.md §29): it lowered the word–referent score (0.53–0.57
+against the recipe's 0.61–0.63) and left one object's pictures in two scenes
+sharing about as few nodes as before, so it is off in every config.
+
 The copy is not part of a checkpoint: a resumed run's first window reads the
 state committed when that window begins (a window's lag is lost once per
 resume), so such a run is not bit-identical to an uninterrupted one.

@@ -161,7 +161,8 @@ class StreamConfig:
             ``previous_window`` (a copy of the state taken when the previous
             window began, so every link recalled is a window or more old: the
             last seconds' scene cannot answer for the word;
-            ``obs_dist/model/lagged_recall.py``).
+            ``obs_dist/model/lagged_recall.py``; measured, not adopted:
+            docs/decisions.md §29).
     """
 
     state_path: bool = True
