@@ -1,7 +1,7 @@
 """Pairs of far clips a bank of a recording's heard clips would choose (probes).
 
-Used by ``scripts/probe_word_referent.py`` (its probes ``bridges``, ``horizon`` and
-``bands``; the usage is there). They count, on the held-out recordings, how often
+Used by ``scripts/probe_word_referent.py`` (its probes ``bridges``, ``horizon``,
+``bands`` and ``sounds``; the usage is there). They count, on the held-out recordings, how often
 two clips of one recording 24 or more clips apart (``model.stream.negative_gap``)
 show one object and had one line said: every such pair, and those whose sounds
 are each other's nearest (``obs_dist/model/alike_clips.py``'s mutual nearest
@@ -71,22 +71,29 @@ def probe_bridges(s: Setup) -> None:
     print_pairs("bridges", tally)
 
 
-def recording_sounds(s: Setup) -> dict[str, dict[int, tuple[torch.Tensor, Any, Any]]]:
-    """Every heard clip of each held-out recording, as training's windows hear it:
-    ``{recording: {clip index: (audio feature, object shown, line said)}}``."""
-    from launch.evals.word_referent_data import heldout_batches
+Heard = dict[str, dict[int, tuple[torch.Tensor, Any, Any, torch.Tensor]]]
 
-    clips: dict[str, dict[int, tuple[torch.Tensor, Any, Any]]] = {}
+
+def recording_sounds(s: Setup) -> Heard:
+    """Every heard clip of each held-out recording, as training's windows hear it:
+    ``{recording: {clip index: (audio feature, object shown, line said, log-mel)}}``,
+    the log-mel the clip's own ``[n_mels, A]`` above its floor (no encoder)."""
+    from launch.evals.word_referent_data import heldout_batches
+    from obs_dist.model.audio_floor import above_floor
+
+    clips: Heard = {}
     with torch.no_grad():
         for batch in heldout_batches(s.learner.run_cfg, s.heldout, s.streams):
             fa = s.model._features(batch)[0]
+            mels = above_floor(batch["audio"])
             keep = heard_clips(s.model, batch)
             for b, row in enumerate(batch["keys"]):
                 for j, key in enumerate(row):
                     stream, _, index = key.rpartition("/")
                     if stream and index.isdigit() and bool(keep[b, j]):
                         clips.setdefault(stream, {})[int(index)] = (
-                            fa[b, j], batch["object_names"][b][j], batch["words"][b][j])
+                            fa[b, j], batch["object_names"][b][j], batch["words"][b][j],
+                            mels[b, j])
     return clips
 
 
@@ -142,3 +149,23 @@ def probe_bands(s: Setup) -> None:
                   f"(percentile {100 * BANDS[i]:4.0f}-{100 * BANDS[i + 1]:3.0f}) "
                   f"{n:6d} pairs: one object {float(table[band, 1].mean()):.3f}, "
                   f"one line said {float(table[band, 2].mean()):.3f}", flush=True)
+
+
+def probe_sounds(s: Setup) -> None:
+    """``horizon``'s mutual nearest sounds (k = 1) found by other features of the same
+    clips: whether the trained audio encoder tells a line said twice from the rest
+    better than the log-mel it hears does, with no learning at all."""
+    gap = s.model.stream_cfg.negative_gap
+    tally: dict[str, list[int]] = {}
+    for heard in recording_sounds(s).values():
+        when = torch.tensor(list(heard))
+        shown = [v[1] for v in heard.values()]
+        said = [v[2] for v in heard.values()]
+        far = (when[:, None] - when[None, :]).abs() >= gap
+        mels = torch.stack([v[3] for v in heard.values()]).float()
+        features = {"the trained audio features": torch.stack([v[0] for v in heard.values()]),
+                    "log-mel above the floor, time-averaged": mels.mean(-1),
+                    "log-mel above the floor, whole (bands x frames)": mels.flatten(1)}
+        for name, f in features.items():
+            count_pairs(tally, name, alike_sounds(f[None], far, 1), shown, said)
+    print_pairs("sounds", tally)

@@ -47,9 +47,11 @@ Probes (one or more per run):
   recording instead of one window (what a bank of a recording's heard clips,
   kept through the pass, would pair);
 * ``bands``: ``horizon``'s pairs split by how alike they sound (the cosine's
-  percentile bands), each pair once.
+  percentile bands), each pair once;
+* ``sounds``: ``horizon``'s mutual nearest sounds found by the trained audio
+  features and by the log-mel they are made from (no learning).
 
-``bridges``, ``horizon`` and ``bands`` live in ``scripts/probe_pairs.py``.
+``bridges``, ``horizon``, ``bands`` and ``sounds`` live in ``scripts/probe_pairs.py``.
 
 The figures of the seventeenth round (``topk``, ``centre``, ``pcs``) and of the
 eighteenth (``moments``, ``knn``, ``pool``, ``local``) come from these probes on
@@ -76,7 +78,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from probe_pairs import probe_bands, probe_bridges, probe_horizon
+from probe_pairs import probe_bands, probe_bridges, probe_horizon, probe_sounds
 
 from obs_dist.model.name_links import name_nodes
 
@@ -489,7 +491,8 @@ PROBE_FUNCTIONS = {"lag": probe_lag, "gate": probe_gate, "cells": probe_cells,
                    "topk": probe_topk, "centre": probe_centre, "pcs": probe_pcs,
                    "moments": probe_moments, "knn": probe_knn, "pool": probe_pool,
                    "local": probe_local, "split": probe_split, "bridges": probe_bridges,
-                   "horizon": probe_horizon, "bands": probe_bands}
+                   "horizon": probe_horizon, "bands": probe_bands,
+                   "sounds": probe_sounds}
 
 
 def main(argv: list[str]) -> None:
