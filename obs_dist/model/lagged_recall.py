@@ -6,10 +6,10 @@ same recording far away in time. By default (``"current"``) the hearing step
 reads the committed state *plus this window's writes up to clip t - 1*. The
 last clips' links then answer for it: the sound of a second ago was linked to
 the picture of a second ago, which is the same scene as picture ``t``, and every
-negative is another scene. Recency alone wins, with no word and no object in it,
-and that is what training taught the addresses (docs/results/notes.md, the
-eighteenth round: one object seen in two scenes shares 0.05 of its picture
-nodes, two objects of one scene 0.24).
+negative is another scene. Recency alone can win, with no word and no object in
+it; the question was whether that is what taught the addresses to follow the
+scene (docs/results/notes.md, the eighteenth round: one object seen in two
+scenes shares 0.05 of its picture nodes, two objects of one scene 0.24).
 
 With ``"previous_window"`` the hearing step reads a copy of the committed state
 taken when the *previous* window began: nothing written in this window or the
@@ -22,7 +22,8 @@ as it is.
 
 Measured (docs/decisions.md §29): it lowered the word–referent score (0.53–0.57
 against the recipe's 0.61–0.63) and left one object's pictures in two scenes
-sharing about as few nodes as before, so it is off in every config.
+sharing about as few nodes as before: recency was not what held the pictures to
+their scene. It is off in every config.
 
 The copy is not part of a checkpoint: a resumed run's first window reads the
 state committed when that window begins (a window's lag is lost once per
