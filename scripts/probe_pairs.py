@@ -22,14 +22,21 @@ if TYPE_CHECKING:
     from probe_word_referent import Setup
 
 
+def alike_in_labels(q: int, c: int, shown: list[Any], said: list[Any]) -> tuple[int, int]:
+    """Whether clips ``q`` and ``c`` show one object, and had one line said (1 or 0)."""
+    return (int(shown[q] is not None and shown[q] == shown[c]),
+            int(bool(said[q]) and said[q] == said[c]))
+
+
 def count_pairs(tally: dict[str, list[int]], name: str, pairs: torch.Tensor,
                 shown: list[Any], said: list[Any]) -> None:
     """Add ``pairs``' count, and how many show one object and had one line said."""
     for q, c in pairs.nonzero().tolist():
         counts = tally.setdefault(name, [0, 0, 0])
+        same_object, same_line = alike_in_labels(q, c, shown, said)
         counts[0] += 1
-        counts[1] += int(shown[q] is not None and shown[q] == shown[c])
-        counts[2] += int(bool(said[q]) and said[q] == said[c])
+        counts[1] += same_object
+        counts[2] += same_line
 
 
 def heard_clips(model: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -97,19 +104,26 @@ def recording_sounds(s: Setup) -> Heard:
     return clips
 
 
+def unpacked(heard: dict[int, tuple[torch.Tensor, Any, Any, torch.Tensor]], gap: int
+             ) -> tuple[torch.Tensor, torch.Tensor, list[Any], list[Any], torch.Tensor]:
+    """One recording's heard clips as ``(audio features [n, d], log-mels [n, M, A],
+    objects shown, lines said, far [n, n])``, far meaning ``gap`` or more clips apart."""
+    when = torch.tensor(list(heard))
+    rows = list(heard.values())
+    return (torch.stack([v[0] for v in rows]), torch.stack([v[3] for v in rows]).float(),
+            [v[1] for v in rows], [v[2] for v in rows],
+            (when[:, None] - when[None, :]).abs() >= gap)
+
+
 def probe_horizon(s: Setup) -> None:
     """``bridges`` over each whole held-out recording: far pairs and mutual nearest sounds
     (k = 1, 2) among every heard clip of the recording, not only the window's."""
     gap = s.model.stream_cfg.negative_gap
     tally: dict[str, list[int]] = {}
     for heard in recording_sounds(s).values():
-        when = torch.tensor(list(heard))
-        fa = torch.stack([v[0] for v in heard.values()])[None]
-        shown = [v[1] for v in heard.values()]
-        said = [v[2] for v in heard.values()]
-        far = (when[:, None] - when[None, :]).abs() >= gap
+        fa, _, shown, said, far = unpacked(heard, gap)
         for name, pairs in [("any far pair, whole recording", far)] + [
-                (f"mutual nearest {k}, whole recording", alike_sounds(fa, far, k))
+                (f"mutual nearest {k}, whole recording", alike_sounds(fa[None], far, k))
                 for k in (1, 2)]:
             count_pairs(tally, name, pairs, shown, said)
     print_pairs("horizon", tally)
@@ -126,19 +140,14 @@ def probe_bands(s: Setup) -> None:
     gap = s.model.stream_cfg.negative_gap
     found: dict[str, list[tuple[float, int, int]]] = {}
     for heard in recording_sounds(s).values():
-        when = torch.tensor(list(heard))
-        fa = torch.stack([v[0] for v in heard.values()])
-        shown = [v[1] for v in heard.values()]
-        said = [v[2] for v in heard.values()]
-        far = (when[:, None] - when[None, :]).abs() >= gap
+        fa, _, shown, said, far = unpacked(heard, gap)
         sounds = torch.nn.functional.normalize(fa.float(), dim=-1)
         cosine = sounds @ sounds.t()
         for name, pairs in [("any far pair", far)] + [
                 (f"mutual nearest {k}", alike_sounds(fa[None], far, k)) for k in (1, 2)]:
             for q, c in pairs.triu(1).nonzero().tolist():
-                found.setdefault(name, []).append((
-                    float(cosine[q, c]), int(shown[q] is not None and shown[q] == shown[c]),
-                    int(bool(said[q]) and said[q] == said[c])))
+                found.setdefault(name, []).append((float(cosine[q, c]),
+                                                   *alike_in_labels(q, c, shown, said)))
     for name, rows in found.items():
         table = torch.tensor(rows, dtype=torch.float64)
         edges = torch.quantile(table[:, 0], torch.tensor(BANDS, dtype=torch.float64))
@@ -158,12 +167,8 @@ def probe_sounds(s: Setup) -> None:
     gap = s.model.stream_cfg.negative_gap
     tally: dict[str, list[int]] = {}
     for heard in recording_sounds(s).values():
-        when = torch.tensor(list(heard))
-        shown = [v[1] for v in heard.values()]
-        said = [v[2] for v in heard.values()]
-        far = (when[:, None] - when[None, :]).abs() >= gap
-        mels = torch.stack([v[3] for v in heard.values()]).float()
-        features = {"the trained audio features": torch.stack([v[0] for v in heard.values()]),
+        fa, mels, shown, said, far = unpacked(heard, gap)
+        features = {"the trained audio features": fa,
                     "log-mel above the floor, time-averaged": mels.mean(-1),
                     "log-mel above the floor, whole (bands x frames)": mels.flatten(1)}
         for name, f in features.items():

@@ -99,7 +99,8 @@ def test_training_windows_read_a_window_old_state_and_evaluation_the_current() -
         state.apply(memory.to_delta())
         assert lag.lagged is not None
         assert torch.equal(lag.lagged, committed[max(len(committed) - 2, 0)])
-    assert float(committed[2].abs().sum()) > 0  # the reads changed as the state did
+    # Each window wrote, so "a window old" differs from "as this window began".
+    assert float(committed[1].abs().sum()) > 0 and not torch.equal(committed[1], committed[2])
 
 
 def test_recall_from_is_validated() -> None:
